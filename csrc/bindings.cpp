@@ -1,0 +1,59 @@
+// slimrt._C: argument hand-off from Python to the torch-free kernels. No math here.
+// Tensors cross as (data pointer, sizes, strides); the Python wrappers in slimrt/ops/cpu.py check
+// dtypes and devices, the kernel entry points check sizes and strides and throw on bad ones.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "cpu_features.h"
+#include "int8_gemm/int8_gemm.h"
+
+namespace py = pybind11;
+using namespace slimrt;
+
+namespace {
+template <typename T>
+T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
+
+Isa parse_isa(const std::string& s) {
+  if (s == "scalar") return Isa::Scalar;
+  if (s == "avx2") return Isa::Avx2;
+  if (s == "avx512") return Isa::Avx512;
+  throw std::invalid_argument("unknown isa '" + s + "'; expected one of scalar, avx2, avx512");
+}
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "slimrt native CPU kernels (torch-free)";
+
+  // ISA selection: detected once from CPUID + XGETBV; set_isa forces a path.
+  m.def("best_isa", [] { return std::string(isa_name(best_isa())); });
+  m.def("active_isa", [] { return std::string(isa_name(active_isa())); });
+  m.def("set_isa", [](const std::string& s) { set_isa(parse_isa(s)); }, py::arg("isa"));
+  m.def("available_isas", &available_isas);
+  m.def("cpu_features", [] {
+    const auto& f = cpu_features();
+    py::dict d;
+    d["avx2"] = f.avx2;
+    d["avx512"] = f.avx512;
+    d["avx512_bf16"] = f.avx512_bf16;
+    d["avx_vnni"] = f.avx_vnni;
+    return d;
+  });
+
+  // quantize_per_token: x (M, K) fp32|bf16 -> q (M, K) int8, scale (M,) fp32.
+  m.def("quantize_per_token",
+        [](uintptr_t x, int x_dt, int64_t M, int64_t K, int64_t ldx, uintptr_t q, uintptr_t scale, int nt) {
+          py::gil_scoped_release nogil;
+          quantize_per_token(ptr<const void>(x), static_cast<DType>(x_dt), M, K, ldx, ptr<int8_t>(q),
+                             ptr<float>(scale), nt);
+        });
+  // int8_gemm: out (M, N) = (a (M, K) @ b (N, K)^T) * a_scale * b_scale + bias.
+  m.def("int8_gemm", [](uintptr_t a, int64_t lda, uintptr_t b, int64_t ldb, uintptr_t a_scale, uintptr_t b_scale,
+                        uintptr_t bias, uintptr_t out, int out_dt, int64_t ldc, int64_t M, int64_t N, int64_t K,
+                        int nt) {
+    py::gil_scoped_release nogil;
+    int8_gemm(ptr<const int8_t>(a), lda, ptr<const int8_t>(b), ldb, ptr<const float>(a_scale),
+              ptr<const float>(b_scale), ptr<const float>(bias), ptr<void>(out), static_cast<OutType>(out_dt), ldc,
+              M, N, K, nt);
+  });
+}

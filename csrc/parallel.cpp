@@ -1,0 +1,137 @@
+#include "parallel.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace slimrt {
+namespace {
+
+class Pool {
+ public:
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+
+  // Runs task(i) for i in [0, ntasks); the caller runs task 0.
+  void run(int ntasks, const std::function<void(int)>& task) {
+    std::unique_lock<std::mutex> busy(busy_mu_, std::try_to_lock);
+    if (!busy.owns_lock()) {  // re-entrant or concurrent use: run serially, still correct
+      for (int i = 0; i < ntasks; ++i) task(i);
+      return;
+    }
+    ensure_workers(ntasks - 1);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      task_ = &task;
+      ntasks_ = ntasks;
+      next_.store(1);
+      pending_.store(ntasks - 1);
+      error_ = nullptr;
+      ++generation_;
+    }
+    cv_.notify_all();
+    try {
+      task(0);
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (!error_) error_ = std::current_exception();
+    }
+    // Short spin, then sleep: chunks are usually balanced so the wait is brief.
+    for (int spin = 0; pending_.load(std::memory_order_acquire) > 0 && spin < 20000; ++spin) {
+#if defined(__x86_64__)
+      __builtin_ia32_pause();
+#endif
+    }
+    if (pending_.load(std::memory_order_acquire) > 0) {
+      std::unique_lock<std::mutex> lk(mu_);
+      done_cv_.wait(lk, [&] { return pending_.load() == 0; });
+    }
+    std::exception_ptr err;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      task_ = nullptr;
+      err = error_;
+    }
+    if (err) std::rethrow_exception(err);
+  }
+
+ private:
+  void ensure_workers(int n) {
+    while (static_cast<int>(workers_.size()) < n) workers_.emplace_back([this] { loop(); });
+  }
+
+  void loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      const std::function<void(int)>* task;
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+        task = task_;
+      }
+      for (;;) {
+        int i = next_.fetch_add(1);
+        if (task == nullptr || i >= ntasks_) break;
+        try {
+          (*task)(i);
+        } catch (...) {
+          std::lock_guard<std::mutex> lk(mu_);
+          if (!error_) error_ = std::current_exception();
+        }
+        if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+          std::lock_guard<std::mutex> lk(mu_);
+          done_cv_.notify_all();
+        }
+      }
+    }
+  }
+
+  std::mutex busy_mu_;
+  std::mutex mu_;
+  std::condition_variable cv_, done_cv_;
+  std::vector<std::thread> workers_;
+  const std::function<void(int)>* task_ = nullptr;
+  int ntasks_ = 0;
+  std::atomic<int> next_{0};
+  std::atomic<int> pending_{0};
+  std::exception_ptr error_;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+};
+
+Pool& pool() {
+  static Pool* p = new Pool();  // leaked on purpose: no join ordering problems at interpreter exit
+  return *p;
+}
+
+}  // namespace
+
+void parallel_for(int64_t n, int num_threads, const std::function<void(int64_t, int64_t)>& fn, int64_t grain) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  const int64_t units = (n + grain - 1) / grain;
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, units)));
+  if (nt == 1) {
+    fn(0, n);
+    return;
+  }
+  const int64_t per = (units + nt - 1) / nt;
+  pool().run(nt, [&](int t) {
+    const int64_t b = std::min(n, t * per * grain), e = std::min(n, (t + 1) * per * grain);
+    if (b < e) fn(b, e);
+  });
+}
+
+}  // namespace slimrt

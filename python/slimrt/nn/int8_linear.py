@@ -1,0 +1,87 @@
+"""Int8Linear: a drop-in for nn.Linear with int8 per-channel weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from slimrt import ops
+
+MODES = ("w8a8", "w8")
+
+
+class Int8Linear(nn.Module):
+    """y = x @ W.T + b with W stored as int8 (N, K) and an fp32 scale per output channel.
+
+    mode "w8a8": activations quantized per token on the fly and multiplied in int8 (wins when M is
+    large: prefill, batched embedding). mode "w8": activations stay float and the weight is
+    dequantized on the fly (wins at small M, where reading fewer weight bytes is the whole gain).
+    ``forward(x, mode=None)`` lets a runner choose per call shape; the default is the module's mode.
+
+    State: w_q (N, K) int8, w_scale (N,) float32, bias (N,) float or None. A packed copy of w_q for
+    the device's kernel is made once (non-persistent: never written to a checkpoint).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "w8a8",
+                 device: Any = None, bias_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"Int8Linear: mode={mode!r} is not one of {MODES}")
+        if in_features < 0 or out_features < 0:
+            raise ValueError(f"Int8Linear: negative size in_features={in_features}, out_features={out_features}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.mode = mode
+        self.register_buffer("w_q", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("w_scale", torch.ones(out_features, dtype=torch.float32, device=device))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device))
+        else:
+            self.bias = None
+        self.register_buffer("w_packed", torch.empty(0, dtype=torch.int8, device=device), persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, keys: module.repack())
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, mode: str = "w8a8") -> "Int8Linear":
+        """Quantizes an nn.Linear's weight per output channel (symmetric int8)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"Int8Linear.from_linear expects nn.Linear, got {type(linear).__name__}")
+        w = linear.weight.detach()
+        mod = cls(linear.in_features, linear.out_features, linear.bias is not None, mode, device=w.device)
+        with torch.no_grad():
+            w_q, w_scale = ops.quantize_per_channel(w)
+            mod.w_q.copy_(w_q)
+            mod.w_scale.copy_(w_scale)
+            if linear.bias is not None:
+                mod.bias.copy_(linear.bias.detach().float())
+        mod.repack()
+        return mod
+
+    def repack(self) -> None:
+        """Rebuilds the kernel's packed weight from w_q (after loading or moving the module)."""
+        if self.w_q.device.type == "meta":
+            return
+        with torch.no_grad():
+            self.w_packed = ops.int8_pack_weight(self.w_q)
+
+    def _apply(self, fn, recurse=True):  # keeps the packed copy in step with w_q across .to()/.cuda()
+        out = super()._apply(fn, recurse)
+        self.repack()
+        return out
+
+    def forward(self, x: Tensor, mode: str | None = None) -> Tensor:
+        mode = mode or self.mode
+        if mode == "w8a8":
+            return ops.int8_linear(x, self.w_q, self.w_scale, self.bias, self.w_packed)
+        if mode == "w8":
+            return ops.int8_weight_only_linear(x, self.w_q, self.w_scale, self.bias, self.w_packed)
+        raise ValueError(f"Int8Linear: mode={mode!r} is not one of {MODES}")
+
+    def dequantized_weight(self) -> Tensor:
+        """(N, K) float32 weight this module multiplies by."""
+        return self.w_q.float() * self.w_scale.unsqueeze(1)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, mode={self.mode}"

@@ -1,0 +1,91 @@
+"""The op contract: every ``torch.ops.slimrt.*`` schema, its default kernel and its fake kernel.
+
+Ops are declared with ``torch.library.Library.define`` + ``impl`` rather than ``custom_op``: the
+latter costs about 5 us more per call, which matters on the decode path. The default kernel
+(CompositeExplicitAutograd) is the PyTorch reference, so every device works; ops/cpu.py and
+ops/cuda.py register faster kernels for their dispatch keys. Fake kernels give shapes only, for
+torch.compile, meta tensors and opcheck.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from slimrt.ops import reference
+
+LIB = torch.library.Library("slimrt", "DEF")
+
+SCHEMAS = {
+    "quantize_per_token": "quantize_per_token(Tensor x) -> (Tensor, Tensor)",
+    "quantize_per_channel": "quantize_per_channel(Tensor w) -> (Tensor, Tensor)",
+    "int8_gemm": "int8_gemm(Tensor a, Tensor b, Tensor? a_scale, Tensor? b_scale, ScalarType out_dtype) -> Tensor",
+    # Packs an (N, K) int8 weight into the layout the device's kernel wants; an empty tensor means
+    # "no packed form" and the linear ops then read w_q directly. Packing is done once per module.
+    "int8_pack_weight": "int8_pack_weight(Tensor w_q) -> Tensor",
+    "int8_linear": "int8_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias, Tensor? w_packed) -> Tensor",
+    "int8_weight_only_linear": (
+        "int8_weight_only_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias, Tensor? w_packed) -> Tensor"
+    ),
+    "lowrank_linear": "lowrank_linear(Tensor x, Tensor u, Tensor v, Tensor? bias) -> Tensor",
+}
+for _schema in SCHEMAS.values():
+    LIB.define(_schema)
+
+
+def _no_pack(w_q: Tensor) -> Tensor:
+    reference._check_linear("int8_pack_weight", torch.empty(w_q.shape[1:], device=w_q.device), w_q,
+                            torch.ones(w_q.shape[0], device=w_q.device), None)
+    return w_q.new_empty((0,))
+
+
+DEFAULTS = {
+    "quantize_per_token": reference.quantize_per_token,
+    "quantize_per_channel": reference.quantize_per_channel,
+    "int8_gemm": reference.int8_gemm,
+    "int8_pack_weight": _no_pack,
+    "int8_linear": lambda x, w_q, w_scale, bias, w_packed: reference.int8_linear(x, w_q, w_scale, bias),
+    "int8_weight_only_linear": lambda x, w_q, w_scale, bias, w_packed: reference.int8_weight_only_linear(
+        x, w_q, w_scale, bias
+    ),
+    "lowrank_linear": reference.lowrank_linear,
+}
+for _name, _fn in DEFAULTS.items():
+    LIB.impl(_name, _fn, "CompositeExplicitAutograd")
+
+
+# Fake (shape-only) kernels.
+@torch.library.register_fake("slimrt::quantize_per_token")
+def _(x: Tensor) -> tuple[Tensor, Tensor]:
+    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.register_fake("slimrt::quantize_per_channel")
+def _(w: Tensor) -> tuple[Tensor, Tensor]:
+    return w.new_empty(w.shape, dtype=torch.int8), w.new_empty(w.shape[:1], dtype=torch.float32)
+
+
+@torch.library.register_fake("slimrt::int8_gemm")
+def _(a: Tensor, b: Tensor, a_scale: Tensor | None, b_scale: Tensor | None, out_dtype: torch.dtype) -> Tensor:
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
+
+
+@torch.library.register_fake("slimrt::int8_pack_weight")
+def _(w_q: Tensor) -> Tensor:
+    # The packed size is device-specific and data-independent; the fake reports "not packed".
+    return w_q.new_empty((0,))
+
+
+@torch.library.register_fake("slimrt::int8_linear")
+def _(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Tensor | None) -> Tensor:
+    return x.new_empty((*x.shape[:-1], w_q.shape[0]))
+
+
+@torch.library.register_fake("slimrt::int8_weight_only_linear")
+def _(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Tensor | None) -> Tensor:
+    return x.new_empty((*x.shape[:-1], w_q.shape[0]))
+
+
+@torch.library.register_fake("slimrt::lowrank_linear")
+def _(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    return x.new_empty((*x.shape[:-1], u.shape[0]))

@@ -1,0 +1,171 @@
+"""Plain PyTorch reference for every slimrt op.
+
+This file is the spec: each docstring gives shapes, dtypes and the formula; each native or Triton
+kernel is tested against the function of the same name here, and it is the kernel that runs on any
+device without one of its own.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from slimrt.ops import _check
+
+INT8_MAX = 127
+
+
+def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 quantization of each row of the last dim.
+
+    x (..., K) float32|bfloat16 -> x_q (..., K) int8, x_scale (...) float32, with
+    amax = max|x| over the row (in fp32), x_scale = amax / 127, x_q = round_half_even(x * (127 / amax)).
+    A row of zeros gives x_scale 0 and x_q 0. A row holding NaN or +-Inf gives x_scale NaN and
+    x_q 0, so the NaN reaches the output instead of an undefined float-to-int cast.
+    """
+    op = "quantize_per_token"
+    _check.dtype(op, "x", x, _check.FLOAT_ACT_DTYPES)
+    _check.min_ndim(op, "x", x, 1)
+    xf = x.float()
+    if x.shape[-1] == 0:
+        return torch.zeros(x.shape, dtype=torch.int8, device=x.device), torch.zeros(
+            x.shape[:-1], dtype=torch.float32, device=x.device
+        )
+    amax = xf.abs().amax(dim=-1)  # NaN propagates through amax
+    finite = torch.isfinite(amax)
+    nonzero = amax > 0
+    ok = finite & nonzero
+    inv = torch.where(ok, INT8_MAX / torch.where(ok, amax, torch.ones_like(amax)), torch.zeros_like(amax))
+    q = torch.round(xf * inv.unsqueeze(-1)).clamp_(-INT8_MAX, INT8_MAX)
+    q = torch.where(ok.unsqueeze(-1), q, torch.zeros_like(q)).to(torch.int8)
+    scale = torch.where(finite, amax / INT8_MAX, torch.full_like(amax, float("nan")))
+    return q, scale
+
+
+def quantize_per_channel(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 quantization of each output row of a 2-D weight.
+
+    w (N, K) float -> w_q (N, K) int8, w_scale (N,) float32 with w_scale = amax / 127.
+    An all-zero row gets w_scale 1.0 (any positive value reconstructs zeros; a stored scale is
+    never zero). NaN/Inf in w is an error naming the row, since weights are never expected to hold them.
+    """
+    op = "quantize_per_channel"
+    _check.dtype(op, "w", w, (torch.float32, torch.bfloat16, torch.float16, torch.float64))
+    _check.ndim(op, "w", w, 2)
+    wf = w.float()
+    bad = ~torch.isfinite(wf).all(dim=1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten()[:5].tolist()
+        raise ValueError(f"{op}: w has NaN or Inf in rows {rows}")
+    amax = wf.abs().amax(dim=1) if w.shape[1] > 0 else torch.zeros(w.shape[0], device=w.device)
+    scale = torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax))
+    q = torch.round(wf / scale.unsqueeze(1)).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q, scale
+
+
+def _check_gemm(a: Tensor, b: Tensor, a_scale: Tensor | None, b_scale: Tensor | None, out_dtype: torch.dtype) -> None:
+    op = "int8_gemm"
+    _check.dtype(op, "a", a, (torch.int8,))
+    _check.dtype(op, "b", b, (torch.int8,))
+    _check.ndim(op, "a", a, 2)
+    _check.ndim(op, "b", b, 2)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"int8_gemm: a is (M, K) = {tuple(a.shape)} and b is (N, K) = {tuple(b.shape)}: K differs")
+    if out_dtype == torch.int32:
+        if a_scale is not None or b_scale is not None:
+            raise ValueError("int8_gemm: out_dtype=int32 returns the raw accumulator; pass no scales")
+    else:
+        if out_dtype not in (torch.float32, torch.bfloat16):
+            raise TypeError(f"int8_gemm: out_dtype {out_dtype} is not supported; expected float32, bfloat16 or int32")
+        if a_scale is None or b_scale is None:
+            raise ValueError("int8_gemm: a_scale and b_scale are required for a float output")
+        _check.dtype(op, "a_scale", a_scale, (torch.float32,))
+        _check.dtype(op, "b_scale", b_scale, (torch.float32,))
+        _check.shape(op, "a_scale", a_scale, (a.shape[0],))
+        _check.shape(op, "b_scale", b_scale, (b.shape[0],))
+    _check.same_device(op, a=a, b=b, a_scale=a_scale, b_scale=b_scale)
+
+
+def int8_gemm(
+    a: Tensor, b: Tensor, a_scale: Tensor | None, b_scale: Tensor | None, out_dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """out (M, N) = (a @ b.T, exact int32) * a_scale[:, None] * b_scale[None, :].
+
+    a (M, K) int8, b (N, K) int8 (nn.Linear layout), a_scale (M,) and b_scale (N,) float32.
+    out_dtype float32|bfloat16, or int32 for the raw accumulator (then both scales must be None).
+    The product is formed in fp32 as (acc * a_scale) * b_scale.
+    """
+    _check_gemm(a, b, a_scale, b_scale, out_dtype)
+    # int64 matmul is exact for any K below 2^33; the int32 result is exact because |acc| <= K * 2^14.
+    acc = (a.to(torch.int64) @ b.to(torch.int64).T).to(torch.int32)
+    if out_dtype == torch.int32:
+        return acc
+    return (acc.float() * a_scale.unsqueeze(1) * b_scale.unsqueeze(0)).to(out_dtype)
+
+
+def _check_linear(op: str, x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None) -> None:
+    _check.dtype(op, "x", x, _check.FLOAT_ACT_DTYPES)
+    _check.min_ndim(op, "x", x, 1)
+    _check.dtype(op, "w_q", w_q, (torch.int8,))
+    _check.ndim(op, "w_q", w_q, 2)
+    _check.dtype(op, "w_scale", w_scale, (torch.float32,))
+    _check.shape(op, "w_scale", w_scale, (w_q.shape[0],))
+    if x.shape[-1] != w_q.shape[1]:
+        raise ValueError(f"{op}: x has {x.shape[-1]} features in its last dim but w_q is (N, K) = {tuple(w_q.shape)}")
+    _check.bias(op, bias, w_q.shape[0])
+    _check.same_device(op, x=x, w_q=w_q, w_scale=w_scale, bias=bias)
+
+
+def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None = None) -> Tensor:
+    """W8A8 linear with dynamic per-token activation quantization.
+
+    x (..., K) float32|bfloat16, w_q (N, K) int8, w_scale (N,) float32, bias (N,) or None
+    -> y (..., N) in x.dtype:  x_q, x_s = quantize_per_token(x);
+    y = int8_gemm(x_q, w_q, x_s, w_scale) + bias, bias added in fp32 before the cast.
+    """
+    _check_linear("int8_linear", x, w_q, w_scale, bias)
+    lead, k = x.shape[:-1], x.shape[-1]
+    x_q, x_s = quantize_per_token(x.reshape(-1, k))
+    y = int8_gemm(x_q, w_q, x_s, w_scale, torch.float32)
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype).reshape(*lead, w_q.shape[0])
+
+
+def int8_weight_only_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Weight-only int8 linear (float activations): the small-M decode path.
+
+    x (..., K) float32|bfloat16, w_q (N, K) int8, w_scale (N,) float32 -> y (..., N) in x.dtype:
+    y = (x @ w_q.T) * w_scale + bias, accumulated in fp32; the weight is dequantized on the fly.
+    """
+    _check_linear("int8_weight_only_linear", x, w_q, w_scale, bias)
+    y = (x.float() @ w_q.float().T) * w_scale
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Factorized linear: y = (x @ v.T) @ u.T + bias.
+
+    x (..., K) float32|bfloat16, v (R, K), u (N, R) of x's dtype, bias (N,) or None -> y (..., N) in
+    x.dtype. The (M, R) intermediate and the accumulation are fp32; only y is rounded to x.dtype.
+    """
+    op = "lowrank_linear"
+    _check.dtype(op, "x", x, _check.FLOAT_ACT_DTYPES)
+    _check.min_ndim(op, "x", x, 1)
+    _check.dtype(op, "u", u, (x.dtype,))
+    _check.dtype(op, "v", v, (x.dtype,))
+    _check.ndim(op, "u", u, 2)
+    _check.ndim(op, "v", v, 2)
+    if v.shape[1] != x.shape[-1]:
+        raise ValueError(f"{op}: v is (R, K) = {tuple(v.shape)} but x has K = {x.shape[-1]}")
+    if u.shape[1] != v.shape[0]:
+        raise ValueError(f"{op}: u is (N, R) = {tuple(u.shape)} but v has R = {v.shape[0]}")
+    _check.bias(op, bias, u.shape[0])
+    _check.same_device(op, x=x, u=u, v=v, bias=bias)
+    h = x.float() @ v.float().T  # (..., R)
+    y = h @ u.float().T
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
