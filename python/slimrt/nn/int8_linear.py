@@ -59,6 +59,19 @@ class Int8Linear(nn.Module):
         mod.repack()
         return mod
 
+    # Checkpoint protocol shared by every slimrt module: a JSON-able config that rebuilds an empty
+    # module of the same shapes (on the meta device when loading), whose state_dict then names
+    # the exact tensors, shapes and dtypes a checkpoint must hold for it.
+    def slimrt_config(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "mode": self.mode,
+                "bias_dtype": str(self.bias.dtype).replace("torch.", "") if self.bias is not None else "float32"}
+
+    @classmethod
+    def from_slimrt_config(cls, cfg: dict[str, Any], device: Any = "meta") -> "Int8Linear":
+        return cls(int(cfg["in_features"]), int(cfg["out_features"]), bool(cfg["bias"]), str(cfg["mode"]),
+                   device=device, bias_dtype=getattr(torch, str(cfg.get("bias_dtype", "float32"))))
+
     def repack(self) -> None:
         """Rebuilds the kernel's packed weight from w_q (after loading or moving the module)."""
         if self.w_q.device.type == "meta":
