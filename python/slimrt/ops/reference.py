@@ -20,6 +20,8 @@ def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
 
     x (..., K) float32|bfloat16 -> x_q (..., K) int8, x_scale (...) float32, with
     amax = max|x| over the row (in fp32), x_scale = amax / 127, x_q = round_half_even(x * (127 / amax)).
+    Bit-exact fp32 op order: 127 / amax is formed as torch forms ``int / tensor``, i.e.
+    (1 / amax) * 127 (reciprocal, then multiply), which can differ from a true division in the last bit.
     A row of zeros gives x_scale 0 and x_q 0. A row holding NaN or +-Inf gives x_scale NaN and
     x_q 0, so the NaN reaches the output instead of an undefined float-to-int cast.
     """
