@@ -70,22 +70,33 @@ struct Gemm {
   int64_t ldc, N;
 };
 
-// acc[r][j] = sum over k of (a[m0 + r] + 128) * b[panel p0 + j], then the epilogue.
+// k blocks of 256: a 64-column weight slab of one block is 16 KiB and stays in L1 while the rows
+// of a row block stream past it; partial sums go to a per-item int32 buffer between blocks.
+constexpr int64_t kKcq = 64;  // 4-deep k groups per block
+
+// acc[r][j] (+)= sum over k groups [q0, q0 + nq) of (a[m0 + r] + 128) * b[panel p0 + j]; on the last
+// block the epilogue writes out, otherwise the partial sums go to cbuf (row stride 64 int32).
 template <int MR, int NB>
-void tile(const Gemm& g, int64_t m0, int64_t p0) {
+void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t* cbuf, bool first, bool last) {
   __m512i acc[MR][NB];
   for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_si512();
-  const uint8_t* a = g.au + m0 * g.k_pad;
-  const int8_t* b = g.panels + p0 * kPanel * g.k_pad;
+    for (int j = 0; j < NB; ++j)
+      acc[r][j] = first ? _mm512_setzero_si512() : _mm512_loadu_si512(cbuf + r * 64 + j * 16);
+  const uint8_t* a = g.au + m0 * g.k_pad + q0 * 4;
+  const int8_t* b = g.panels + p0 * kPanel * g.k_pad + q0 * 64;
   const int64_t ps = kPanel * g.k_pad;
-  for (int64_t q = 0; q < g.kq; ++q, a += 4, b += 64) {
+  for (int64_t q = 0; q < nq; ++q, a += 4, b += 64) {
     __m512i bv[NB];
     for (int j = 0; j < NB; ++j) bv[j] = _mm512_loadu_si512(b + j * ps);
     for (int r = 0; r < MR; ++r) {
       const __m512i av = _mm512_set1_epi32(load32(a + r * g.k_pad));
       for (int j = 0; j < NB; ++j) acc[r][j] = dpbusd(acc[r][j], av, bv[j]);
     }
+  }
+  if (!last) {
+    for (int r = 0; r < MR; ++r)
+      for (int j = 0; j < NB; ++j) _mm512_storeu_si512(cbuf + r * 64 + j * 16, acc[r][j]);
+    return;
   }
   // Epilogue: out = float(acc - comp) * a_scale * b_scale + bias, in the reference's op order.
   for (int j = 0; j < NB; ++j) {
@@ -110,7 +121,7 @@ void tile(const Gemm& g, int64_t m0, int64_t p0) {
   }
 }
 
-using TileFn = void (*)(const Gemm&, int64_t, int64_t);
+using TileFn = void (*)(const Gemm&, int64_t, int64_t, int64_t, int64_t, int32_t*, bool, bool);
 template <int MR>
 constexpr TileFn row_fns[kNB] = {tile<MR, 1>, tile<MR, 2>, tile<MR, 3>, tile<MR, 4>};
 constexpr const TileFn* kTiles[kMR] = {row_fns<1>, row_fns<2>, row_fns<3>, row_fns<4>, row_fns<5>, row_fns<6>};
@@ -142,18 +153,22 @@ void int8_gemm_packed(const int8_t* a, int64_t lda, const int8_t* packed, const 
          a_scale, b_scale, bias, out, out_dt, ldc, N};
   const int64_t panels = n_pad / kPanel;
   const int64_t n_tiles = div_up(panels, kNB);
-  // Row blocks of up to 96 (16 tiles of 6): enough work items for the threads while a thread keeps
-  // one 64-column weight slab (64 * K bytes, in L2) across a block.
+  // Work item = (row block of up to 96 rows, 64-column tile), row-block major: a thread's
+  // consecutive items share the row block's activations (<= 96 x K bytes, in L2) and stream weights.
   const int64_t mb = std::min<int64_t>(round_up(M, kMR), 96);
   const int64_t m_blocks = div_up(M, mb);
   parallel_for(n_tiles * m_blocks, num_threads, [&](int64_t i0, int64_t i1) {
+    std::vector<int32_t> cbuf(static_cast<size_t>(mb * 64));
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t nt = i / m_blocks, mbi = i % m_blocks;
+      const int64_t mbi = i / n_tiles, nt = i % n_tiles;
       const int64_t p0 = nt * kNB, nb = std::min<int64_t>(kNB, panels - p0);
-      const int64_t m_end = std::min(M, (mbi + 1) * mb);
-      for (int64_t m0 = mbi * mb; m0 < m_end; m0 += kMR) {
-        const int64_t mr = std::min<int64_t>(kMR, m_end - m0);
-        kTiles[mr - 1][nb - 1](g, m0, p0);
+      const int64_t m_beg = mbi * mb, m_end = std::min(M, m_beg + mb);
+      for (int64_t q0 = 0; q0 < g.kq; q0 += kKcq) {
+        const int64_t nq = std::min(kKcq, g.kq - q0);
+        for (int64_t m0 = m_beg; m0 < m_end; m0 += kMR) {
+          const int64_t mr = std::min<int64_t>(kMR, m_end - m0);
+          kTiles[mr - 1][nb - 1](g, m0, p0, q0, nq, cbuf.data() + (m0 - m_beg) * 64, q0 == 0, q0 + nq >= g.kq);
+        }
       }
     }
   });
@@ -167,17 +182,41 @@ void w8_panel(const float* xf, int64_t k_pad, const int8_t* panel, int64_t kq, f
   __m512 acc[MR][4];
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_ps();
-  for (int64_t q = 0; q < kq; ++q) {
+  // For MR <= 2 two k groups per step into separate accumulators: 4 FMA chains alone would wait on
+  // FMA latency instead of on memory.
+  constexpr int U = MR <= 2 ? 2 : 1;
+  __m512 acc2[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < 4; ++j) acc2[r][j] = _mm512_setzero_ps();
+  int64_t q = 0;
+  for (; q + U <= kq; q += U) {
     const int8_t* bp = panel + q * 64;
-    _mm_prefetch(reinterpret_cast<const char*>(bp) + 2048, _MM_HINT_T0);
-    __m512 w[4];
-    for (int j = 0; j < 4; ++j)
-      w[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bp + 16 * j))));
-    for (int r = 0; r < MR; ++r) {
-      const __m512 xv = _mm512_broadcast_f32x4(_mm_loadu_ps(xf + r * k_pad + 4 * q));
-      for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_fmadd_ps(w[j], xv, acc[r][j]);
+    _mm_prefetch(reinterpret_cast<const char*>(bp) + 1024, _MM_HINT_T0);
+    for (int u = 0; u < U; ++u) {
+      __m512 w[4];
+      for (int j = 0; j < 4; ++j)
+        w[j] = _mm512_cvtepi32_ps(
+            _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bp + 64 * u + 16 * j))));
+      for (int r = 0; r < MR; ++r) {
+        const __m512 xv = _mm512_broadcast_f32x4(_mm_loadu_ps(xf + r * k_pad + 4 * (q + u)));
+        for (int j = 0; j < 4; ++j) {
+          if (u == 0) acc[r][j] = _mm512_fmadd_ps(w[j], xv, acc[r][j]);
+          else acc2[r][j] = _mm512_fmadd_ps(w[j], xv, acc2[r][j]);
+        }
+      }
     }
   }
+  for (; q < kq; ++q) {
+    const int8_t* bp = panel + q * 64;
+    for (int j = 0; j < 4; ++j) {
+      const __m512 w =
+          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bp + 16 * j))));
+      for (int r = 0; r < MR; ++r)
+        acc[r][j] = _mm512_fmadd_ps(w, _mm512_broadcast_f32x4(_mm_loadu_ps(xf + r * k_pad + 4 * q)), acc[r][j]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_add_ps(acc[r][j], acc2[r][j]);
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < 4; ++j) {
       alignas(64) float t[16];
