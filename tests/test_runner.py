@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -350,3 +351,25 @@ def test_from_checkpoint_round_trip(tmp_path):
     save(model, tmp_path / "ckpt")
     rt = Runner.from_checkpoint(tmp_path / "ckpt")
     assert rt.generate_ids(PROMPTS, NEW) == Runner(model).generate_ids(PROMPTS, NEW)
+
+
+# ----- CLI ---------------------------------------------------------------------------------------------
+def test_cli_generate_streams_and_embed_prints(monkeypatch, capsys, tmp_path):
+    from slimrt import cli
+
+    tok = byte_bpe_tokenizer()
+    dec, enc = Runner(tiny_gpt2(9), tok), Runner(tiny_bert(), tok)
+    monkeypatch.setattr(Runner, "from_checkpoint", classmethod(lambda cls, path, **kw: {"dec": dec, "enc": enc}[path]))
+    assert cli.main(["generate", "dec", "--prompt", "the runner", "--max-new-tokens", "8", "--verbose"]) == 0
+    out, err = capsys.readouterr()
+    assert out == dec.generate("the runner", max_new_tokens=8) + "\n"
+    assert "tokens/s" in err and "8 new tokens" in err
+    (tmp_path / "s.txt").write_text("one\n\ntwo three\n", encoding="utf-8")
+    assert cli.main(["embed", "enc", "--text", "zero", "--file", str(tmp_path / "s.txt"), "--verbose"]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 3 and len(rows[0]) == 64
+    assert torch.allclose(torch.tensor(rows), enc.embed(["zero", "one", "two three"]), atol=1e-5)
+    assert "sentences/s" in err
+    assert cli.main(["generate", "enc", "--prompt", "x"]) == 2
+    assert "generate needs a decoder" in capsys.readouterr().err

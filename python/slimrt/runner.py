@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -163,9 +164,14 @@ class Runner:
         with torch.inference_mode():
             for s in range(0, len(texts), batch_size):
                 idx = order[s:s + batch_size]
-                enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_seq_length,
-                          return_tensors="pt")
-                out[idx] = self.embed_ids(enc["input_ids"], enc["attention_mask"], normalize)
+                rows = tok([texts[i] for i in idx], truncation=True, max_length=self.max_seq_length)["input_ids"]
+                # Right padding done here: any id works under the mask, so no pad token is required.
+                ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for r, row in enumerate(rows):
+                    ids[r, :len(row)] = torch.tensor(row, dtype=torch.long)
+                    mask[r, :len(row)] = 1
+                out[idx] = self.embed_ids(ids, mask, normalize)
         return out
 
     def embed_ids(self, input_ids: Tensor, attention_mask: Tensor, normalize: bool = True) -> Tensor:
@@ -177,24 +183,33 @@ class Runner:
     # ----- decoders -------------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[str], max_new_tokens: int = 32, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 eos: bool = True) -> str | list[str]:
-        """Generated text for one prompt (str) or each of a list (list[str]), prompt not included."""
+                 eos: bool = True, stats: dict | None = None) -> str | list[str]:
+        """Generated text for one prompt (str) or each of a list (list[str]), prompt not included.
+
+        ``stats``: a dict to receive timings (prompt_tokens, new_tokens, prefill_s, decode_s).
+        """
         single = isinstance(prompt, str)
         prompts = self._encode_prompts([prompt] if single else prompt)
-        out = self.generate_ids(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos)
-        texts = [self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-                 for ids in out]
+        out = self.generate_ids(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos, stats)
+        eos_ids = self._eos_ids() if eos else set()
+        texts = [self.tokenizer.decode(ids[:-1] if ids and ids[-1] in eos_ids else ids, skip_special_tokens=True,
+                                       clean_up_tokenization_spaces=False) for ids in out]
         return texts[0] if single else texts
 
     def stream(self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int | None = None,
-               top_p: float | None = None, seed: int | None = None, eos: bool = True) -> Iterator[str]:
+               top_p: float | None = None, seed: int | None = None, eos: bool = True,
+               stats: dict | None = None) -> Iterator[str]:
         """Text pieces of one prompt's continuation as they are decoded; they add up to ``generate``'s text."""
         if not isinstance(prompt, str):
             raise TypeError(f"stream takes one prompt string, got {type(prompt).__name__}; use generate for a list")
         prompts = self._encode_prompts([prompt])
         detok = Detokenizer(self.tokenizer)
-        for tokens in self._token_loop(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos):
-            piece = detok.push(int(tokens[0]))
+        eos_ids = self._eos_ids() if eos else set()
+        for tokens in self._token_loop(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos, stats):
+            token = int(tokens[0])
+            if token in eos_ids:
+                break
+            piece = detok.push(token)
             if piece:
                 yield piece
         tail = detok.flush()
@@ -203,12 +218,12 @@ class Runner:
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 32, temperature: float = 0.0,
                      top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                     eos: bool = True) -> list[list[int]]:
+                     eos: bool = True, stats: dict | None = None) -> list[list[int]]:
         """New token ids per prompt (an EOS that stopped a row is included, as in HF generate)."""
         out: list[list[int]] = [[] for _ in prompts]
         done = [False] * len(prompts)
         eos_ids = self._eos_ids() if eos else set()
-        for tokens in self._token_loop(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos):
+        for tokens in self._token_loop(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos, stats):
             for row, t in enumerate(tokens.tolist()):
                 if not done[row]:
                     out[row].append(t)
@@ -216,8 +231,13 @@ class Runner:
         return out
 
     def _token_loop(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float,
-                    top_k: int | None, top_p: float | None, seed: int | None, eos: bool) -> Iterator[Tensor]:
-        """Yields the next token of every row (B,) per step; rows that hit EOS keep yielding padding."""
+                    top_k: int | None, top_p: float | None, seed: int | None, eos: bool,
+                    stats: dict | None = None) -> Iterator[Tensor]:
+        """Yields the next token of every row (B,) per step; rows that hit EOS keep yielding padding.
+
+        ``stats`` (if given) receives prompt_tokens, new_tokens (steps), prefill_s and decode_s; the
+        time spent by the consumer between steps is not counted.
+        """
         lean = self._need_decoder("generate")
         _check_sampling(max_new_tokens, temperature, top_k, top_p)
         prompts = self._check_prompts(prompts, max_new_tokens)
@@ -228,8 +248,11 @@ class Runner:
         eos_ids = torch.tensor(sorted(self._eos_ids()), dtype=torch.long) if eos else None
         pad_id = int(eos_ids[0]) if eos_ids is not None and len(eos_ids) else 0
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        if stats is not None:
+            stats.update(prompt_tokens=sum(lengths), new_tokens=0, prefill_s=0.0, decode_s=0.0)
         if max_new_tokens == 0:
             return
+        t0 = time.perf_counter()
         with torch.inference_mode():
             batch = Batch.left_padded(lengths, max_len, device)
             ids = torch.full((b, plen), pad_id, dtype=torch.long, device=device)
@@ -240,19 +263,29 @@ class Runner:
             step_mask = batch.decode_mask()
             logits = lean.forward(ids, pos, cache, 0, batch.prefill_mask(), not batch.padded)  # prefill
             finished = torch.zeros(b, dtype=torch.bool)
+        t1 = time.perf_counter()
+        if stats is not None:
+            stats["prefill_s"] = t1 - t0
+        decode_s = 0.0
         for step in range(max_new_tokens):
+            t0 = time.perf_counter()
             with torch.inference_mode():
                 tok = sample(logits, temperature, top_k, top_p, generator)
                 if eos_ids is not None:
                     tok = tok.masked_fill(finished, pad_id)
                     finished |= torch.isin(tok, eos_ids)
+            decode_s += time.perf_counter() - t0
+            if stats is not None:
+                stats.update(new_tokens=step + 1, decode_s=decode_s)
             yield tok
             if step + 1 == max_new_tokens or (eos_ids is not None and bool(finished.all())):
                 return
+            t0 = time.perf_counter()
             with torch.inference_mode():  # decode_one_token: slot plen + step, attends to [0, plen + step]
                 slot = plen + step
                 mask = None if step_mask is None else step_mask[..., :slot + 1]
                 logits = lean.forward(tok.unsqueeze(1), pos, cache, slot, mask, False)
+            decode_s += time.perf_counter() - t0
 
     # ----- checks ---------------------------------------------------------------------------
     def _need_decoder(self, what: str):
