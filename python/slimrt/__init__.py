@@ -8,4 +8,8 @@ from slimrt._version import __version__
 from slimrt._info import info
 from slimrt import ops, nn
 
+# runner (issue 4): slimrt.load(path) -> Runner
+from slimrt.runner import Runner, load
+
 __all__ = ["__version__", "info", "ops", "nn"]
+__all__ += ["Runner", "load"]  # runner (issue 4)
