@@ -9,3 +9,9 @@ from slimrt._info import info
 from slimrt import ops, nn
 
 __all__ = ["__version__", "info", "ops", "nn"]
+
+# Checkpoints (save/load_model are light: torch + safetensors; transformers loads only for HF models).
+from slimrt.errors import CheckpointError, SlimrtError
+from slimrt.checkpoint import save
+
+__all__ += ["CheckpointError", "SlimrtError", "save"]
