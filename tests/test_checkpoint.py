@@ -271,3 +271,12 @@ def test_import_slimrt_stays_free_of_transformers():
     code = "import sys, slimrt; slimrt.save; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_files_get_the_usual_permissions(tmp_path):
+    slimrt.save(mlp(), tmp_path / "ck")
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in os.listdir(tmp_path / "ck"):
+        assert os.stat(tmp_path / "ck" / name).st_mode & 0o777 == 0o666 & ~umask, name
+    assert os.stat(tmp_path / "ck").st_mode & 0o777 == 0o777 & ~umask

@@ -207,7 +207,7 @@ def assemble(meta: dict[str, Any], tensors: dict[str, torch.Tensor],
 
     config = None
     if model is None:
-        model, config = build_skeleton(meta["model"])
+        model, config = build_skeleton(meta["model"], len(tensors))
     elif not isinstance(model, nn.Module):
         raise TypeError(f"load: model must be an nn.Module skeleton, got {type(model).__name__}")
     else:

@@ -19,6 +19,8 @@ TENSORS_NAME = "model.safetensors"
 META_CAP = 64 * 2**20  # configs and reports are KBs; a larger slimrt.json is corrupt or hostile
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_DTYPE_NAMES = {"float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool",
+                "float8_e4m3fn", "float8_e5m2"}
 
 
 def to_json(obj: Any, where: str) -> Any:
@@ -140,8 +142,9 @@ def validate(meta: dict[str, Any]) -> dict[str, Any]:
     modules = _field(meta, "modules", dict, "")
     for name, entry in modules.items():
         where = f"modules.{name}"
-        if not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", name):
-            raise CheckpointError(f"{META_NAME}: module name {name!r} is not a dotted attribute path")
+        if not name or len(name) > 1024 or any(not p or not p.isprintable() or p != p.strip()
+                                                for p in name.split(".")):
+            raise CheckpointError(f"{META_NAME}: module name {name[:80]!r} is not a dotted module path")
         if not isinstance(entry, dict):
             raise CheckpointError(f"{META_NAME}: field '{where}' must be an object")
         mtype = _field(entry, "type", str, where)
@@ -154,6 +157,9 @@ def validate(meta: dict[str, Any]) -> dict[str, Any]:
                     or (isinstance(value, list) and all(isinstance(v, (bool, int, float, str)) for v in value))):
                 raise CheckpointError(f"{META_NAME}: field '{where}.config.{key}' must be a number, string, "
                                       "bool or a list of them")
+            if key.endswith("dtype") and value not in _DTYPE_NAMES:  # modules getattr(torch, ...) these
+                raise CheckpointError(f"{META_NAME}: field '{where}.config.{key}' is {value!r}, not one of "
+                                      f"{sorted(_DTYPE_NAMES)}")
 
     compression = _field(meta, "compression", dict, "", optional=True)
     del compression  # inert: handed back to the caller as model.slimrt_meta, never interpreted here

@@ -188,13 +188,17 @@ def parse_float_dtype(value: Any, where: str) -> torch.dtype:
     return FLOAT_DTYPES[value]
 
 
-def build_skeleton(section: dict[str, Any]) -> tuple[nn.Module, Any]:
-    """An empty model on the meta device from a validated "model" section, and its HF config (or None)."""
+def build_skeleton(section: dict[str, Any], n_tensors: int) -> tuple[nn.Module, Any]:
+    """An empty model on the meta device from a validated "model" section, and its HF config (or None).
+
+    ``n_tensors`` (how many the checkpoint stores) bounds layer counts: every layer holds at least one
+    tensor, so a config claiming more layers is hostile (building a billion meta layers would hang).
+    """
     kind = section["kind"]
     if kind == "sequential":
         return _build_layers(section.get("layers"), "model.layers", 0), None
     if kind == "hf":
-        return _build_hf(section)
+        return _build_hf(section, n_tensors)
     raise CheckpointError("slimrt.json: the model kind is 'custom', so load needs the model skeleton: "
                           "pass model=<an instance of the original class>")
 
@@ -202,7 +206,10 @@ def build_skeleton(section: dict[str, Any]) -> tuple[nn.Module, Any]:
 _CLASS_NAME = re.compile(r"[A-Z][A-Za-z0-9]{0,127}")
 
 
-def _build_hf(section: dict[str, Any]) -> tuple[nn.Module, Any]:
+_LAYER_COUNT = re.compile(r"(num|n)_(hidden_|encoder_|decoder_)?layers?|(encoder|decoder)_layers")
+
+
+def _build_hf(section: dict[str, Any], n_tensors: int) -> tuple[nn.Module, Any]:
     import transformers
 
     arch = section.get("architecture")
@@ -213,6 +220,10 @@ def _build_hf(section: dict[str, Any]) -> tuple[nn.Module, Any]:
     cfg = section.get("config")
     if not isinstance(cfg, dict):
         raise CheckpointError("slimrt.json: field 'model.config' must be an object")
+    for key, value in cfg.items():
+        if _LAYER_COUNT.fullmatch(key) and isinstance(value, int) and value > n_tensors:
+            raise CheckpointError(f"slimrt.json: field 'model.config.{key}' is {value}, more layers than the "
+                                  f"{n_tensors} stored tensors could fill")
     dtype = parse_float_dtype(section.get("dtype", "float32"), "model.dtype")
     cfg = dict(cfg)
     if "use_pretrained_backbone" in cfg:

@@ -30,7 +30,7 @@ from slimrt import _ckpt_meta as M
 from slimrt._ckpt_load import assemble, check_directory, read_file, read_model_tensors
 from slimrt.errors import CheckpointError, CheckpointExistsError
 
-ZSTD_LEVEL = 10  # int8 payloads: ~level 10 is within 1% of level 19's size at a fraction of the time
+ZSTD_LEVEL = 3  # on MiniLM int8 weights levels 3..19 all reach 0.899 of raw size; 3 is ~10x faster than 15
 
 
 @dataclass(frozen=True)
@@ -322,6 +322,8 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
             f.write(M.dumps(meta))
             f.flush()
             os.fsync(f.fileno())
+        for name in [*files, M.META_NAME]:  # some writers create 0600 files; use the umask like open() does
+            os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
         total = sum(os.path.getsize(os.path.join(tmp, n)) for n in [*files, M.META_NAME])
         _fsync_path(tmp, directory=True)
         _commit(tmp, target)
