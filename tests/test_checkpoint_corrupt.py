@@ -187,6 +187,9 @@ CASES = [
     # 10. checksum mismatch names the file
     ("checksum", lambda ck, tmp: _put_st(ck, (ck / ST).read_bytes()[:-1] + b"\x55", fix_sha=False),
      r"model\.safetensors in .*: sha256 checksum mismatch"),
+    ("checksum_other", lambda ck, tmp: (_edit_meta(lambda m: m["files"].update({"vocab.txt": "0" * 64}))(ck, tmp),
+                                        (ck / "vocab.txt").write_text("[PAD]\n")),
+     r"vocab\.txt in .*: sha256 checksum mismatch"),
     # 11. path escapes
     ("dotdot", _edit_meta(lambda m: m["files"].update({"../evil.json": "0" * 64})), r"'\.\./evil\.json' is not a plain"),
     ("absolute", _edit_meta(lambda m: m["files"].update({"/etc/passwd": "0" * 64})), r"'/etc/passwd' is not a plain"),
@@ -359,3 +362,83 @@ def test_module_validate_hook_names_the_layer(tmp_path, monkeypatch):
     slimrt.save(model, tmp_path / "bad")
     with pytest.raises(CheckpointError, match=r"layer '1' \(_Sparse\) is invalid: layout indices are unsorted"):
         checkpoint.load_model(tmp_path / "bad")
+
+
+# ------------------------------------------------------------------ fuzzing: only CheckpointError escapes
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_FUZZ_SETTINGS = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+
+
+@_FUZZ_SETTINGS
+@given(data=st.data())
+def test_fuzz_safetensors_bytes(tmp_path_factory, data):
+    from slimrt._safetensors import read_tensors
+
+    path = tmp_path_factory.mktemp("fz") / ST
+    save_file({"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(5, dtype=torch.int8),
+               "c": torch.zeros(2, dtype=torch.bool)}, str(path))
+    blob = bytearray(path.read_bytes())
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        i = data.draw(st.integers(0, len(blob) - 1))
+        if op == "flip":
+            blob[i] = data.draw(st.integers(0, 255))
+        elif op == "cut":
+            del blob[i:i + data.draw(st.integers(1, 16))]
+        else:
+            blob[i:i] = data.draw(st.binary(min_size=1, max_size=8))
+        if not blob:
+            blob = bytearray(b"\x00")
+    path.write_bytes(bytes(blob))
+    try:
+        tensors, _ = read_tensors(str(path), ST)
+    except CheckpointError:
+        return
+    for t in tensors.values():  # whatever parsed must be internally consistent
+        assert t.numel() * t.element_size() == t.untyped_storage().nbytes()
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+                     | st.text(max_size=8), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c,
+                                                                                               max_size=3), max_leaves=6)
+
+
+def _paths(obj, prefix=()):
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _paths(v, prefix + (i,))
+
+
+@_FUZZ_SETTINGS
+@given(data=st.data())
+def test_fuzz_slimrt_json(tmp_path_factory, data):
+    ck = tmp_path_factory.mktemp("fz") / "ck"
+    slimrt.save(_model(), ck)
+    meta = _meta(ck)
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from([p for p in _paths(meta) if p]))
+        parent = meta
+        for key in path[:-1]:
+            parent = parent[key]
+        if data.draw(st.booleans()) and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = data.draw(_JSON)
+    _put_meta(ck, meta)
+    try:
+        checkpoint.load_model(ck)
+    except CheckpointError:
+        pass
+
+
+def test_unhashable_dtype_in_header(ck):
+    _put_st(ck, _raw({"a": {"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}}, bytes(8)))
+    with pytest.raises(CheckpointError, match=r"tensor 'a' has unknown dtype \['F32'\]"):
+        checkpoint.load_model(ck)

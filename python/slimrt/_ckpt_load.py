@@ -14,8 +14,6 @@ from slimrt import _ckpt_meta as M
 from slimrt._safetensors import DTYPE_NAMES, read_tensors
 from slimrt.errors import CheckpointError
 
-_INT_OR_BOOL = "integer/bool"
-
 
 def check_directory(path: str | os.PathLike) -> str:
     """The checkpoint directory as an absolute path, after refusing pickles and non-checkpoints."""
@@ -59,7 +57,10 @@ def read_file(root: str, name: str, cap: int) -> bytes:
         size = os.fstat(f.fileno()).st_size
         if size > cap:
             raise CheckpointError(f"{name} in {root} is {size} bytes, over the {cap}-byte cap for this file")
-        return f.read(cap + 1)
+        data = f.read(size + 1)
+    if len(data) != size:
+        raise CheckpointError(f"{name} in {root} changed size while it was being read")
+    return data
 
 
 def read_model_tensors(root: str, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -104,6 +105,8 @@ def _decode(name: str, stored: torch.Tensor | None, spec: dict[str, Any]) -> tor
         raise CheckpointError(f"{where} decoded to {len(raw)} bytes, expected {expected}")
     out = torch.empty(expected, dtype=torch.uint8)
     out.numpy()[:] = memoryview(raw)
+    if dtype == torch.bool and expected and int(out.max()) > 1:
+        raise CheckpointError(f"{where} is a bool tensor holding bytes other than 0 and 1")
     return out.view(dtype).reshape(spec["shape"])
 
 

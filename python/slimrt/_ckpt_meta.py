@@ -157,7 +157,7 @@ def validate(meta: dict[str, Any]) -> dict[str, Any]:
                     or (isinstance(value, list) and all(isinstance(v, (bool, int, float, str)) for v in value))):
                 raise CheckpointError(f"{META_NAME}: field '{where}.config.{key}' must be a number, string, "
                                       "bool or a list of them")
-            if key.endswith("dtype") and value not in _DTYPE_NAMES:  # modules getattr(torch, ...) these
+            if key.endswith("dtype") and (not isinstance(value, str) or value not in _DTYPE_NAMES):  # modules getattr(torch, ...) these
                 raise CheckpointError(f"{META_NAME}: field '{where}.config.{key}' is {value!r}, not one of "
                                       f"{sorted(_DTYPE_NAMES)}")
 

@@ -126,7 +126,7 @@ def _entry(fname: str, name: str, spec: object, data_len: int) -> Entry:
     if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
         raise CheckpointError(f"{where} must have exactly the fields dtype, shape and data_offsets")
     dtype_name, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
-    if dtype_name not in DTYPES:
+    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
         raise CheckpointError(f"{where} has unknown dtype {dtype_name!r}; supported: {', '.join(DTYPES)}")
     dtype = DTYPES[dtype_name]
 

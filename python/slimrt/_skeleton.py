@@ -183,7 +183,7 @@ def _build_layers(layers: Any, where: str, depth: int) -> nn.Sequential:
 
 
 def parse_float_dtype(value: Any, where: str) -> torch.dtype:
-    if value not in FLOAT_DTYPES:
+    if not isinstance(value, str) or value not in FLOAT_DTYPES:
         raise CheckpointError(f"slimrt.json: field '{where}' is {value!r}, not one of {sorted(FLOAT_DTYPES)}")
     return FLOAT_DTYPES[value]
 

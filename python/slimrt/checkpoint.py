@@ -10,6 +10,22 @@ load_model(path) treats the directory as hostile: it validates slimrt.json and t
 header before reading tensor bytes, checks every checksum, rebuilds the skeleton on the meta device,
 swaps in the allow-listed slimrt modules, compares every tensor's name, dtype and shape with the
 skeleton, and only then assigns them (load_state_dict(assign=True)). No pickle anywhere.
+
+slimrt.json (format_version 1; sorted keys, no timestamps):
+  format_version, slimrt_version, created_by {slimrt, torch[, transformers]}
+  model       {"kind": "hf", "architecture", "config", "dtype", "generation_config"}
+              | {"kind": "sequential", "layers": [{"type": "Linear", "in_features": .., "dtype": ..}, ..]}
+              | {"kind": "custom", "class"}   (load then needs model=<skeleton>)
+  modules     {qualified name: {"type": a key of slimrt.nn.MODULE_TYPES, "config": slimrt_config()}}
+  compression model.slimrt_meta, verbatim (non-finite floats written as "Infinity"/"-Infinity"/"NaN")
+  files       {relative file name: sha256}, model.safetensors and any tokenizer files
+  entropy     null | "zstd";  encoded {tensor: {"codec": "zstd", "dtype", "shape"}} (stored as 1-D uint8)
+  tied        [[stored name, alias name], ..]   (one tensor under two names: stored once, re-tied)
+  buffers     names of the non-persistent buffers stored (e.g. rotary inv_freq); slimrt modules'
+              own non-persistent buffers are rebuilt by their repack() instead
+  tokenizer   null | {"class", "files"}
+A slimrt module may define ``slimrt_validate()`` (raise ValueError): it runs after loading, and
+its message becomes a CheckpointError naming the layer (e.g. block-sparse layout checks).
 """
 
 from __future__ import annotations
