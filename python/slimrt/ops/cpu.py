@@ -6,6 +6,8 @@ here and in the reference checks first, so C++ only sees well-formed calls.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -81,8 +83,38 @@ def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_
     return out.reshape(*lead, n)
 
 
+# ---- lowrank_linear (issue 5) ----
+def _unit_inner(t: Tensor) -> Tensor:
+    """2-D t as is when its rows have unit stride and do not overlap, else a contiguous copy."""
+    rows, cols = t.shape
+    if cols > 1 and t.stride(1) != 1 or rows > 1 and t.stride(0) < cols:
+        t = t.contiguous()
+    return t
+
+
+def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    """Fused (x @ v.T) @ u.T + bias. The kernel reads the factors as v.T (K, R) and u.T (R, N) with unit
+    inner stride: free when u and v are transposed views (nn.LowRankLinear stores them that way), a
+    copy per call otherwise."""
+    reference._check_lowrank(x, u, v, bias)
+    lead, k = x.shape[:-1], x.shape[-1]
+    n, r = u.shape
+    m = math.prod(lead)
+    out = torch.empty((m, n), dtype=x.dtype)
+    if m and n:
+        # (M, K), (K, R), (R, N) with unit inner stride; explicit sizes because any of them may be 0.
+        x2, vt, ut = _unit_inner(x.reshape(m, k)), _unit_inner(v.t()), _unit_inner(u.t())
+        b32 = None if bias is None else bias.float().contiguous()
+        _native.load().lowrank_matmul(x2.data_ptr(), x2.stride(0) if m > 1 else k, vt.data_ptr(),
+                                      vt.stride(0) if k > 1 else r, ut.data_ptr(), ut.stride(0) if r > 1 else n,
+                                      _ptr(b32), out.data_ptr(), n, _DT[x.dtype], m, k, r, n,
+                                      torch.get_num_threads())
+    return out.reshape(*lead, n)
+
+
 def register(lib: torch.library.Library) -> None:
     """Registers the native kernels for the CPU dispatch key."""
     lib.impl("quantize_per_token", quantize_per_token, "CPU")
     lib.impl("int8_gemm", int8_gemm, "CPU")
     lib.impl("int8_linear", int8_linear, "CPU")
+    lib.impl("lowrank_linear", lowrank_linear, "CPU")
