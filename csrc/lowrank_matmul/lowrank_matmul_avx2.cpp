@@ -1,4 +1,5 @@
-// AVX2 + FMA path: 8 fp32 lanes, micro-tile 6 rows x 16 columns (12 ymm accumulators of 16).
+// AVX2 + FMA path: 8 fp32 lanes, micro-tile 6 rows x 16 columns (12 ymm accumulators of 16),
+// or up to 2 rows x 32 columns for decode.
 #include <immintrin.h>
 
 #include "lowrank_matmul/lowrank_matmul_impl.h"
@@ -8,7 +9,7 @@ namespace avx2 {
 namespace {
 
 struct Simd {
-  static constexpr int W = 8, MR = 6, NV = 2;
+  static constexpr int W = 8, MR = 6, NV = 2, NV_WIDE = 4;
   using V = __m256;
   static V zero() { return _mm256_setzero_ps(); }
   static V bcast(const float* p) { return _mm256_broadcast_ss(p); }

@@ -1,4 +1,5 @@
-// AVX-512 path: 16 fp32 lanes, micro-tile 8 rows x 32 columns (16 zmm accumulators).
+// AVX-512 path: 16 fp32 lanes, micro-tile 8 rows x 32 columns (16 zmm accumulators),
+// or up to 2 rows x 128 columns for decode.
 #include <immintrin.h>
 
 #include "lowrank_matmul/lowrank_matmul_impl.h"
@@ -8,7 +9,7 @@ namespace avx512 {
 namespace {
 
 struct Simd {
-  static constexpr int W = 16, MR = 8, NV = 2;
+  static constexpr int W = 16, MR = 8, NV = 2, NV_WIDE = 8;
   using V = __m512;
   static __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
   static V zero() { return _mm512_setzero_ps(); }

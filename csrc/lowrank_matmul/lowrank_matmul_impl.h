@@ -54,10 +54,10 @@ enum Epi { kStore = 0, kAccum = 1, kOutF32 = 2, kOutBF16 = 3 };
 
 // C[mr, ncols] (=, +=) A[mr, :depth] @ B[:depth, ncols]; ncols <= NV*W (FULL: == NV*W).
 // Output: kStore/kAccum write fp32 `out` (row stride ldo); kOutF32/kOutBF16 add bias and write y.
-template <class S, class TB, int MR, bool FULL, int EPI>
+template <class S, class TB, int MR, int NV, bool FULL, int EPI>
 void micro(const float* A, int64_t lda, const TB* B, int64_t ldb, int64_t depth, int ncols,
            void* out, int64_t ldo, const float* bias) {
-  constexpr int W = S::W, NV = S::NV;
+  constexpr int W = S::W;
   using V = typename S::V;
   V acc[MR][NV];
   for (int i = 0; i < MR; ++i)
@@ -95,24 +95,24 @@ void micro(const float* A, int64_t lda, const TB* B, int64_t ldb, int64_t depth,
 }
 
 // Runtime mr (1..S::MR) and full/tail dispatch onto the compile-time micro-tiles.
-template <class S, class TB, int EPI, int MR = S::MR>
+template <class S, class TB, int NV, int EPI, int MR = S::MR>
 void micro_any(int mr, bool full, const float* A, int64_t lda, const TB* B, int64_t ldb, int64_t depth, int ncols,
                void* out, int64_t ldo, const float* bias) {
   if constexpr (MR > 1) {
-    if (mr < MR) return micro_any<S, TB, EPI, MR - 1>(mr, full, A, lda, B, ldb, depth, ncols, out, ldo, bias);
+    if (mr < MR) return micro_any<S, TB, NV, EPI, MR - 1>(mr, full, A, lda, B, ldb, depth, ncols, out, ldo, bias);
   }
   if (full)
-    micro<S, TB, MR, true, EPI>(A, lda, B, ldb, depth, ncols, out, ldo, bias);
+    micro<S, TB, MR, NV, true, EPI>(A, lda, B, ldb, depth, ncols, out, ldo, bias);
   else
-    micro<S, TB, MR, false, EPI>(A, lda, B, ldb, depth, ncols, out, ldo, bias);
+    micro<S, TB, MR, NV, false, EPI>(A, lda, B, ldb, depth, ncols, out, ldo, bias);
 }
 
 // Phase A: h[rows, c0:c1] = x[rows, :K] @ vt[:, c0:c1], fp32, depth blocked by kKc so that a
 // (kKc x NR) panel of vt is reused from L1 by every micro-tile of rows.
-template <class S, class TB>
+template <class S, class TB, int NV>
 void phase_a(const void* x, int64_t ldx, bool x_bf16, int64_t rows, int64_t K, const TB* vt, int64_t ldvt,
              int64_t c0, int64_t c1, float* h, int64_t ldh) {
-  constexpr int64_t NR = S::W * S::NV;
+  constexpr int64_t NR = S::W * NV;
   if (K == 0) {
     for (int64_t m = 0; m < rows; ++m) std::memset(h + m * ldh + c0, 0, static_cast<size_t>(c1 - c0) * 4);
     return;
@@ -136,10 +136,10 @@ void phase_a(const void* x, int64_t ldx, bool x_bf16, int64_t rows, int64_t K, c
       for (int64_t m = 0; m < rows; m += S::MR) {
         const int mr = static_cast<int>(lr_min(S::MR, rows - m));
         if (kb == 0)
-          micro_any<S, TB, kStore>(mr, nc == NR, A + m * lda, lda, vt + kb * ldvt + c, ldvt, kd, nc,
+          micro_any<S, TB, NV, kStore>(mr, nc == NR, A + m * lda, lda, vt + kb * ldvt + c, ldvt, kd, nc,
                                    h + m * ldh + c, ldh, nullptr);
         else
-          micro_any<S, TB, kAccum>(mr, nc == NR, A + m * lda, lda, vt + kb * ldvt + c, ldvt, kd, nc,
+          micro_any<S, TB, NV, kAccum>(mr, nc == NR, A + m * lda, lda, vt + kb * ldvt + c, ldvt, kd, nc,
                                    h + m * ldh + c, ldh, nullptr);
       }
     }
@@ -147,43 +147,49 @@ void phase_a(const void* x, int64_t ldx, bool x_bf16, int64_t rows, int64_t K, c
 }
 
 // Phase B: y[rows, c0:c1] = h[rows, :R] @ ut[:, c0:c1] + bias, rounded to y's dtype once.
-template <class S, class TB>
+template <class S, class TB, int NV>
 void phase_b(const float* h, int64_t ldh, int64_t rows, int64_t R, const TB* ut, int64_t ldut, int64_t c0,
              int64_t c1, const float* bias, void* y, int64_t ldy, bool y_bf16) {
-  constexpr int64_t NR = S::W * S::NV;
+  constexpr int64_t NR = S::W * NV;
   for (int64_t c = c0; c < c1; c += NR) {
     const int nc = static_cast<int>(lr_min(NR, c1 - c));
     const float* bc = bias ? bias + c : nullptr;
     for (int64_t m = 0; m < rows; m += S::MR) {
       const int mr = static_cast<int>(lr_min(S::MR, rows - m));
       if (y_bf16)
-        micro_any<S, TB, kOutBF16>(mr, nc == NR, h + m * ldh, ldh, ut + c, ldut, R, nc,
+        micro_any<S, TB, NV, kOutBF16>(mr, nc == NR, h + m * ldh, ldh, ut + c, ldut, R, nc,
                                    static_cast<uint16_t*>(y) + m * ldy + c, ldy, bc);
       else
-        micro_any<S, TB, kOutF32>(mr, nc == NR, h + m * ldh, ldh, ut + c, ldut, R, nc,
+        micro_any<S, TB, NV, kOutF32>(mr, nc == NR, h + m * ldh, ldh, ut + c, ldut, R, nc,
                                   static_cast<float*>(y) + m * ldy + c, ldy, bc);
     }
   }
+}
+
+// Few rows (decode, small batches): one row tile, parallel over the columns of each product, so
+// every weight byte is read once per call. h (M x R) is shared between the two phases. NV vectors
+// per micro-tile row: wide for M <= 2, where the FMA chains would otherwise be latency-bound.
+template <class S, class TB, int NV>
+void run_columns(const void* x, int64_t ldx, const TB* vt, int64_t ldvt, const TB* ut, int64_t ldut,
+                 const float* bias, void* y, int64_t ldy, bool bf16, int64_t M, int64_t K, int64_t R, int64_t N,
+                 int nt) {
+  constexpr int64_t NR = S::W * NV;
+  float* h = tls_h.get(M * R);
+  parallel_for(lr_div_up(R, NR), nt, [&](int64_t p0, int64_t p1) {
+    phase_a<S, TB, NV>(x, ldx, bf16, M, K, vt, ldvt, p0 * NR, lr_min(R, p1 * NR), h, R);
+  });
+  parallel_for(lr_div_up(N, NR), nt, [&](int64_t p0, int64_t p1) {
+    phase_b<S, TB, NV>(h, R, M, R, ut, ldut, p0 * NR, lr_min(N, p1 * NR), bias, y, ldy, bf16);
+  });
 }
 
 template <class S, class TB>
 void run_typed(const void* x, int64_t ldx, const TB* vt, int64_t ldvt, const TB* ut, int64_t ldut,
                const float* bias, void* y, int64_t ldy, bool bf16, int64_t M, int64_t K, int64_t R, int64_t N,
                int nt) {
-  constexpr int64_t NR = S::W * S::NV;
   const size_t esz = bf16 ? 2 : 4;
-  if (M <= kTileRows) {
-    // Few rows (decode, small batches): one row tile, parallel over the columns of each product,
-    // so every weight byte is read once per call. h (M x R) is shared between the two phases.
-    float* h = tls_h.get(M * R);
-    parallel_for(lr_div_up(R, NR), nt, [&](int64_t p0, int64_t p1) {
-      phase_a<S, TB>(x, ldx, bf16, M, K, vt, ldvt, p0 * NR, lr_min(R, p1 * NR), h, R);
-    });
-    parallel_for(lr_div_up(N, NR), nt, [&](int64_t p0, int64_t p1) {
-      phase_b<S, TB>(h, R, M, R, ut, ldut, p0 * NR, lr_min(N, p1 * NR), bias, y, ldy, bf16);
-    });
-    return;
-  }
+  if (M <= 2) return run_columns<S, TB, S::NV_WIDE>(x, ldx, vt, ldvt, ut, ldut, bias, y, ldy, bf16, M, K, R, N, nt);
+  if (M <= kTileRows) return run_columns<S, TB, S::NV>(x, ldx, vt, ldvt, ut, ldut, bias, y, ldy, bf16, M, K, R, N, nt);
   // Many rows: parallel over row tiles; each tile runs both products back to back, so its
   // (mt x R) h is written and read in cache and never reaches memory.
   const int64_t mt = lr_max(2 * S::MR, lr_min(kTileRows / S::MR * S::MR, lr_div_up(lr_div_up(M, nt), S::MR) * S::MR));
@@ -193,8 +199,8 @@ void run_typed(const void* x, int64_t ldx, const TB* vt, int64_t ldvt, const TB*
       const int64_t m0 = t * mt, rows = lr_min(mt, M - m0);
       const void* xt = static_cast<const char*>(x) + static_cast<size_t>(m0 * ldx) * esz;
       void* yt = static_cast<char*>(y) + static_cast<size_t>(m0 * ldy) * esz;
-      phase_a<S, TB>(xt, ldx, bf16, rows, K, vt, ldvt, 0, R, h, R);
-      phase_b<S, TB>(h, R, rows, R, ut, ldut, 0, N, bias, yt, ldy, bf16);
+      phase_a<S, TB, S::NV>(xt, ldx, bf16, rows, K, vt, ldvt, 0, R, h, R);
+      phase_b<S, TB, S::NV>(h, R, rows, R, ut, ldut, 0, N, bias, yt, ldy, bf16);
     }
   });
 }

@@ -84,32 +84,33 @@ def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_
 
 
 # ---- lowrank_linear (issue 5) ----
-def _unit_inner(t: Tensor) -> Tensor:
-    """2-D t as is when its rows have unit stride and do not overlap, else a contiguous copy."""
-    rows, cols = t.shape
-    if cols > 1 and t.stride(1) != 1 or rows > 1 and t.stride(0) < cols:
-        t = t.contiguous()
-    return t
+def _transposed_ld(f: Tensor) -> tuple[Tensor, int]:
+    """f (A, B) as f.T (B, A) with unit inner stride: (tensor whose data_ptr starts f.T, its row stride).
+    Free when f is already a transposed view (nn.LowRankLinear stores u and v that way), a copy otherwise."""
+    a, b = f.shape
+    if (a <= 1 or f.stride(0) == 1) and (b <= 1 or f.stride(1) >= a):
+        return f, (f.stride(1) if b > 1 else a)
+    return f.t().contiguous(), a
 
 
 def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
-    """Fused (x @ v.T) @ u.T + bias. The kernel reads the factors as v.T (K, R) and u.T (R, N) with unit
-    inner stride: free when u and v are transposed views (nn.LowRankLinear stores them that way), a
-    copy per call otherwise."""
+    """Fused (x @ v.T) @ u.T + bias; the kernel reads v.T (K, R) and u.T (R, N) with unit inner stride."""
     reference._check_lowrank(x, u, v, bias)
-    lead, k = x.shape[:-1], x.shape[-1]
+    k = x.shape[-1]
     n, r = u.shape
-    m = math.prod(lead)
-    out = torch.empty((m, n), dtype=x.dtype)
+    m = math.prod(x.shape[:-1])
+    out = torch.empty((*x.shape[:-1], n), dtype=x.dtype)
     if m and n:
-        # (M, K), (K, R), (R, N) with unit inner stride; explicit sizes because any of them may be 0.
-        x2, vt, ut = _unit_inner(x.reshape(m, k)), _unit_inner(v.t()), _unit_inner(u.t())
+        x2 = x.reshape(m, k)  # explicit sizes: any of M, K, R may be 0
+        if k > 1 and x2.stride(1) != 1 or m > 1 and x2.stride(0) < k:
+            x2 = x2.contiguous()
+        vt, ldvt = _transposed_ld(v)
+        ut, ldut = _transposed_ld(u)
         b32 = None if bias is None else bias.float().contiguous()
-        _native.load().lowrank_matmul(x2.data_ptr(), x2.stride(0) if m > 1 else k, vt.data_ptr(),
-                                      vt.stride(0) if k > 1 else r, ut.data_ptr(), ut.stride(0) if r > 1 else n,
-                                      _ptr(b32), out.data_ptr(), n, _DT[x.dtype], m, k, r, n,
+        _native.load().lowrank_matmul(x2.data_ptr(), x2.stride(0) if m > 1 else k, vt.data_ptr(), ldvt,
+                                      ut.data_ptr(), ldut, _ptr(b32), out.data_ptr(), n, _DT[x.dtype], m, k, r, n,
                                       torch.get_num_threads())
-    return out.reshape(*lead, n)
+    return out
 
 
 def register(lib: torch.library.Library) -> None:
