@@ -24,6 +24,10 @@ namespace {
 
 constexpr int64_t kKc = 256;       // depth block of phase A: a (kKc x NR) fp32 panel is 32 KB (L1-ish)
 constexpr int64_t kTileRows = 64;  // row tile: (64 x R) fp32 h stays in L2 for R up to ~2-4K
+// From this many rows on, each (depth x NR) weight panel is first copied into a contiguous fp32
+// buffer: the copy costs 1/rows of the FMAs, and it saves a TLB miss per k-step (consecutive rows
+// of v^T / u^T are 4R / 4N bytes apart) and the bf16 widening in the inner loop.
+constexpr int64_t kPackRows = 8;
 
 inline int64_t lr_min(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t lr_max(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -48,7 +52,7 @@ struct Buf {
     return p;
   }
 };
-thread_local Buf tls_h, tls_x;
+thread_local Buf tls_h, tls_x, tls_pack;
 
 enum Epi { kStore = 0, kAccum = 1, kOutF32 = 2, kOutBF16 = 3 };
 
@@ -107,6 +111,20 @@ void micro_any(int mr, bool full, const float* A, int64_t lda, const TB* B, int6
     micro<S, TB, MR, NV, false, EPI>(A, lda, B, ldb, depth, ncols, out, ldo, bias);
 }
 
+// dst (depth x NV*W) fp32 = src[:depth, :nc] (row stride ld), zero-padded to the full panel width.
+template <class S, class TB, int NV>
+void pack_panel(const TB* src, int64_t ld, int64_t depth, int nc, float* dst) {
+  constexpr int W = S::W;
+  for (int64_t k = 0; k < depth; ++k) {
+    const TB* s = src + k * ld;
+    float* d = dst + k * (W * NV);
+    for (int j = 0; j < NV; ++j) {
+      const int nj = static_cast<int>(lr_max(0, lr_min(W, nc - j * W)));
+      S::store(d + j * W, nj == W ? S::load(s + j * W) : S::load_n(s + j * W, nj));
+    }
+  }
+}
+
 // Phase A: h[rows, c0:c1] = x[rows, :K] @ vt[:, c0:c1], fp32, depth blocked by kKc so that a
 // (kKc x NR) panel of vt is reused from L1 by every micro-tile of rows.
 template <class S, class TB, int NV>
@@ -133,14 +151,24 @@ void phase_a(const void* x, int64_t ldx, bool x_bf16, int64_t rows, int64_t K, c
     }
     for (int64_t c = c0; c < c1; c += NR) {
       const int nc = static_cast<int>(lr_min(NR, c1 - c));
+      const TB* b = vt + kb * ldvt + c;
+      const float* bp = nullptr;
+      if (rows >= kPackRows) {
+        float* buf = tls_pack.get(kd * NR);
+        pack_panel<S, TB, NV>(b, ldvt, kd, nc, buf);
+        bp = buf;
+      }
       for (int64_t m = 0; m < rows; m += S::MR) {
         const int mr = static_cast<int>(lr_min(S::MR, rows - m));
-        if (kb == 0)
-          micro_any<S, TB, NV, kStore>(mr, nc == NR, A + m * lda, lda, vt + kb * ldvt + c, ldvt, kd, nc,
-                                   h + m * ldh + c, ldh, nullptr);
+        float* hm = h + m * ldh + c;
+        if (bp && kb == 0)
+          micro_any<S, float, NV, kStore>(mr, nc == NR, A + m * lda, lda, bp, NR, kd, nc, hm, ldh, nullptr);
+        else if (bp)
+          micro_any<S, float, NV, kAccum>(mr, nc == NR, A + m * lda, lda, bp, NR, kd, nc, hm, ldh, nullptr);
+        else if (kb == 0)
+          micro_any<S, TB, NV, kStore>(mr, nc == NR, A + m * lda, lda, b, ldvt, kd, nc, hm, ldh, nullptr);
         else
-          micro_any<S, TB, NV, kAccum>(mr, nc == NR, A + m * lda, lda, vt + kb * ldvt + c, ldvt, kd, nc,
-                                   h + m * ldh + c, ldh, nullptr);
+          micro_any<S, TB, NV, kAccum>(mr, nc == NR, A + m * lda, lda, b, ldvt, kd, nc, hm, ldh, nullptr);
       }
     }
   }
@@ -154,14 +182,25 @@ void phase_b(const float* h, int64_t ldh, int64_t rows, int64_t R, const TB* ut,
   for (int64_t c = c0; c < c1; c += NR) {
     const int nc = static_cast<int>(lr_min(NR, c1 - c));
     const float* bc = bias ? bias + c : nullptr;
+    const float* bp = nullptr;
+    if (rows >= kPackRows) {
+      float* buf = tls_pack.get(R * NR);
+      pack_panel<S, TB, NV>(ut + c, ldut, R, nc, buf);
+      bp = buf;
+    }
     for (int64_t m = 0; m < rows; m += S::MR) {
       const int mr = static_cast<int>(lr_min(S::MR, rows - m));
-      if (y_bf16)
-        micro_any<S, TB, NV, kOutBF16>(mr, nc == NR, h + m * ldh, ldh, ut + c, ldut, R, nc,
-                                   static_cast<uint16_t*>(y) + m * ldy + c, ldy, bc);
+      const float* hm = h + m * ldh;
+      uint16_t* yb = static_cast<uint16_t*>(y) + m * ldy + c;
+      float* yf = static_cast<float*>(y) + m * ldy + c;
+      if (bp && y_bf16)
+        micro_any<S, float, NV, kOutBF16>(mr, nc == NR, hm, ldh, bp, NR, R, nc, yb, ldy, bc);
+      else if (bp)
+        micro_any<S, float, NV, kOutF32>(mr, nc == NR, hm, ldh, bp, NR, R, nc, yf, ldy, bc);
+      else if (y_bf16)
+        micro_any<S, TB, NV, kOutBF16>(mr, nc == NR, hm, ldh, ut + c, ldut, R, nc, yb, ldy, bc);
       else
-        micro_any<S, TB, NV, kOutF32>(mr, nc == NR, h + m * ldh, ldh, ut + c, ldut, R, nc,
-                                  static_cast<float*>(y) + m * ldy + c, ldy, bc);
+        micro_any<S, TB, NV, kOutF32>(mr, nc == NR, hm, ldh, ut + c, ldut, R, nc, yf, ldy, bc);
     }
   }
 }
