@@ -88,8 +88,9 @@ def _transposed_ld(f: Tensor) -> tuple[Tensor, int]:
     """f (A, B) as f.T (B, A) with unit inner stride: (tensor whose data_ptr starts f.T, its row stride).
     Free when f is already a transposed view (nn.LowRankLinear stores u and v that way), a copy otherwise."""
     a, b = f.shape
-    if (a <= 1 or f.stride(0) == 1) and (b <= 1 or f.stride(1) >= a):
-        return f, (f.stride(1) if b > 1 else a)
+    s0, s1 = f.stride()
+    if (a <= 1 or s0 == 1) and (b <= 1 or s1 >= a):
+        return f, (s1 if b > 1 else a)
     return f.t().contiguous(), a
 
 
@@ -101,13 +102,15 @@ def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> Tens
     m = math.prod(x.shape[:-1])
     out = torch.empty((*x.shape[:-1], n), dtype=x.dtype)
     if m and n:
-        x2 = x.reshape(m, k)  # explicit sizes: any of M, K, R may be 0
-        if k > 1 and x2.stride(1) != 1 or m > 1 and x2.stride(0) < k:
+        x2 = x if x.dim() == 2 else x.reshape(m, k)  # explicit sizes: any of M, K, R may be 0
+        sx = x2.stride()
+        if k > 1 and sx[1] != 1 or m > 1 and sx[0] < k:
             x2 = x2.contiguous()
+            sx = x2.stride()
         vt, ldvt = _transposed_ld(v)
         ut, ldut = _transposed_ld(u)
         b32 = None if bias is None else bias.float().contiguous()
-        _native.load().lowrank_matmul(x2.data_ptr(), x2.stride(0) if m > 1 else k, vt.data_ptr(), ldvt,
+        _native.load().lowrank_matmul(x2.data_ptr(), sx[0] if m > 1 else k, vt.data_ptr(), ldvt,
                                       ut.data_ptr(), ldut, _ptr(b32), out.data_ptr(), n, _DT[x.dtype], m, k, r, n,
                                       torch.get_num_threads())
     return out
