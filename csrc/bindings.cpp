@@ -6,6 +6,7 @@
 
 #include "cpu_features.h"
 #include "int8_gemm/int8_gemm.h"
+#include "lowrank_matmul/lowrank_matmul.h"
 
 namespace py = pybind11;
 using namespace slimrt;
@@ -88,4 +89,13 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     return probe_read_bandwidth(nbytes, nt, passes);
   }, py::arg("nbytes"), py::arg("num_threads"), py::arg("passes") = 5);
+  // ---- lowrank_matmul (issue 5) ----
+  // lowrank_matmul: y (M, N) = (x (M, K) @ vt (K, R)) @ ut (R, N) + bias, fused; vt = v^T, ut = u^T.
+  m.def("lowrank_matmul", [](uintptr_t x, int64_t ldx, uintptr_t vt, int64_t ldvt, uintptr_t ut, int64_t ldut,
+                             uintptr_t bias, uintptr_t y, int64_t ldy, int dt, int64_t M, int64_t K, int64_t R,
+                             int64_t N, int nt) {
+    py::gil_scoped_release nogil;
+    lowrank_matmul(ptr<const void>(x), ldx, ptr<const void>(vt), ldvt, ptr<const void>(ut), ldut,
+                   ptr<const float>(bias), ptr<void>(y), ldy, static_cast<DType>(dt), M, K, R, N, nt);
+  });
 }

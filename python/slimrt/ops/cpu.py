@@ -157,6 +157,39 @@ def int8_weight_only_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tenso
     return _linear("int8_weight_only_linear", x, w_q, w_scale, bias, w_packed, weight_only=True)
 
 
+# ---- lowrank_linear (issue 5) ----
+def _transposed_ld(f: Tensor) -> tuple[Tensor, int]:
+    """f (A, B) as f.T (B, A) with unit inner stride: (tensor whose data_ptr starts f.T, its row stride).
+    Free when f is already a transposed view (nn.LowRankLinear stores u and v that way), a copy otherwise."""
+    a, b = f.shape
+    s0, s1 = f.stride()
+    if (a <= 1 or s0 == 1) and (b <= 1 or s1 >= a):
+        return f, (s1 if b > 1 else a)
+    return f.t().contiguous(), a
+
+
+def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    """Fused (x @ v.T) @ u.T + bias; the kernel reads v.T (K, R) and u.T (R, N) with unit inner stride."""
+    reference._check_lowrank(x, u, v, bias)
+    k = x.shape[-1]
+    n, r = u.shape
+    m = math.prod(x.shape[:-1])
+    out = torch.empty((*x.shape[:-1], n), dtype=x.dtype)
+    if m and n:
+        x2 = x if x.dim() == 2 else x.reshape(m, k)  # explicit sizes: any of M, K, R may be 0
+        sx = x2.stride()
+        if k > 1 and sx[1] != 1 or m > 1 and sx[0] < k:
+            x2 = x2.contiguous()
+            sx = x2.stride()
+        vt, ldvt = _transposed_ld(v)
+        ut, ldut = _transposed_ld(u)
+        b32 = None if bias is None else bias.float().contiguous()
+        _native.load().lowrank_matmul(x2.data_ptr(), sx[0] if m > 1 else k, vt.data_ptr(), ldvt,
+                                      ut.data_ptr(), ldut, _ptr(b32), out.data_ptr(), n, _DT[x.dtype], m, k, r, n,
+                                      torch.get_num_threads())
+    return out
+
+
 def register(lib: torch.library.Library) -> None:
     """Registers the native kernels for the CPU dispatch key."""
     lib.impl("quantize_per_token", quantize_per_token, "CPU")
@@ -164,3 +197,4 @@ def register(lib: torch.library.Library) -> None:
     lib.impl("int8_linear", int8_linear, "CPU")
     lib.impl("int8_pack_weight", int8_pack_weight, "CPU")
     lib.impl("int8_weight_only_linear", int8_weight_only_linear, "CPU")
+    lib.impl("lowrank_linear", lowrank_linear, "CPU")

@@ -156,6 +156,15 @@ def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None = None) 
     x (..., K) float32|bfloat16, v (R, K), u (N, R) of x's dtype, bias (N,) or None -> y (..., N) in
     x.dtype. The (M, R) intermediate and the accumulation are fp32; only y is rounded to x.dtype.
     """
+    _check_lowrank(x, u, v, bias)
+    h = x.float() @ v.float().T  # (..., R)
+    y = h @ u.float().T
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+def _check_lowrank(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> None:
     op = "lowrank_linear"
     _check.dtype(op, "x", x, _check.FLOAT_ACT_DTYPES)
     _check.min_ndim(op, "x", x, 1)
@@ -169,8 +178,3 @@ def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None = None) 
         raise ValueError(f"{op}: u is (N, R) = {tuple(u.shape)} but v has R = {v.shape[0]}")
     _check.bias(op, bias, u.shape[0])
     _check.same_device(op, x=x, u=u, v=v, bias=bias)
-    h = x.float() @ v.float().T  # (..., R)
-    y = h @ u.float().T
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)
