@@ -81,8 +81,45 @@ def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_
     return out.reshape(*lead, n)
 
 
+# ---- block-sparse attention (issue 6) ----
+import math  # noqa: E402  (kept in this section so the shared file's header stays untouched)
+
+
+def _unit_last(t: Tensor) -> Tensor:
+    """Unit stride in the last dim (a view when it already has one); other strides are passed on."""
+    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+
+
+def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, kv_num_blocks: Tensor, kv_indices: Tensor,
+                           block_size: int, causal: bool, window: int, num_global: int, token_mask: Tensor | None,
+                           scale: float | None) -> Tensor:
+    # The layout contents (counts, index range, order) are checked in C++, where it is cheap.
+    reference._check_attention(q, k, v, kv_num_blocks, kv_indices, block_size, causal, window, num_global,
+                               token_mask, scale, check_layout=False)
+    b, hq, lq, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    out = torch.empty((b, hq, lq, d), dtype=q.dtype)
+    if out.numel() == 0:
+        return out
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    nqb, max_kb = kv_indices.shape[2], kv_indices.shape[3]
+    # Broadcast mask dims become stride 0 (expand of a contiguous tensor).
+    kvn = kv_num_blocks.contiguous().expand(b, hq, nqb)
+    kvi = kv_indices.contiguous().expand(b, hq, nqb, max_kb)
+    tok = None if token_mask is None else token_mask.contiguous().expand(b, hq, lq, lk)
+    _native.load().block_sparse_attention(
+        q.data_ptr(), list(q.stride()[:3]), k.data_ptr(), list(k.stride()[:3]), v.data_ptr(), list(v.stride()[:3]),
+        out.data_ptr(), _DT[q.dtype], [b, hq, hkv, lq, lk, d], kvn.data_ptr(), list(kvn.stride()),
+        kvi.data_ptr(), list(kvi.stride()[:3]), max_kb, block_size, causal, window, num_global,
+        _ptr(tok), [0, 0, 0] if tok is None else list(tok.stride()[:3]), float(scale), torch.get_num_threads())
+    return out
+
+
 def register(lib: torch.library.Library) -> None:
     """Registers the native kernels for the CPU dispatch key."""
     lib.impl("quantize_per_token", quantize_per_token, "CPU")
     lib.impl("int8_gemm", int8_gemm, "CPU")
     lib.impl("int8_linear", int8_linear, "CPU")
+    lib.impl("block_sparse_attention", block_sparse_attention, "CPU")  # block-sparse attention
