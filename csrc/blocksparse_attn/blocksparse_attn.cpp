@@ -44,7 +44,7 @@ void block_sparse_attention(const BsaArgs& a, int num_threads) {
   if (a.B == 0 || a.Hq == 0 || a.Lq == 0 || a.D == 0) return;
   SLIMRT_CHECK(a.Hkv > 0 && a.Hq % a.Hkv == 0,
                "block_sparse_attention: Hq=" << a.Hq << " is not a multiple of Hkv=" << a.Hkv);
-  SLIMRT_CHECK(a.kv_num_blocks && a.kv_indices, "block_sparse_attention: missing mask arrays");
+  SLIMRT_CHECK(a.kv_num_blocks && (a.kv_indices || a.max_kb == 0), "block_sparse_attention: missing mask arrays");
   check_layout(a);
   switch (active_isa()) {
     case Isa::Avx512:

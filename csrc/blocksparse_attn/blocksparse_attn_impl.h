@@ -154,6 +154,9 @@ inline void softmax_update(const BsaArgs& a, Work& w, int64_t R, int64_t j0, int
     for (int64_t c = 0; c < ncols; c += W) mx = Vec::max(mx, Vec::load(sr + c));
     const float m_new = std::max(w.m[r], Vec::hmax(mx));
     if (m_new == NEG_INF) {  // nothing allowed in this row yet: P = 0, O and l unchanged
+      // ... unless the max was blind to a NaN score (NaN in q or k): then the row must be NaN.
+      for (int64_t jj = 0; jj < n; ++jj)
+        if (std::isnan(sr[jj])) w.l[r] = std::numeric_limits<float>::quiet_NaN();
       w.alpha[r] = 1.f;
       for (int64_t c = 0; c < ncols; c += W) Vec::store(sr + c, Vec::zero());
       continue;
@@ -390,8 +393,10 @@ void decode(const BsaArgs& a, int num_threads) {
         float m = NEG_INF;
         for (int64_t s = 0; s < nseg; ++s) m = std::max(m, pm[(g * nseg + s) * R + r]);
         float l = 0.f;
+        for (int64_t s = 0; s < nseg; ++s)  // a NaN row in any segment makes the whole row NaN
+          if (std::isnan(pl[(g * nseg + s) * R + r])) l = std::numeric_limits<float>::quiet_NaN();
         std::fill(o.begin(), o.end(), 0.f);
-        if (m != NEG_INF) {
+        if (m != NEG_INF && !std::isnan(l)) {
           for (int64_t s = 0; s < nseg; ++s) {
             const int64_t t = g * nseg + s;
             const float wgt = std::exp2(pm[t * R + r] - m);
