@@ -25,19 +25,32 @@ inline float ldf(const uint16_t* p) { return bf16_to_f32(*p); }
 inline void stf(float* p, float x) { *p = x; }
 inline void stf(uint16_t* p, float x) { *p = f32_to_bf16(x); }
 
-// Per-thread scratch, reused across the tasks a thread runs.
+// Per-thread scratch for up to `rows` query rows, reused across the tasks a thread runs. Left
+// uninitialised: every element is written before it is read (a decode call is a few microseconds
+// of work, so zero-filling ~100 KB per thread would show).
 struct Work {
-  std::vector<float> q, s, o, vbuf;
+  std::unique_ptr<float[]> q_, s_, o_, vbuf_;
+  float *q, *s, *o, *vbuf;
   float m[MAXR], l[MAXR], alpha[MAXR];
   int64_t pos[MAXR];       // key position of each row's query
   const uint8_t* tok[MAXR];  // each row's token-mask row, or null
   int64_t D, Dp;
-  Work(int64_t D_, int64_t Dp_) : q(MAXR * D_), s(MAXR * KC), o(MAXR * Dp_), vbuf(KC * Dp_), D(D_), Dp(Dp_) {}
+  Work(int64_t D_, int64_t Dp_, int64_t rows, bool need_vbuf)
+      : q_(new float[rows * D_]), s_(new float[rows * KC]), o_(new float[rows * Dp_]),
+        vbuf_(need_vbuf ? new float[KC * Dp_] : nullptr), D(D_), Dp(Dp_) {
+    q = q_.get(), s = s_.get(), o = o_.get(), vbuf = vbuf_.get();
+  }
   void reset(int64_t R) {
     for (int64_t r = 0; r < R; ++r) m[r] = NEG_INF, l[r] = 0.f;
-    std::fill(o.begin(), o.begin() + R * Dp, 0.f);
+    std::fill(o, o + R * Dp, 0.f);
   }
 };
+
+// Threads worth waking for `flop` of work: about 0.5 MFLOP (tens of microseconds) per thread, so
+// a short decode step does not pay a pool wake-up that costs more than the step.
+inline int threads_for(double flop, int num_threads) {
+  return static_cast<int>(std::max(1.0, std::min<double>(num_threads, flop / 5e5)));
+}
 
 // S (RT x CC*W) = Q (RT x D) . Kt (D x CC*W), Kt with row stride ldk.
 template <int RT, int CC>
@@ -68,15 +81,15 @@ inline void qk_rows(const float* q, int64_t D, const float* kt, int64_t ldk, flo
 inline void qk_packed(const Work& w, int64_t R, const float* kt, int64_t ldk, float* s, int64_t ncols) {
   const int64_t D = w.D;
   int64_t r = 0;
-  for (; r + 4 <= R; r += 4) qk_rows<4>(w.q.data() + r * D, D, kt, ldk, s + r * KC, ncols);
-  for (; r < R; ++r) qk_rows<1>(w.q.data() + r * D, D, kt, ldk, s + r * KC, ncols);
+  for (; r + 4 <= R; r += 4) qk_rows<4>(w.q + r * D, D, kt, ldk, s + r * KC, ncols);
+  for (; r < R; ++r) qk_rows<1>(w.q + r * D, D, kt, ldk, s + r * KC, ncols);
 }
 
 // S[r, jj] = q_r . k_{j0+jj} reading K rows directly (decode: few rows, no packing).
 template <typename TE>
 inline void qk_direct(const Work& w, int64_t R, const TE* k, int64_t ldk, int64_t n, float* s) {
   const int64_t D = w.D, Dv = D / W * W;
-  const float* q = w.q.data();
+  const float* q = w.q;
   for (int64_t jj = 0; jj < n; ++jj) {
     const TE* kj = k + jj * ldk;
     int64_t r = 0;
@@ -137,19 +150,42 @@ inline void pv_rows(const float* p, int64_t n, const float* v, int64_t ldv, floa
 inline void pv(Work& w, int64_t R, int64_t n, const float* v, int64_t ldv) {
   const int64_t Dp = w.Dp;
   int64_t r = 0;
-  for (; r + 4 <= R; r += 4) pv_rows<4>(w.s.data() + r * KC, n, v, ldv, w.o.data() + r * Dp, Dp, w.alpha + r);
-  for (; r < R; ++r) pv_rows<1>(w.s.data() + r * KC, n, v, ldv, w.o.data() + r * Dp, Dp, w.alpha + r);
+  for (; r + 4 <= R; r += 4) pv_rows<4>(w.s + r * KC, n, v, ldv, w.o + r * Dp, Dp, w.alpha + r);
+  for (; r < R; ++r) pv_rows<1>(w.s + r * KC, n, v, ldv, w.o + r * Dp, Dp, w.alpha + r);
+}
+
+// Applies the token rule to one row of a partial chunk: S[jj] = -inf where key j0 + jj is not
+// allowed. The rule is two key intervals per query (the globals [0, g) and the band around p, both
+// cut at p when causal), so the loops below are branch-free compares the compiler vectorises;
+// bsa_allowed is the same rule pair by pair.
+inline void mask_row(const BsaArgs& a, int64_t p, const uint8_t* tok, int64_t j0, int64_t n, float* sr) {
+  const int64_t big = std::numeric_limits<int64_t>::max() / 4;
+  const int64_t top = a.causal ? p : big;  // last allowed key
+  int64_t lo1 = 0, hi1 = top;              // [lo1, hi1]: the band (everything without a window)
+  int64_t hi0 = -1;                        // [0, hi0]: global keys
+  if (a.window > 0 && p >= a.num_global) {
+    lo1 = p - a.window + 1;
+    hi1 = std::min(top, p + a.window - 1);
+    hi0 = std::min(top, a.num_global - 1);
+  }
+  // Shift to chunk coordinates and clamp to [-1, n] so the compares stay in 32-bit range.
+  auto rel = [&](int64_t x) { return static_cast<int32_t>(std::max<int64_t>(-1, std::min<int64_t>(n, x - j0))); };
+  const int32_t l1 = rel(lo1), h1 = rel(hi1), h0 = rel(hi0), nn = static_cast<int32_t>(n);
+  for (int32_t jj = 0; jj < nn; ++jj) {
+    const bool ok = (jj >= l1 && jj <= h1) || jj <= h0;
+    sr[jj] = ok ? sr[jj] : NEG_INF;
+  }
+  if (tok)
+    for (int32_t jj = 0; jj < nn; ++jj) sr[jj] = tok[j0 + jj] ? sr[jj] : NEG_INF;
 }
 
 // Masks a partial chunk, then the online-softmax update: S becomes P in place, alpha is set.
 inline void softmax_update(const BsaArgs& a, Work& w, int64_t R, int64_t j0, int64_t n, bool full) {
   const int64_t ncols = div_up(n, W) * W;
   for (int64_t r = 0; r < R; ++r) {
-    float* sr = w.s.data() + r * KC;
+    float* sr = w.s + r * KC;
     for (int64_t jj = n; jj < ncols; ++jj) sr[jj] = NEG_INF;
-    if (!full)
-      for (int64_t jj = 0; jj < n; ++jj)
-        if (!bsa_allowed(a, w.pos[r], j0 + jj, w.tok[r])) sr[jj] = NEG_INF;
+    if (!full) mask_row(a, w.pos[r], w.tok[r], j0, n, sr);
     VT mx = Vec::set1(NEG_INF);
     for (int64_t c = 0; c < ncols; c += W) mx = Vec::max(mx, Vec::load(sr + c));
     const float m_new = std::max(w.m[r], Vec::hmax(mx));
@@ -201,7 +237,7 @@ inline void load_q(Work& w, int64_t R, const TE* const* rows, float scale) {
 template <typename TE>
 inline void pack_v_chunk(Work& w, const TE* v, int64_t ldv, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
-    float* dst = w.vbuf.data() + j * w.Dp;
+    float* dst = w.vbuf + j * w.Dp;
     for (int64_t d = 0; d < w.D; ++d) dst[d] = ldf(v + j * ldv + d);
     for (int64_t d = w.D; d < w.Dp; ++d) dst[d] = 0.f;
   }
@@ -238,24 +274,29 @@ void prefill(const BsaArgs& a, int num_threads) {
   const TE* v = static_cast<const TE*>(a.v);
   // K^T packed once per (b, kv head): kt[(b * Hkv + hk) * D * Lkp + d * Lkp + j], fp32, zero tail.
   // Costs Lk * D per kv head, against Lq * listed * D * 2 FMAs of attention work.
-  std::vector<float> kt(static_cast<size_t>(a.B * a.Hkv * D * Lkp));
+  // Both buffers are fully written below (tails included), so they start uninitialised.
+  std::unique_ptr<float[]> kt(new float[a.B * a.Hkv * D * Lkp]);
   // V needs its own fp32 copy only for bf16 or a D that is not a multiple of W.
   const bool v_direct = std::is_same<TE, float>::value && D == Dp;
-  std::vector<float> vp(v_direct ? 0 : static_cast<size_t>(a.B * a.Hkv * a.Lk * Dp));
+  std::unique_ptr<float[]> vp(v_direct ? nullptr : new float[a.B * a.Hkv * a.Lk * Dp]);
   constexpr int64_t PK = 256;  // keys per packing task
   const int64_t npk = div_up(a.Lk, PK);
-  dynamic_for(a.B * a.Hkv * npk, num_threads, [&](int64_t t) {
+  dynamic_for(a.B * a.Hkv * npk, threads_for(8.0 * a.B * a.Hkv * a.Lk * D, num_threads), [&](int64_t t) {
     const int64_t c = t % npk, bh = t / npk, b = bh / a.Hkv, hk = bh % a.Hkv;
     const int64_t j0 = c * PK, j1 = std::min(a.Lk, j0 + PK);
-    float* dst = kt.data() + bh * D * Lkp;
+    float* dst = kt.get() + bh * D * Lkp;
     const TE* src = k + b * a.sk[0] + hk * a.sk[1];
-    for (int64_t j = j0; j < j1; ++j)
-      for (int64_t d = 0; d < D; ++d) dst[d * Lkp + j] = ldf(src + j * a.sk[2] + d);
+    // Transpose in 16-key strips: 16 rows read along d, 16 contiguous floats written per d.
+    for (int64_t js = j0; js < j1; js += 16) {
+      const int64_t je = std::min(j1, js + 16);
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t j = js; j < je; ++j) dst[d * Lkp + j] = ldf(src + j * a.sk[2] + d);
+    }
     if (j1 == a.Lk)
       for (int64_t d = 0; d < D; ++d) std::fill(dst + d * Lkp + a.Lk, dst + (d + 1) * Lkp, 0.f);
     if (!v_direct) {
       const TE* vs = v + b * a.sv[0] + hk * a.sv[1];
-      float* vd = vp.data() + bh * a.Lk * Dp;
+      float* vd = vp.get() + bh * a.Lk * Dp;
       for (int64_t j = j0; j < j1; ++j) {
         for (int64_t d = 0; d < D; ++d) vd[j * Dp + d] = ldf(vs + j * a.sv[2] + d);
         for (int64_t d = D; d < Dp; ++d) vd[j * Dp + d] = 0.f;
@@ -267,8 +308,9 @@ void prefill(const BsaArgs& a, int num_threads) {
   const int64_t ntasks = a.B * a.Hq * nqb * sub;
   std::atomic<int64_t> next_work{0};
   // One unit per thread; each thread then pulls tasks (dynamic balance) with its own scratch.
-  parallel_for(std::min<int64_t>(num_threads, ntasks), num_threads, [&](int64_t, int64_t) {
-    Work w(D, Dp);
+  const int nt = threads_for(4.0 * a.Lq * a.Hq * a.B * std::min(a.Lk, a.max_kb * bs) * D, num_threads);
+  parallel_for(std::min<int64_t>(nt, ntasks), nt, [&](int64_t, int64_t) {
+    Work w(D, Dp, std::min({QT, bs, a.Lq}), false);
     const TE* qrows[MAXR];
     TE* orows[MAXR];
     for (;;) {
@@ -291,17 +333,17 @@ void prefill(const BsaArgs& a, int num_threads) {
       w.reset(R);
       const int32_t cnt = a.kv_num_blocks[b * a.sn[0] + h * a.sn[1] + qb * a.sn[2]];
       const int32_t* idx = a.kv_indices + b * a.si[0] + h * a.si[1] + qb * a.si[2];
-      const float* ktb = kt.data() + (b * a.Hkv + hk) * D * Lkp;
+      const float* ktb = kt.get() + (b * a.Hkv + hk) * D * Lkp;
       for (int32_t c = 0; c < cnt; ++c) {
         const int64_t kb0 = static_cast<int64_t>(idx[c]) * bs, kb1 = std::min(a.Lk, kb0 + bs);
         for (int64_t j0 = kb0; j0 < kb1; j0 += KC) {
           const int64_t n = std::min(KC, kb1 - j0);
-          qk_packed(w, R, ktb + j0, Lkp, w.s.data(), div_up(n, W) * W);
+          qk_packed(w, R, ktb + j0, Lkp, w.s, div_up(n, W) * W);
           softmax_update(a, w, R, j0, n, chunk_full(a, w, R, j0, n));
           if (v_direct)
             pv(w, R, n, reinterpret_cast<const float*>(v + b * a.sv[0] + hk * a.sv[1] + j0 * a.sv[2]), a.sv[2]);
           else
-            pv(w, R, n, vp.data() + ((b * a.Hkv + hk) * a.Lk + j0) * Dp, Dp);
+            pv(w, R, n, vp.get() + ((b * a.Hkv + hk) * a.Lk + j0) * Dp, Dp);
         }
       }
       write_out(w, R, orows);
@@ -328,7 +370,8 @@ void decode(const BsaArgs& a, int num_threads) {
     max_units = std::max<int64_t>(max_units, a.kv_num_blocks[b * a.sn[0] + h * a.sn[1]] * cpb);
   }
   // Enough segments for about two per thread, each at least 4 units (512 keys) long.
-  int64_t nseg = std::max<int64_t>(1, std::min(div_up(2 * num_threads, ngroups), max_units / 4));
+  num_threads = threads_for(4.0 * R * ngroups * max_units * KC * D, num_threads);
+  int64_t nseg = num_threads == 1 ? 1 : std::max<int64_t>(1, std::min(div_up(2 * num_threads, ngroups), max_units / 4));
   const int64_t ntasks = ngroups * nseg;
   std::vector<float> pm, pl, po;
   if (nseg > 1) {
@@ -339,7 +382,7 @@ void decode(const BsaArgs& a, int num_threads) {
   auto row_head = [&](int64_t g, int64_t r) { return (g % hh) * hpg + r / a.Lq; };
   std::atomic<int64_t> next{0};
   parallel_for(std::min<int64_t>(num_threads, ntasks), num_threads, [&](int64_t, int64_t) {
-    Work w(D, Dp);
+    Work w(D, Dp, R, !v_direct);
     const TE* qrows[MAXR];
     TE* orows[MAXR];
     for (;;) {
@@ -365,13 +408,13 @@ void decode(const BsaArgs& a, int num_threads) {
         const int64_t j0 = blk0 + (u % cpb) * KC, j1 = std::min({a.Lk, blk0 + bs, j0 + KC});
         if (j0 >= j1) continue;
         const int64_t n = j1 - j0;
-        qk_direct(w, R, kb + j0 * a.sk[2], a.sk[2], n, w.s.data());
+        qk_direct(w, R, kb + j0 * a.sk[2], a.sk[2], n, w.s);
         softmax_update(a, w, R, j0, n, chunk_full(a, w, R, j0, n));
         if (v_direct) {
           pv(w, R, n, reinterpret_cast<const float*>(vb + j0 * a.sv[2]), a.sv[2]);
         } else {
           pack_v_chunk(w, vb + j0 * a.sv[2], a.sv[2], n);
-          pv(w, R, n, w.vbuf.data(), Dp);
+          pv(w, R, n, w.vbuf, Dp);
         }
       }
       if (nseg == 1) {
@@ -379,7 +422,7 @@ void decode(const BsaArgs& a, int num_threads) {
       } else {
         std::copy(w.m, w.m + R, pm.begin() + t * R);
         std::copy(w.l, w.l + R, pl.begin() + t * R);
-        std::copy(w.o.begin(), w.o.begin() + R * Dp, po.begin() + t * R * Dp);
+        std::copy(w.o, w.o + R * Dp, po.begin() + t * R * Dp);
       }
     }
   });

@@ -104,16 +104,21 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, kv_num_blocks: Tenso
     if scale is None:
         scale = 1.0 / math.sqrt(d)
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
-    nqb, max_kb = kv_indices.shape[2], kv_indices.shape[3]
-    # Broadcast mask dims become stride 0 (expand of a contiguous tensor).
-    kvn = kv_num_blocks.contiguous().expand(b, hq, nqb)
-    kvi = kv_indices.contiguous().expand(b, hq, nqb, max_kb)
-    tok = None if token_mask is None else token_mask.contiguous().expand(b, hq, lq, lk)
+    bm, hm, nqb, max_kb = kv_indices.shape
+    # Mask arrays made contiguous; a broadcast (size-1) batch or head dim gets stride 0. Computed
+    # by hand rather than with expand(): this runs once per decode step.
+    kvn, kvi = kv_num_blocks.contiguous(), kv_indices.contiguous()
+    kvn_st = [hm * nqb if bm > 1 else 0, nqb if hm > 1 else 0, 1]
+    kvi_st = [hm * nqb * max_kb if bm > 1 else 0, nqb * max_kb if hm > 1 else 0, max_kb]
+    tok, tok_st = None, [0, 0, 0]
+    if token_mask is not None:
+        tok = token_mask.contiguous()
+        tb, th = tok.shape[0], tok.shape[1]
+        tok_st = [th * lq * lk if tb > 1 else 0, lq * lk if th > 1 else 0, lk]
     _native.load().block_sparse_attention(
         q.data_ptr(), list(q.stride()[:3]), k.data_ptr(), list(k.stride()[:3]), v.data_ptr(), list(v.stride()[:3]),
-        out.data_ptr(), _DT[q.dtype], [b, hq, hkv, lq, lk, d], kvn.data_ptr(), list(kvn.stride()),
-        kvi.data_ptr(), list(kvi.stride()[:3]), max_kb, block_size, causal, window, num_global,
-        _ptr(tok), [0, 0, 0] if tok is None else list(tok.stride()[:3]), float(scale), torch.get_num_threads())
+        out.data_ptr(), _DT[q.dtype], [b, hq, hkv, lq, lk, d], kvn.data_ptr(), kvn_st, kvi.data_ptr(), kvi_st,
+        max_kb, block_size, causal, window, num_global, _ptr(tok), tok_st, float(scale), torch.get_num_threads())
     return out
 
 
