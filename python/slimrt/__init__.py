@@ -7,6 +7,8 @@ transformers; those load at the use site that needs them.
 from slimrt._version import __version__
 from slimrt._info import info
 from slimrt import ops, nn
+from slimrt import attention  # block-sparse attention masks (imports only torch)
+from slimrt.attention import BlockMask
 
 __all__ = ["__version__", "info", "ops", "nn", "compress", "report", "Recipe", "Runner", "load",
            "save", "CheckpointError", "SlimrtError"]
@@ -25,3 +27,4 @@ from slimrt.runner import Runner, load  # noqa: E402
 from slimrt.errors import CheckpointError, SlimrtError  # noqa: E402
 from slimrt.checkpoint import save  # noqa: E402
 
+__all__ += ["attention", "BlockMask"]

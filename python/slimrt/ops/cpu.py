@@ -190,6 +190,47 @@ def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> Tens
     return out
 
 
+# ---- block-sparse attention (issue 6) ----
+import math  # noqa: E402  (kept in this section so the shared file's header stays untouched)
+
+
+def _unit_last(t: Tensor) -> Tensor:
+    """Unit stride in the last dim (a view when it already has one); other strides are passed on."""
+    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+
+
+def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, kv_num_blocks: Tensor, kv_indices: Tensor,
+                           block_size: int, causal: bool, window: int, num_global: int, token_mask: Tensor | None,
+                           scale: float | None) -> Tensor:
+    # The layout contents (counts, index range, order) are checked in C++, where it is cheap.
+    reference._check_attention(q, k, v, kv_num_blocks, kv_indices, block_size, causal, window, num_global,
+                               token_mask, scale, check_layout=False)
+    b, hq, lq, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    out = torch.empty((b, hq, lq, d), dtype=q.dtype)
+    if out.numel() == 0:
+        return out
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    bm, hm, nqb, max_kb = kv_indices.shape
+    # Mask arrays made contiguous; a broadcast (size-1) batch or head dim gets stride 0. Computed
+    # by hand rather than with expand(): this runs once per decode step.
+    kvn, kvi = kv_num_blocks.contiguous(), kv_indices.contiguous()
+    kvn_st = [hm * nqb if bm > 1 else 0, nqb if hm > 1 else 0, 1]
+    kvi_st = [hm * nqb * max_kb if bm > 1 else 0, nqb * max_kb if hm > 1 else 0, max_kb]
+    tok, tok_st = None, [0, 0, 0]
+    if token_mask is not None:
+        tok = token_mask.contiguous()
+        tb, th = tok.shape[0], tok.shape[1]
+        tok_st = [th * lq * lk if tb > 1 else 0, lq * lk if th > 1 else 0, lk]
+    _native.load().block_sparse_attention(
+        q.data_ptr(), list(q.stride()[:3]), k.data_ptr(), list(k.stride()[:3]), v.data_ptr(), list(v.stride()[:3]),
+        out.data_ptr(), _DT[q.dtype], [b, hq, hkv, lq, lk, d], kvn.data_ptr(), kvn_st, kvi.data_ptr(), kvi_st,
+        max_kb, block_size, causal, window, num_global, _ptr(tok), tok_st, float(scale), torch.get_num_threads())
+    return out
+
+
 def register(lib: torch.library.Library) -> None:
     """Registers the native kernels for the CPU dispatch key."""
     lib.impl("quantize_per_token", quantize_per_token, "CPU")
@@ -198,3 +239,4 @@ def register(lib: torch.library.Library) -> None:
     lib.impl("int8_pack_weight", int8_pack_weight, "CPU")
     lib.impl("int8_weight_only_linear", int8_weight_only_linear, "CPU")
     lib.impl("lowrank_linear", lowrank_linear, "CPU")
+    lib.impl("block_sparse_attention", block_sparse_attention, "CPU")  # block-sparse attention
