@@ -34,6 +34,27 @@ else:
         return libdevice.rint(x)
 
 
+if INTERPRET:
+
+    @triton.jit
+    def cast_out(y, dtype: tl.constexpr):
+        """fp32 tile -> output dtype. The interpreter's fp32 -> bf16 cast rounds ties away from zero and
+        mishandles mantissa carries, so bf16 is rounded here by hand (to nearest even, NaN kept)."""
+        if dtype == tl.bfloat16:
+            bits = y.to(tl.uint32, bitcast=True)
+            rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            rounded = tl.where(y != y, 0x7FC0, rounded)
+            return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        return y.to(dtype)
+
+else:
+
+    @triton.jit
+    def cast_out(y, dtype: tl.constexpr):
+        """fp32 tile -> output dtype (cvt.rn: round to nearest even, as torch's .to())."""
+        return y.to(dtype)
+
+
 @triton.jit
 def apply_activation(y, ACTIVATION: tl.constexpr):
     """Epilogue activation on an fp32 tile: "" (none), "relu", "silu" or "gelu" (erf form, torch's default)."""

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, apply_activation, autotune, check_activation, check_device, rows
+from ._common import INTERPRET, apply_activation, autotune, cast_out, check_activation, check_device, rows
 from .quantize_per_token import quantize_per_token, quantize_tile, row_absmax, row_scales
 
 DECODE_M = 16  # int8_linear fuses the activation quantization into the GEMM up to this many rows
@@ -98,7 +98,7 @@ def _int8_gemm_kernel(
         if HAS_BIAS:
             y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         y = apply_activation(y, ACTIVATION)
-        tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptrs, cast_out(y, out_ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(out_ptrs, acc, mask=mask)
 
