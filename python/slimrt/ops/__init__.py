@@ -31,11 +31,23 @@ def _register() -> None:
 
             cpu.register(_IMPL_LIB)
             _registered.append("cpu:native")
+    # --- Triton (ops/cuda.py; it imports triton only when an op first runs) ---
+    if _BACKEND == "triton":
+        from slimrt.ops import cuda
+
+        cuda.register(_IMPL_LIB, ("CPU", "CUDA"))
+        _registered.extend(["cpu:triton", "cuda:triton"])
+    elif _BACKEND == "auto" and torch.cuda.is_available():
+        from slimrt.ops import cuda
+
+        if cuda.triton_found():
+            cuda.register(_IMPL_LIB, ("CUDA",))
+            _registered.append("cuda:triton")
 
 
 def backend() -> dict[str, str]:
     """Which implementation serves each device: 'native', 'triton' or 'reference'."""
-    cpu = "native" if "cpu:native" in _registered else "reference"
+    cpu = "native" if "cpu:native" in _registered else "triton" if "cpu:triton" in _registered else "reference"
     cuda = "triton" if any(r.startswith("cuda:") for r in _registered) else "reference"
     return {"requested": _BACKEND, "cpu": cpu, "cuda": cuda}
 
