@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="print the build, the chosen ISA and the optional pieces found")
     s.set_defaults(func=_cmd_info)
     _add_runner_commands(sub)  # runner (issue 4)
+    _add_demo_command(sub)  # demo (issue 4)
     return p
 
 
@@ -90,6 +91,22 @@ def _add_runner_commands(sub) -> None:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--verbose", action="store_true", help="print timing (tokens/s) to stderr")
     s.set_defaults(func=_cmd_generate)
+
+
+# ----- demo (issue 4): `slimrt demo` -----------------------------------------------------------
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from slimrt import demo
+
+    demo.run(n_texts=args.texts, out_dir=args.output, recipe=args.recipe)
+    return 0
+
+
+def _add_demo_command(sub) -> None:
+    s = sub.add_parser("demo", help="compress the bundled all-MiniLM-L6-v2, reload it and compare it with fp32")
+    s.add_argument("--texts", type=int, default=256, help="number of pydoc paragraphs to embed (default 256)")
+    s.add_argument("--recipe", default="w8a8", help="compression recipe (default w8a8)")
+    s.add_argument("-o", "--output", default=None, help="keep the checkpoint here (default: a temporary directory)")
+    s.set_defaults(func=_cmd_demo)
 
 
 def main(argv: list[str] | None = None) -> int:
