@@ -211,7 +211,8 @@ def distill(student: Any, teacher: Any, data: Sequence[str] | None = None, steps
         raise ValueError("distill: no tokenizer; pass tokenizer= or Runners that have one")
     from slimrt import models
 
-    kind = models.build(teacher).kind
+    lean = models.build(teacher)
+    kind, max_tokens = lean.kind, min(max_tokens, lean.max_positions)
     n_s, n_t = student.config.num_hidden_layers, teacher.config.num_hidden_layers
     if layer_map is None:
         layer_map = getattr(student, "slimrt_kept_layers", None) or (list(range(n_s)) if n_s == n_t else None)

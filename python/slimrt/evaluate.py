@@ -15,6 +15,7 @@ import the other names with ``from slimrt.evaluate import gate``, not ``import s
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -41,22 +42,27 @@ def default_texts(n: int = DEFAULT_TEXTS) -> list[str]:
     return pydoc_paragraphs("eval")[:n]
 
 
-def as_runner(obj: Any, tokenizer: Any = None):
+def as_runner(obj: Any, tokenizer: Any = None, pooling: str | None = None):
     """A slimrt.Runner from a Runner, an HF model object, a slimrt checkpoint dir or an HF model dir."""
+    from slimrt.models import KernelPolicy
     from slimrt.runner import Runner
 
+    # Each Int8Linear runs its own mode (what the recipe asked for), not the runner's per-shape
+    # choice, so the numbers do not depend on batch size; a Runner passed in keeps its policy.
+    policy = KernelPolicy(mode="module")
     if isinstance(obj, Runner):
         return obj
     if isinstance(obj, nn.Module):
-        return Runner(obj, tokenizer)
+        return Runner(obj, tokenizer, pooling=pooling, policy=policy)
     if isinstance(obj, (str, os.PathLike)):
         path = os.fspath(obj)
         if os.path.isfile(os.path.join(path, "slimrt.json")):
-            return Runner.from_checkpoint(path)
+            return Runner.from_checkpoint(path, policy=policy)
         from slimrt.runner import read_max_seq_length, read_pooling
 
         model, tok = load_hf(path)
-        return Runner(model, tok, pooling=read_pooling(path), max_seq_length=read_max_seq_length(path))
+        return Runner(model, tok, pooling=read_pooling(path), max_seq_length=read_max_seq_length(path),
+                      policy=policy)
     raise TypeError(f"evaluate: expected a slimrt.Runner, an nn.Module or a model directory, got {type(obj).__name__}")
 
 
@@ -128,7 +134,8 @@ def evaluate(compressed: Any, reference: Any, data: Sequence[str] | None = None,
     Encoder keys: cos_min, cos_mean, cos_p5, cos_p50, retrieval_top{k}, spearman.
     Decoder keys: kl, top1, ppl_compressed, ppl_reference, ppl_ratio. Both: kind, texts, tokens.
     """
-    cmp_rt, ref_rt = as_runner(compressed, tokenizer), as_runner(reference, tokenizer)
+    ref_rt = as_runner(reference, tokenizer)
+    cmp_rt = as_runner(compressed, tokenizer, pooling=ref_rt.pooling)  # a bare model pools like its reference
     kind = kind or ref_rt.kind
     if kind not in ("encoder", "decoder"):
         raise ValueError(f"evaluate: kind={kind!r} is not 'encoder' or 'decoder'")
@@ -158,8 +165,6 @@ def evaluate(compressed: Any, reference: Any, data: Sequence[str] | None = None,
     # Per batch, weighted by the positions scored, so padding never counts.
     kl = top1 = nll_ref = nll_cmp = 0.0
     n_pos = n_next = 0
-    import math
-
     for (i, m), r, c in zip(_batches(ids, mask, batch_size), ref_l, cmp_l):
         n, nn_ = int(m.sum()), int(m[:, 1:].sum())
         kl += metrics.kl_divergence(r, c, m) * n
