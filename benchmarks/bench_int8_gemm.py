@@ -79,6 +79,45 @@ def bench_shape(m: int, k: int, n: int, reps: int) -> dict[str, dict[str, float]
     return {p: {"ms": ms[p], "sqnr": quality.get(p, float("nan"))} for p in PROVIDERS}
 
 
+def per_call_overhead(k: int = 64, n: int = 64) -> list[list[str]]:
+    """Per-call cost (us) of each layer on a tiny decode shape, where the math is negligible."""
+    from slimrt import _native, ops
+    from slimrt.nn import Int8Linear
+    from slimrt.ops import cpu
+
+    ext = _native.load()
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(k, n)
+    mod = Int8Linear.from_linear(lin)
+    x = torch.randn(1, k)
+    out = torch.empty(1, n)
+    nt = torch.get_num_threads()
+    w_q, w_s, b, wp = mod.w_q, mod.w_scale, mod.bias, mod.w_packed
+    layers = {
+        "F.linear fp32 (reference point)": lambda: F.linear(x, lin.weight, lin.bias),
+        "Int8Linear.forward (w8a8)": lambda: mod(x),
+        "torch.ops.slimrt.int8_linear (dispatcher)": lambda: ops.int8_linear(x, w_q, w_s, b, wp),
+        "ops.cpu.int8_linear (checks + alloc, no dispatcher)": lambda: cpu.int8_linear(x, w_q, w_s, b, wp),
+        "_C.int8_w8a8_linear (kernel only)": lambda: ext.int8_w8a8_linear(
+            x.data_ptr(), 0, k, w_q.data_ptr(), k, wp.data_ptr(), w_s.data_ptr(), b.data_ptr(), out.data_ptr(), 0, n,
+            1, n, k, nt),
+        "Int8Linear.forward (w8)": lambda: mod(x, mode="w8"),
+        "_C.int8_w8_linear (kernel only)": lambda: ext.int8_w8_linear(
+            x.data_ptr(), 0, k, w_q.data_ptr(), k, wp.data_ptr(), w_s.data_ptr(), b.data_ptr(), out.data_ptr(), 0, n,
+            1, n, k, nt),
+    }
+
+    def many(fn, count=200):
+        def run() -> None:
+            for _ in range(count):
+                fn()
+        return run
+
+    with torch.inference_mode():
+        ms = time_interleaved({name: many(fn) for name, fn in layers.items()}, reps=15, stat="min")
+    return [[name, f"{ms[name] * 1e3 / 200:.2f}"] for name in layers]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="CI-size grid")
@@ -133,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
               + f"  | w8a8/dq {rec['w8a8_vs_dq']:.2f}x  w8a8/int_mm {rec['w8a8_vs_int_mm']:.2f}x"
               f"  gemm {rec['gemm_peak']:.0%} peak  w8 {rec['w8_bw']:.0%} bw", flush=True)
 
+    overhead = markdown_table(["layer (M=1, K=N=64)", "us per call"], per_call_overhead())
+    print("\nper-call overhead on a tiny decode shape:\n" + overhead)
+
     table = markdown_table(["MxKxN"] + [f"{p} ms" for p in PROVIDERS]
                            + ["w8a8 vs dq", "w8a8 vs int_mm", "gemm % peak", "w8a8 % peak", "w8 % bw",
                               "w8a8 SQNR dB"], rows)
@@ -141,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {machine_str(info)}; {versions_str(info)}; git {info['git_sha']}; {info['date']}",
         f"bounds measured in this run: int8 peak {peak / 1e9:.0f} GOP/s, read bandwidth {bw / 1e9:.1f} GB/s",
         "", table, "", "Targets:", *[f"- {t}" for t in targets],
+        "", "Per-call overhead (best of 15 interleaved rounds of 200 calls, same run):", "", overhead,
     ])
     print("\n" + md)
     print(f"\nCSV rows appended to {args.csv}")

@@ -43,7 +43,7 @@ def backend() -> dict[str, str]:
 _register()
 
 # Resolved OpOverloads for the int8 decode path: calling ``torch.ops.slimrt.x.default`` skips the
-# overload-packet lookup (a few us per call, measured in benchmarks/bench_int8_gemm.py --overhead).
+# overload-packet lookup (a few us per call; see the overhead table of benchmarks/bench_int8_gemm.py).
 _INT8_LINEAR = torch.ops.slimrt.int8_linear.default
 _INT8_WEIGHT_ONLY_LINEAR = torch.ops.slimrt.int8_weight_only_linear.default
 

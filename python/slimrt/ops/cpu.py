@@ -135,18 +135,27 @@ def _linear_args_ok(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None
 
 def _linear(op: str, x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Tensor | None,
             weight_only: bool) -> Tensor:
+    # Decode-path budget: every line here costs ~0.1-1 us, about what the kernel itself takes at M = 1.
     if w_q.dim() != 2 or not _linear_args_ok(x, w_q, w_scale, bias, w_q.shape[0], w_q.shape[1]):
         reference._check_linear(op, x, w_q, w_scale, bias)
     n, k = w_q.shape
-    packed = _packed_ptr(op, w_packed, n, k)
-    x2 = _mat(x if x.dim() == 2 else x.reshape(math.prod(x.shape[:-1]), k))  # (M, K), unit stride in K
+    if w_packed is not None and w_packed.dtype == torch.int8 and w_packed.is_cpu and w_packed.is_contiguous() \
+            and w_packed.numel() == packed_size(n, k):
+        packed = w_packed.data_ptr()  # the common case, checked in one pass; C++ checks the header
+    else:
+        packed = _packed_ptr(op, w_packed, n, k)
+    x2 = x if x.dim() == 2 else x.reshape(math.prod(x.shape[:-1]), k)  # (M, K)
+    if not x2.is_contiguous():
+        x2 = _mat(x2)
+    w2 = w_q if w_q.is_contiguous() else _mat(w_q)
     m = x2.shape[0]
     out = torch.empty((m, n), dtype=x.dtype)
     if m and n:
-        w2 = _mat(w_q)
         b32 = _bias32(bias)
-        fn = _native.load().int8_w8_linear if weight_only else _native.load().int8_w8a8_linear
-        fn(x2.data_ptr(), _DT[x.dtype], _ld(x2), w2.data_ptr(), _ld(w2), packed, _vec(w_scale).data_ptr(),
+        ws = _vec(w_scale)  # bound to a name: a temporary copy must outlive the C call
+        ext = _native.load()
+        fn = ext.int8_w8_linear if weight_only else ext.int8_w8a8_linear
+        fn(x2.data_ptr(), _DT[x.dtype], _ld(x2), w2.data_ptr(), _ld(w2), packed, ws.data_ptr(),
            0 if b32 is None else b32.data_ptr(), out.data_ptr(), _OUT_DT[x.dtype], n, m, n, k, torch.get_num_threads())
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
 
