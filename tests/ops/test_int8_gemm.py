@@ -174,8 +174,9 @@ def test_noncontiguous_inputs(isa, layout):
     bias = torch.randn(n, 3, generator=g)[:, 1]
     _assert_equal(ops.int8_linear(x, w, s, bias, None),
                   R.int8_linear(x.contiguous(), w.contiguous(), s.contiguous(), bias.contiguous()), f"w8a8 {layout}")
-    torch.testing.assert_close(ops.int8_weight_only_linear(x, w, s, bias, None),
-                               R.int8_weight_only_linear(x.contiguous(), w.contiguous(), s, bias), rtol=1e-5, atol=1e-4)
+    err = (ops.int8_weight_only_linear(x, w, s, bias, None)
+           - R.int8_weight_only_linear(x.contiguous(), w.contiguous(), s, bias)).abs()
+    assert bool((err <= _w8_bound(x, w, s)).all()), f"weight-only {layout}: max error {err.max().item():.3g}"
     a = _rand_i8(k, 9, gen=g).t() if layout == "transposed" else _rand_i8(1, k, gen=g).expand(4, k)
     bt = _rand_i8(k, n, gen=g).t()
     _assert_equal(ops.int8_gemm(a, bt, None, None, torch.int32), R.int8_gemm(a, bt, None, None, torch.int32),
