@@ -160,7 +160,8 @@ void int8_gemm_packed(const int8_t* a, int64_t lda, const int8_t* packed, const 
   const int64_t n_tiles = div_up(panels, kNB);
   // Work item = (row block of up to 96 rows, 64-column tile), row-block major: a thread's
   // consecutive items share the row block's activations (<= 96 x K bytes, in L2) and stream weights.
-  const int64_t mb = std::min<int64_t>(round_up(M, kMR), 96);
+  // Blocks of equal height (M = 128 -> 66 + 62, not 96 + 32) so the threads' shares stay even.
+  const int64_t mb = round_up(div_up(M, div_up(M, 96)), kMR);
   const int64_t m_blocks = div_up(M, mb);
   parallel_for(n_tiles * m_blocks, num_threads, [&](int64_t i0, int64_t i1) {
     std::vector<int32_t> cbuf(static_cast<size_t>(mb * 64));
