@@ -264,15 +264,6 @@ def test_metadata_is_inert(tmp_path):
     assert not (tmp_path / "pwned").exists() and not os.path.exists("pwned")
 
 
-def test_import_slimrt_stays_free_of_transformers():
-    import subprocess
-    import sys
-
-    code = "import sys, slimrt; slimrt.save; print('transformers' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
-
-
 def test_files_get_the_usual_permissions(tmp_path):
     slimrt.save(mlp(), tmp_path / "ck")
     umask = os.umask(0)

@@ -205,6 +205,8 @@ def _encode_zstd(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
 
 
 def _fsync_path(path: str, directory: bool = False) -> None:
+    if directory and not hasattr(os, "O_DIRECTORY"):
+        return  # Windows cannot open (or fsync) a directory
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
         os.fsync(fd)
@@ -267,7 +269,8 @@ def _check_target(target: str, overwrite: bool) -> None:
     if not overwrite:
         raise CheckpointExistsError(f"save: {target} already exists; pass overwrite=True to replace it")
     if os.path.islink(target) or not os.path.isdir(target):
-        raise CheckpointExistsError(f"save: {target} exists and is not a directory; refusing to replace it")
+        raise CheckpointExistsError(f"save: {target} exists and is a symlink or not a directory; "
+                                    "refusing to replace it")
     if os.listdir(target) and not os.path.isfile(os.path.join(target, M.META_NAME)):
         raise CheckpointExistsError(f"save: {target} is a non-empty directory without {M.META_NAME}; "
                                     "refusing to replace something that is not a slimrt checkpoint")
