@@ -271,3 +271,12 @@ def test_files_get_the_usual_permissions(tmp_path):
     for name in os.listdir(tmp_path / "ck"):
         assert os.stat(tmp_path / "ck" / name).st_mode & 0o777 == 0o666 & ~umask, name
     assert os.stat(tmp_path / "ck").st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_attention_implementation_is_restored(tmp_path):
+    model = tiny_bert()
+    model.set_attn_implementation("eager")
+    slimrt.save(model, tmp_path / "ck")
+    m2 = checkpoint.load_model(tmp_path / "ck").model
+    assert m2.config._attn_implementation == "eager"
+    assert torch.equal(_outputs(m2, "bert"), _outputs(model, "bert"))

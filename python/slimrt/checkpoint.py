@@ -320,6 +320,9 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a checkpoint gets the usual permissions
         files: dict[str, str] = {}
         if tokenizer is not None:
+            if not callable(getattr(tokenizer, "save_pretrained", None)):
+                raise TypeError(f"save: tokenizer must be a transformers tokenizer (with save_pretrained), "
+                                f"got {type(tokenizer).__name__}")
             tokenizer.save_pretrained(tmp)
             names = sorted(str(p.relative_to(tmp).as_posix()) for p in Path(tmp).rglob("*") if p.is_file())
             for name in names:
