@@ -263,6 +263,20 @@ def _commit(tmp: str, target: str) -> None:
     _fsync_path(parent, directory=True)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask is racy with threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _check_target(target: str, overwrite: bool) -> None:
     if not os.path.lexists(target):
         return
@@ -315,8 +329,7 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
+        umask = _umask()
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a checkpoint gets the usual permissions
         files: dict[str, str] = {}
         if tokenizer is not None:
