@@ -193,6 +193,8 @@ def test_zstd_round_trip_is_smaller_and_transparent(tmp_path):
     assert packed.bytes_saved > 0 and packed.stored_bytes == packed.tensor_bytes - packed.bytes_saved
     assert size(tmp_path / "zstd") < size(tmp_path / "plain") - packed.bytes_saved + 1024
     assert plain.bytes_saved == 0
+    slimrt.save(model, tmp_path / "zstd2", entropy="zstd")
+    assert _tree_bytes(tmp_path / "zstd") == _tree_bytes(tmp_path / "zstd2"), "zstd output is not deterministic"
     meta = checkpoint.read_metadata(tmp_path / "zstd")
     assert meta["entropy"] == "zstd" and set(meta["encoded"]) == {"0.w_q", "2.w_q"}
     m2 = checkpoint.load_model(tmp_path / "zstd").model
@@ -200,17 +202,38 @@ def test_zstd_round_trip_is_smaller_and_transparent(tmp_path):
     assert torch.equal(m2(x), ref)
 
 
-def test_saving_over_the_memory_mapped_source(tmp_path):
-    from safetensors.torch import load_file
+def _mmap_tensors(path):
+    """The tensors of a safetensors file as views of a MAP_SHARED mapping of it."""
+    import json
 
+    import numpy as np
+
+    from slimrt._safetensors import DTYPES
+
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    mm = np.memmap(path, dtype=np.uint8, mode="r+")
+    out = {}
+    for name, spec in header.items():
+        begin, end = spec["data_offsets"]
+        raw = torch.from_numpy(mm[8 + n + begin:8 + n + end])
+        out[name] = raw.view(DTYPES[spec["dtype"]]).reshape(spec["shape"])
+    return out
+
+
+def test_saving_over_the_memory_mapped_source(tmp_path):
     target = tmp_path / "ck"
     model = mlp()
     _swap_linears(model)
     slimrt.save(model, target)
     ref = _outputs(model, "mlp")
-    # Point the model's tensors at the file (safetensors maps it), then save over that very directory.
-    mapped = load_file(str(target / "model.safetensors"))
+    # Point the model's tensors into a shared mapping of the file, then save over that very directory:
+    # an in-place write would change (or truncate) the tensors under the model.
+    mapped = _mmap_tensors(str(target / "model.safetensors"))
     model.load_state_dict({k: v for k, v in mapped.items() if k in model.state_dict()}, assign=True)
+    assert model[0].w_q.data_ptr() == mapped["0.w_q"].data_ptr()
     slimrt.save(model, target, overwrite=True)
     assert torch.equal(_outputs(checkpoint.load_model(target).model, "mlp"), ref)
     assert torch.equal(_outputs(model, "mlp"), ref), "the source model's tensors were damaged"
