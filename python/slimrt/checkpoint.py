@@ -30,6 +30,7 @@ its message becomes a CheckpointError naming the layer (e.g. block-sparse layout
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -37,7 +38,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -69,10 +70,24 @@ class LoadedCheckpoint:
     meta: dict[str, Any]
 
 
+@contextlib.contextmanager
+def _located(root: str) -> Iterator[None]:
+    """Puts the checkpoint directory into error messages that name only a file inside it."""
+    try:
+        yield
+    except CheckpointError as e:
+        msg = str(e)
+        if root in msg:
+            raise
+        raise CheckpointError(os.path.join(root, msg) if msg.startswith((M.META_NAME, M.TENSORS_NAME))
+                              else f"{root}: {msg}") from None
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The validated slimrt.json of a checkpoint (no tensor is read)."""
     root = check_directory(path)
-    return M.loads(read_file(root, M.META_NAME, M.META_CAP))
+    with _located(root):
+        return M.loads(read_file(root, M.META_NAME, M.META_CAP))
 
 
 def load_model(path: str | os.PathLike, model: nn.Module | None = None,
@@ -83,21 +98,22 @@ def load_model(path: str | os.PathLike, model: nn.Module | None = None,
     place). The returned model is in eval mode on ``device``, with ``model.slimrt_meta`` restored.
     """
     root = check_directory(path)
-    meta = M.loads(read_file(root, M.META_NAME, M.META_CAP))
-    tensors = read_model_tensors(root, meta)
-    other_files = {}
-    for name, digest in sorted(meta["files"].items()):
-        if name != M.TENSORS_NAME:
-            data = read_file(root, name, 1 << 31)
-            if hashlib.sha256(data).hexdigest() != digest:
-                raise CheckpointError(f"{name} in {root}: sha256 checksum mismatch (corrupt or modified file)")
-            other_files[name] = data
-    model, config = assemble(meta, tensors, model)
-    model.eval()
-    if torch.device(device).type != "cpu":
-        model.to(device)
-    model.slimrt_meta = meta.get("compression")
-    tokenizer = _load_tokenizer(meta, other_files) if meta.get("tokenizer") else None
+    with _located(root):
+        meta = M.loads(read_file(root, M.META_NAME, M.META_CAP))
+        tensors = read_model_tensors(root, meta)
+        other_files = {}
+        for name, digest in sorted(meta["files"].items()):
+            if name != M.TENSORS_NAME:
+                data = read_file(root, name, 1 << 31)
+                if hashlib.sha256(data).hexdigest() != digest:
+                    raise CheckpointError(f"{name} in {root}: sha256 checksum mismatch (corrupt or modified file)")
+                other_files[name] = data
+        model, config = assemble(meta, tensors, model)
+        model.eval()
+        if torch.device(device).type != "cpu":
+            model.to(device)
+        model.slimrt_meta = meta.get("compression")
+        tokenizer = _load_tokenizer(meta, other_files) if meta.get("tokenizer") else None
     return LoadedCheckpoint(model=model, tokenizer=tokenizer, config=config, meta=meta)
 
 
