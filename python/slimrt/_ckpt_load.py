@@ -239,7 +239,10 @@ def assemble(meta: dict[str, Any], tensors: dict[str, torch.Tensor],
         src = model.get_submodule(src_mod)
         _set_tensor(model, alias, src._parameters.get(src_leaf, src._buffers.get(src_leaf)))
     for name, mod in model.named_modules():
-        if hasattr(mod, "repack") and any(b.device.type == "meta" for b in mod.buffers(recurse=False)):
+        # Rebuild derived state (packed weights): Int8Linear does it in its load_state_dict post hook;
+        # modules without such a hook, or still holding meta buffers, are repacked here.
+        if callable(getattr(mod, "repack", None)) and (not mod._load_state_dict_post_hooks
+                                                       or any(b.device.type == "meta" for b in mod.buffers())):
             mod.repack()
         check = getattr(mod, "slimrt_validate", None)  # module-specific invariants (e.g. sparse layouts)
         if callable(check):
