@@ -303,3 +303,18 @@ def test_attention_implementation_is_restored(tmp_path):
     m2 = checkpoint.load_model(tmp_path / "ck").model
     assert m2.config._attn_implementation == "eager"
     assert torch.equal(_outputs(m2, "bert"), _outputs(model, "bert"))
+
+
+def test_module_config_must_match_the_layer_it_replaces(tmp_path):
+    import json
+
+    model = tiny_llama()
+    model.model.layers[0].mlp.up_proj = Int8Linear.from_linear(model.model.layers[0].mlp.up_proj)
+    slimrt.save(model, tmp_path / "ck")
+    meta_path = tmp_path / "ck" / "slimrt.json"
+    meta = json.loads(meta_path.read_text())
+    meta["modules"]["model.layers.0.mlp.up_proj"]["config"]["out_features"] = 65
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"gives out_features=65 but the model's layer "
+                                              r"'model\.layers\.0\.mlp\.up_proj' has out_features=64"):
+        checkpoint.load_model(tmp_path / "ck")

@@ -139,6 +139,12 @@ def _swap_modules(model: nn.Module, modules: dict[str, Any]) -> dict[str, nn.Mod
         except Exception as e:  # hostile configs land here: the constructor rejects them, we name the layer
             raise CheckpointError(f"{M.META_NAME}: field 'modules.{name}.config' does not build a "
                                   f"{entry['type']}: {type(e).__name__}: {e}") from None
+        old = parent._modules[leaf]
+        for attr in ("in_features", "out_features"):  # the layer it replaces fixes its interface
+            a, b = getattr(old, attr, None), getattr(new, attr, None)
+            if isinstance(a, int) and isinstance(b, int) and a != b:
+                raise CheckpointError(f"{M.META_NAME}: field 'modules.{name}.config' gives {attr}={b} but the "
+                                      f"model's layer '{name}' has {attr}={a}")
         setattr(parent, leaf, new)
         swapped[name] = new
     from slimrt._skeleton import SlimrtPlaceholder
