@@ -247,13 +247,14 @@ class _Net(nn.Module):
         self.register_buffer("offset", torch.arange(4.0), persistent=False)
 
     def forward(self, x):
-        return self.head(torch.relu(self.proj(x))) + self.offset
+        return self.head(torch.relu(self.proj(x))) + self.offset + self.head.offset_alias
 
 
 def test_custom_model_needs_a_skeleton(tmp_path):
     torch.manual_seed(6)
     model = _Net()
     model.proj = Int8Linear.from_linear(model.proj)
+    model.head.register_buffer("offset_alias", model.offset, persistent=False)  # one tensor, two names
     with torch.no_grad():
         model.offset.mul_(3)  # the stored non-persistent buffer wins over the constructor's value
     x = torch.randn(2, 8)
@@ -263,8 +264,10 @@ def test_custom_model_needs_a_skeleton(tmp_path):
         checkpoint.load_model(tmp_path / "ck")
     with torch.device("meta"):
         skeleton = _Net()
+        skeleton.head.register_buffer("offset_alias", skeleton.offset, persistent=False)
     out = checkpoint.load_model(tmp_path / "ck", model=skeleton).model
     assert out is skeleton and torch.equal(out(x), ref)
+    assert out.head.offset_alias is out.offset
 
 
 def test_bf16_model_round_trip(tmp_path):

@@ -174,7 +174,7 @@ def nonpersistent_buffers(model: nn.Module, slim: dict[str, nn.Module]) -> list[
 
 
 def _collect_tensors(model: nn.Module, slim: dict[str, nn.Module]) -> tuple[dict[str, torch.Tensor], list, list]:
-    """(tensors to store, tied [stored, alias] pairs, names of stored non-persistent buffers)."""
+    """(tensors to store, tied [stored, alias] pairs, names of the non-persistent buffers saved)."""
     named = list(model.state_dict().items())
     buffers = nonpersistent_buffers(model, slim)
     tensors: dict[str, torch.Tensor] = {}
@@ -200,7 +200,7 @@ def _collect_tensors(model: nn.Module, slim: dict[str, nn.Module]) -> tuple[dict
             t = t.contiguous().clone()  # views and partial overlaps are stored as independent copies
         storages.add(t.untyped_storage().data_ptr())
         tensors[name] = t
-    return tensors, tied, [n for n, _ in buffers if n in tensors]
+    return tensors, tied, [n for n, _ in buffers]
 
 
 def _encode_zstd(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
