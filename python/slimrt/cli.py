@@ -11,7 +11,30 @@ from pathlib import Path
 def _cmd_info(args: argparse.Namespace) -> int:
     import slimrt
 
-    print(json.dumps(slimrt.info(), indent=2))
+    if args.checkpoint is None:
+        print(json.dumps(slimrt.info(), indent=2))
+        return 0
+    from pathlib import Path
+
+    from slimrt.checkpoint import read_metadata
+    from slimrt.compress.report import format_report
+
+    meta = read_metadata(args.checkpoint)  # validated slimrt.json; no tensor is read
+    root = Path(args.checkpoint)
+    model = meta.get("model", {})
+    print(f"checkpoint   {root}")
+    print(f"format       {meta.get('format_version')} (written by slimrt {meta.get('slimrt_version')})")
+    print(f"model        {model.get('architecture', model.get('kind'))}")
+    for name in sorted(meta.get("files", {})):
+        print(f"file         {name}: {(root / name).stat().st_size / 1e6:.2f} MB")
+    comp = meta.get("compression") or {}
+    if comp.get("recipe") is not None:
+        print("recipe       " + json.dumps(comp["recipe"], sort_keys=True))
+    if comp.get("quality"):
+        print("quality      " + json.dumps(comp["quality"], sort_keys=True))
+    if comp.get("layers"):
+        print()
+        print(format_report(comp))
     return 0
 
 
@@ -54,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slimrt", description="Runtime for compressed transformer models.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("info", help="print the build, the chosen ISA and the optional pieces found")
+    s = sub.add_parser("info", help="print the build and chosen ISA, or with CKPT a checkpoint's recipe, layers and sizes")
+    s.add_argument("checkpoint", nargs="?", default=None, help="a slimrt checkpoint directory")
     s.set_defaults(func=_cmd_info)
     _add_runner_commands(sub)  # runner (issue 4)
     _add_demo_command(sub)  # demo (issue 4)
