@@ -63,6 +63,28 @@ def test_mlp(preset, floor_db):
     assert meta["totals"]["bytes_after"] < meta["totals"]["bytes_before"] / 2.5
 
 
+def test_bf16_model():
+    model = mlp().to(torch.bfloat16)
+    x = torch.randn(6, 32, dtype=torch.bfloat16)
+    with torch.no_grad():
+        ref = model(x)
+    slimrt.compress(model, "w8a8", progress=False)
+    with torch.no_grad():
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    db = sqnr_db(ref, out)
+    assert db >= 32, f"bf16 MLP w8a8 SQNR {db:.1f} dB"  # measured 37 dB; the fp32 MLP gets 40
+
+
+def test_from_weight_checks_smooth():
+    w = torch.randn(8, 4)
+    for bad in (torch.ones(5), torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([1.0, float("nan"), 1.0, 1.0])):
+        with pytest.raises(ValueError, match="smooth must be"):
+            Int8Linear.from_weight(w, None, smooth=bad)
+    with pytest.raises(ValueError, match="2-D"):
+        Int8Linear.from_weight(torch.randn(8))
+
+
 def tiny_bert():
     from transformers import BertConfig, BertModel
 
