@@ -67,6 +67,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     import os
 
     import slimrt
+    from slimrt import checkpoint  # its own module (the checkpoint format); imported before the long steps
 
     if os.path.exists(args.output) and not args.overwrite:
         raise ValueError(f"output {args.output!r} exists; pass --overwrite to replace it")
@@ -86,8 +87,6 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         raise ValueError(f"--calibration needs a tokenizer, and {args.src} has none")
     slimrt.compress(model, recipe, calibration=calibration, tokenizer=tokenizer, progress=progress)
     slimrt.report(model)
-    from slimrt import checkpoint  # lives in its own module; imported only when saving
-
     checkpoint.save(model, args.output, tokenizer=tokenizer, overwrite=args.overwrite, entropy=args.entropy)
     print(f"slimrt: wrote {args.output}")
     return 0
