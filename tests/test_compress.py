@@ -449,17 +449,23 @@ def tiny_bert_dir(tmp_path):
     return src
 
 
-def test_cli_compress(tiny_bert_dir, tmp_path, monkeypatch, capsys):
-    from slimrt import cli
-
+@pytest.fixture
+def saved(monkeypatch):
+    """A stand-in for slimrt.checkpoint (tested on its own) that records what the CLI hands to save()."""
     saved = {}
 
     def save(model, out, tokenizer=None, overwrite=False, entropy=None):
         saved.update(model=model, out=out, tokenizer=tokenizer, overwrite=overwrite, entropy=entropy)
 
-    # slimrt.checkpoint is written on another branch; a stand-in records what the CLI hands it.
-    monkeypatch.setitem(sys.modules, "slimrt.checkpoint", types.SimpleNamespace(save=save))
-    monkeypatch.setattr(slimrt, "checkpoint", sys.modules["slimrt.checkpoint"], raising=False)
+    stand_in = types.SimpleNamespace(save=save)
+    monkeypatch.setitem(sys.modules, "slimrt.checkpoint", stand_in)
+    monkeypatch.setattr(slimrt, "checkpoint", stand_in, raising=False)
+    return saved
+
+
+def test_cli_compress(tiny_bert_dir, tmp_path, saved, capsys):
+    from slimrt import cli
+
     calib = tmp_path / "calib.txt"
     calib.write_text("first calibration sentence\n\nsecond one, a bit longer than the first\n")
     out = tmp_path / "out"
@@ -479,10 +485,30 @@ def test_cli_compress(tiny_bert_dir, tmp_path, monkeypatch, capsys):
     (["compress", "{src}", "-o", "{tmp}/o", "--recipe", "w3"], "neither a preset"),
     (["compress", "{src}", "-o", "{tmp}/o", "--smoothquant"], "--smoothquant needs --calibration"),
 ])
-def test_cli_errors_are_one_line(tiny_bert_dir, tmp_path, capsys, argv, message):
+def test_cli_errors_are_one_line(tiny_bert_dir, tmp_path, saved, capsys, argv, message):
     from slimrt import cli
 
     argv = [a.format(tmp=tmp_path, src=tiny_bert_dir) for a in argv]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("slimrt: error:") and message in err[0], err
+    assert saved == {}
+
+
+def test_cli_calibration_file(tmp_path):
+    from slimrt.cli import _read_calibration
+
+    txt = tmp_path / "c.txt"
+    txt.write_text("\n".join(f"line {i}" for i in range(10)) + "\n\n")
+    assert _read_calibration(str(txt), batch_size=4) == [[f"line {i}" for i in range(4)],
+                                                         [f"line {i}" for i in range(4, 8)], ["line 8", "line 9"]]
+    jl = tmp_path / "c.jsonl"
+    jl.write_text('"plain string"\n{"text": "an object"}\n')
+    assert _read_calibration(str(jl)) == [["plain string", "an object"]]
+    for content, message in (('{"txt": 1}\n', "line 1 is neither"), ("{oops\n", "line 1 is not JSON")):
+        jl.write_text(content)
+        with pytest.raises(ValueError, match=message):
+            _read_calibration(str(jl))
+    txt.write_text("\n\n")
+    with pytest.raises(ValueError, match="holds no text"):
+        _read_calibration(str(txt))
