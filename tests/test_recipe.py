@@ -32,6 +32,7 @@ def test_preset_override():
 
 def test_frozen():
     r = Recipe()
+    assert hash(r) == hash(Recipe()) and r == Recipe()
     with pytest.raises(dataclasses.FrozenInstanceError):
         r.alpha = 0.1  # type: ignore[misc]
 
