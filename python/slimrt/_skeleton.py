@@ -24,6 +24,7 @@ from slimrt.errors import CheckpointError
 FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                 "float64": torch.float64}
 MAX_DEPTH = 8  # nested nn.Sequential levels accepted when loading
+_ATTN = ("eager", "sdpa")  # attention implementations restored on load (others need extra kernels)
 
 
 class SlimrtPlaceholder(nn.Identity):
@@ -91,6 +92,8 @@ def describe_model(model: nn.Module, slimrt_types: tuple[type, ...]) -> dict[str
         section: dict[str, Any] = {"kind": "hf", "architecture": arch,
                                    "config": json.loads(model.config.to_json_string(use_diff=False)),
                                    "dtype": _dtype_name(model.dtype)}
+        attn = getattr(model.config, "_attn_implementation", None)  # eager vs sdpa changes the last bits
+        section["attn_implementation"] = attn if attn in _ATTN else None
         gen = getattr(model, "generation_config", None)
         section["generation_config"] = json.loads(gen.to_json_string(use_diff=False)) if gen is not None else None
         return section
@@ -230,8 +233,10 @@ def _build_hf(section: dict[str, Any], n_tensors: int) -> tuple[nn.Module, Any]:
         cfg["use_pretrained_backbone"] = False  # building the skeleton must never fetch weights
     try:
         config = cls.config_class.from_dict(cfg)
+        attn = section.get("attn_implementation")
+        kwargs = {"attn_implementation": attn} if attn in _ATTN else {}
         with torch.device("meta"):
-            model = cls._from_config(config, dtype=dtype)
+            model = cls._from_config(config, dtype=dtype, **kwargs)
     except Exception as e:  # a config that transformers rejects is a bad checkpoint, named as such
         raise CheckpointError(f"slimrt.json: field 'model.config' does not build a {arch}: "
                               f"{type(e).__name__}: {e}") from None
