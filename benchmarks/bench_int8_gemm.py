@@ -124,7 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=15, help="timed rounds per shape (default 15)")
     ap.add_argument("--csv", default=str(Path(__file__).resolve().parent / "out" / "int8_gemm.csv"))
     ap.add_argument("--md", default=None, help="also write the markdown summary to this file")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads for every provider (default: torch's); 1 gives steadier ratios on a "
+                         "loaded machine, where a descheduled OpenMP thread stalls a whole parallel region")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from slimrt import _native
 
