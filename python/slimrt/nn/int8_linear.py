@@ -21,7 +21,12 @@ class Int8Linear(nn.Module):
     ``forward(x, mode=None)`` lets a runner choose per call shape; the default is the module's mode.
 
     State: w_q (N, K) int8, w_scale (N,) float32, bias (N,) float or None. A packed copy of w_q for
-    the device's kernel is made once (non-persistent: never written to a checkpoint).
+    the device's kernel is made once (non-persistent: never written to a checkpoint); on CPU it is the
+    ISA-independent VNNI layout of csrc/int8_gemm/int8_gemm.h (16-column panels x 4-deep k groups +
+    column sums), so one packed module serves every SLIMRT_ISA path.
+
+    Inference-only: the ops have no backward, so an input that requires grad while grad mode is on
+    is refused (RuntimeError); call it under torch.no_grad() / torch.inference_mode().
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "w8a8",
