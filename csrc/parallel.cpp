@@ -90,9 +90,11 @@ class Pool {
         task = task_;
         active_.fetch_add(1, std::memory_order_acq_rel);
       }
-      for (;;) {
+      // A worker that woke after its run ended (task already cleared) must not touch next_: the
+      // next run may have reset it, and a claimed-but-skipped index would never run (a hang).
+      for (; task != nullptr;) {
         int i = next_.fetch_add(1);
-        if (task == nullptr || i >= ntasks_) break;
+        if (i >= ntasks_) break;
         try {
           (*task)(i);
         } catch (...) {
