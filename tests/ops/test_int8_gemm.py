@@ -399,3 +399,19 @@ def test_probes_report_positive_rates_and_refuse_the_scalar_path():
         ext.set_isa(before)
     with pytest.raises(ValueError, match="nbytes >= 1 MiB"):
         ext.probe_read_bandwidth(1024, 1, 1)
+
+
+def test_back_to_back_parallel_calls_stay_correct():
+    # Many short parallel runs in a row exercise the thread pool's hand-over between runs (a worker
+    # waking late must neither run a finished run's task nor steal an index of the next run).
+    torch.manual_seed(2)
+    w = _rand_i8(130, 64)
+    s = torch.rand(130) + 0.1
+    wp = ops.int8_pack_weight(w)
+    xs = [torch.randn(m, 64) for m in (1, 12, 40)]
+    want = [R.int8_linear(x, w, s, None) for x in xs]
+    for i in range(1500):
+        j = i % 3
+        y = ops.int8_linear(xs[j], w, s, None, wp)
+        if i % 100 < 3:
+            _assert_equal(y, want[j], f"call {i}")
