@@ -26,6 +26,12 @@ class Int8Linear(nn.Module):
     multiplied by it before quantization and W was divided by it before quantizing, so
     y = (x * smooth) @ (W / smooth).T: activation outlier channels shrink, the weight absorbs them.
     It costs one elementwise multiply of x per call; ``slimrt_config()["smooth"]`` says it exists.
+    the device's kernel is made once (non-persistent: never written to a checkpoint); on CPU it is the
+    ISA-independent VNNI layout of csrc/int8_gemm/int8_gemm.h (16-column panels x 4-deep k groups +
+    column sums), so one packed module serves every SLIMRT_ISA path.
+
+    Inference-only: the ops have no backward, so an input that requires grad while grad mode is on
+    is refused (RuntimeError); call it under torch.no_grad() / torch.inference_mode().
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "w8a8",
