@@ -8,4 +8,14 @@ from slimrt._version import __version__
 from slimrt._info import info
 from slimrt import ops, nn
 
-__all__ = ["__version__", "info", "ops", "nn"]
+__all__ = ["__version__", "info", "ops", "nn", "compress", "report", "Recipe", "Runner", "load"]
+
+# ---- compressor ----
+# Imported eagerly on purpose: `slimrt.compress` is both a subpackage and the function, and a lazy
+# export would be shadowed by the subpackage as soon as anything imported slimrt.compress.<module>.
+# It imports neither transformers nor tqdm at this point (both load at their use sites).
+from slimrt.compress import compress, report  # noqa: E402
+from slimrt.recipe import Recipe  # noqa: E402
+
+# ---- runner ----: slimrt.load(path) -> Runner
+from slimrt.runner import Runner, load  # noqa: E402
