@@ -197,6 +197,10 @@ PRESETS: dict[str, Recipe] = {}
 def _init_presets() -> None:
     PRESETS["w8a8"] = Recipe(methods=("w8a8",))
     PRESETS["w8"] = Recipe(methods=("w8",))
+    # low-rank (issue 5): half the linear-layer weights, activation-aware SVD (needs calibration);
+    # "+w8" stores the factors (and the layers kept dense) in int8.
+    PRESETS["lowrank-0.5"] = Recipe(methods=("lowrank",), params={"lowrank": {"ratio": 0.5}})
+    PRESETS["lowrank-0.5+w8"] = Recipe(methods=("lowrank", "w8"), params={"lowrank": {"ratio": 0.5}})
 
 
 _init_presets()
