@@ -145,6 +145,15 @@ def test_greedy_allocation_is_near_the_exhaustive_optimum():
         assert got <= best + largest_step, f"ratio {ratio}: greedy error {got:.4f}, optimum {best:.4f}, {ranks}"
 
 
+def test_uniform_allocation_meets_the_ratio_in_every_layer():
+    layers = _spectra()
+    for ratio in (0.2, 0.5, 0.9):
+        for name, r in lr.uniform_ranks(layers, ratio).items():
+            _, n, k = layers[name]
+            assert r * (n + k) <= max(ratio * n * k, n + k), (ratio, name, r)
+            assert (r + 1) * (n + k) > ratio * n * k or r == min(n, k), (ratio, name, r)
+
+
 def test_budget_too_small_is_an_error():
     with pytest.raises(ValueError, match="rank 1 in every selected layer"):
         lr.allocate_ranks(_spectra(), 0.01)
@@ -203,6 +212,13 @@ def test_fixed_rank_and_plain_svd_without_calibration():
     # proj is (N, K) = (4, 64): rank min(8, 4) = 4 needs 272 numbers >= 256 dense, so it stays dense.
     assert isinstance(model.proj, nn.Linear) and isinstance(model.small, nn.Linear)
     assert "272" in model.slimrt_meta["fallbacks"]["proj"]
+
+
+def test_uniform_allocation_through_the_recipe():
+    model = _Tiny()
+    recipe = slimrt.Recipe(methods=("lowrank",), params={"lowrank": {"ratio": 0.5, "allocation": "uniform"}})
+    slimrt.compress(model, recipe, calibration=_calib(), progress=False)
+    assert model.fc1.rank == int(0.5 * 64 * 96 / 160) and model.fc2.rank == model.fc1.rank
 
 
 def test_activation_aware_method_needs_calibration():

@@ -11,7 +11,8 @@ The math (float64 throughout):
           and as a last resort an eigen-decomposition with clamped eigenvalues.
   asvd    ASVD-style scaling: S = diag(rms(x_k)^alpha), a cheap diagonal whitening.
 Rank: a fixed rank, the smallest rank keeping an energy fraction of the (whitened) spectrum, or a
-model-wide parameter ratio, spread over the layers greedily by error reduction per parameter.
+model-wide parameter ratio, spread over the layers greedily by error reduction per parameter
+("greedy") or as the same fraction of every layer ("uniform").
 A layer whose rank-R factors would not be smaller than dense (R (N + K) >= N K) stays dense, with
 that reason in the report.
 """
@@ -141,9 +142,18 @@ def rank_for_energy(s: Tensor, energy: float) -> int:
     return max(1, min(int((kept < energy - 1e-12).sum()) + 1, s.numel()))
 
 
-def allocate_ranks(layers: Mapping[str, tuple[Tensor, int, int]], ratio: float) -> dict[str, int | None]:
+def uniform_ranks(layers: Mapping[str, tuple[Tensor, int, int]], ratio: float) -> dict[str, int]:
+    """The same fraction of every layer: R = floor(ratio N K / (N + K)), at least 1, at most min(N, K)."""
+    if not 0 < ratio <= 1:
+        raise ValueError(f"lowrank: ratio={ratio!r} must be in (0, 1]")
+    return {name: max(1, min(int(ratio * n * k / (n + k)), n, k)) for name, (_, n, k) in layers.items()}
+
+
+def allocate_ranks(layers: Mapping[str, tuple[Tensor, int, int]], ratio: float,
+                   relative: bool = True) -> dict[str, int | None]:
     """Ranks for {name: (singular values s, N, K)} so the layers' weights hold at most ratio x their
-    dense count, with the smallest sum of relative errors (each layer's dropped s^2 over its total).
+    dense count, with the smallest sum of errors: each layer's dropped s^2 over its total (relative)
+    or the dropped s^2 themselves (relative=False: for whitened spectra, the summed output error).
 
     Greedy by error reduction per parameter: every layer starts at rank 1; the next move of a layer
     is +1 rank (cost N + K, gain s_R^2) or, once more rank would not be smaller than dense, going
@@ -156,7 +166,10 @@ def allocate_ranks(layers: Mapping[str, tuple[Tensor, int, int]], ratio: float) 
     rel = {}
     for name, (s, n, k) in layers.items():
         e = s.double() ** 2
-        rel[name] = (e / e.sum()).tolist() if float(e.sum()) > 0 else [0.0] * s.numel()
+        if not relative:
+            rel[name] = e.tolist()
+        else:
+            rel[name] = (e / e.sum()).tolist() if float(e.sum()) > 0 else [0.0] * s.numel()
     rank = {name: 1 for name in layers}
     dense: set[str] = set()
     used = sum(n + k for _, n, k in layers.values())
@@ -255,6 +268,10 @@ PARAMS = {
     "rank": (int, 0, lambda v: None if v >= 0 else "expected 0 (unused) or a positive rank"),
     "energy": (float, 0.0, lambda v: None if 0 <= v <= 1 else "expected 0 (unused) or a fraction in (0, 1]"),
     "method": (str, "whiten", _in(METHODS)),
+    # How a ratio is spread: "greedy" by each layer's (whitened) spectrum (allocate_ranks), or
+    # "uniform", the same fraction of every layer (uniform_ranks). On MiniLM at ratio 0.5 uniform
+    # kept the embeddings closer (benchmarks/RESULTS.md); greedy wins where spectra differ a lot.
+    "allocation": (str, "greedy", _in(("greedy", "uniform"))),
     "factor_dtype": (str, "float32", _in(("float32", "bfloat16"))),
     "damp": (float, DAMP, lambda v: None if v > 0 else "expected a positive number"),
     "alpha": (float, 0.5, lambda v: None if 0 <= v <= 1 else "expected a number in [0, 1]"),
@@ -300,6 +317,11 @@ def _prepare(model: nn.Module, todo: list[tuple[str, nn.Module]], ctx: Context, 
             n, k = dec.u.shape[0], dec.vh.shape[1]
             r = min(p["rank"], n, k) if p["rank"] > 0 else rank_for_energy(dec.s, p["energy"])
             reason = dense_reason(n, k, r)
+            plan[name] = (None, reason) if reason else (r, "")
+    elif p["allocation"] == "uniform":
+        for name, r in uniform_ranks({nm: (d.s, d.u.shape[0], d.vh.shape[1]) for nm, d in decs.items()},
+                                     p["ratio"]).items():
+            reason = dense_reason(decs[name].u.shape[0], decs[name].vh.shape[1], r)
             plan[name] = (None, reason) if reason else (r, "")
     else:
         ranks = allocate_ranks({nm: (d.s, d.u.shape[0], d.vh.shape[1]) for nm, d in decs.items()}, p["ratio"])
