@@ -77,7 +77,8 @@ constexpr int64_t kKcq = 64;  // 4-deep k groups per block
 // acc[r][j] (+)= sum over k groups [q0, q0 + nq) of (a[m0 + r] + 128) * b[panel p0 + j]; on the last
 // block the epilogue writes out, otherwise the partial sums go to cbuf (row stride 64 int32).
 template <int MR, int NB>
-void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t* cbuf, bool first, bool last) {
+void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t* cbuf, bool first, bool last,
+          bool prefetch) {
   __m512i acc[MR][NB];
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < NB; ++j)
@@ -88,6 +89,10 @@ void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t
   for (int64_t q = 0; q < nq; ++q, a += 4, b += 64) {
     __m512i bv[NB];
     for (int j = 0; j < NB; ++j) bv[j] = _mm512_loadu_si512(b + j * ps);
+    // The first row tile of a block pulls the next k block of the slab toward L1: each panel's
+    // block is one 4 KiB run, and hardware prefetchers do not cross into the next one on their own.
+    if (prefetch)
+      for (int j = 0; j < NB; ++j) _mm_prefetch(reinterpret_cast<const char*>(b + j * ps + kKcq * 64), _MM_HINT_T0);
     for (int r = 0; r < MR; ++r) {
       const __m512i av = _mm512_set1_epi32(load32(a + r * g.k_pad));
       for (int j = 0; j < NB; ++j) acc[r][j] = dpbusd(acc[r][j], av, bv[j]);
@@ -121,7 +126,7 @@ void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t
   }
 }
 
-using TileFn = void (*)(const Gemm&, int64_t, int64_t, int64_t, int64_t, int32_t*, bool, bool);
+using TileFn = void (*)(const Gemm&, int64_t, int64_t, int64_t, int64_t, int32_t*, bool, bool, bool);
 template <int MR>
 constexpr TileFn row_fns[kNB] = {tile<MR, 1>, tile<MR, 2>, tile<MR, 3>, tile<MR, 4>};
 constexpr const TileFn* kTiles[kMR] = {row_fns<1>, row_fns<2>, row_fns<3>, row_fns<4>, row_fns<5>, row_fns<6>};
@@ -155,7 +160,8 @@ void int8_gemm_packed(const int8_t* a, int64_t lda, const int8_t* packed, const 
   const int64_t n_tiles = div_up(panels, kNB);
   // Work item = (row block of up to 96 rows, 64-column tile), row-block major: a thread's
   // consecutive items share the row block's activations (<= 96 x K bytes, in L2) and stream weights.
-  const int64_t mb = std::min<int64_t>(round_up(M, kMR), 96);
+  // Blocks of equal height (M = 128 -> 66 + 62, not 96 + 32) so the threads' shares stay even.
+  const int64_t mb = round_up(div_up(M, div_up(M, 96)), kMR);
   const int64_t m_blocks = div_up(M, mb);
   parallel_for(n_tiles * m_blocks, num_threads, [&](int64_t i0, int64_t i1) {
     std::vector<int32_t> cbuf(static_cast<size_t>(mb * 64));
@@ -167,7 +173,8 @@ void int8_gemm_packed(const int8_t* a, int64_t lda, const int8_t* packed, const 
         const int64_t nq = std::min(kKcq, g.kq - q0);
         for (int64_t m0 = m_beg; m0 < m_end; m0 += kMR) {
           const int64_t mr = std::min<int64_t>(kMR, m_end - m0);
-          kTiles[mr - 1][nb - 1](g, m0, p0, q0, nq, cbuf.data() + (m0 - m_beg) * 64, q0 == 0, q0 + nq >= g.kq);
+          kTiles[mr - 1][nb - 1](g, m0, p0, q0, nq, cbuf.data() + (m0 - m_beg) * 64, q0 == 0, q0 + nq >= g.kq,
+                                 m0 == m_beg);
         }
       }
     }

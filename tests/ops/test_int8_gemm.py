@@ -170,11 +170,13 @@ def test_noncontiguous_inputs(isa, layout):
         x = torch.randn(2, 3, 2 * k, generator=g)[..., ::2]
     w_full = _rand_i8(2 * n, k + 5, gen=g)
     w = w_full[::2, 5:]  # sliced weight with a storage offset
-    s = torch.rand(n, generator=g) + 0.1
-    _assert_equal(ops.int8_linear(x, w, s, None, None), R.int8_linear(x.contiguous(), w.contiguous(), s, None),
-                  f"w8a8 {layout}")
-    torch.testing.assert_close(ops.int8_weight_only_linear(x, w, s, None, None),
-                               R.int8_weight_only_linear(x.contiguous(), w.contiguous(), s, None), rtol=1e-5, atol=1e-4)
+    s = (torch.rand(2 * n, generator=g) + 0.1)[::2]  # strided scale and bias too
+    bias = torch.randn(n, 3, generator=g)[:, 1]
+    _assert_equal(ops.int8_linear(x, w, s, bias, None),
+                  R.int8_linear(x.contiguous(), w.contiguous(), s.contiguous(), bias.contiguous()), f"w8a8 {layout}")
+    err = (ops.int8_weight_only_linear(x, w, s, bias, None)
+           - R.int8_weight_only_linear(x.contiguous(), w.contiguous(), s, bias)).abs()
+    assert bool((err <= _w8_bound(x, w, s)).all()), f"weight-only {layout}: max error {err.max().item():.3g}"
     a = _rand_i8(k, 9, gen=g).t() if layout == "transposed" else _rand_i8(1, k, gen=g).expand(4, k)
     bt = _rand_i8(k, n, gen=g).t()
     _assert_equal(ops.int8_gemm(a, bt, None, None, torch.int32), R.int8_gemm(a, bt, None, None, torch.int32),

@@ -121,12 +121,14 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor, mode: str | None = None) -> Tensor:
         mode = mode or self.mode
-        if self.smooth is not None:
-            x = x * self.smooth.to(x.dtype)
+        buf = self._buffers  # one dict instead of four nn.Module.__getattr__ walks: this is the decode path
+        smooth = buf.get("smooth")
+        if smooth is not None:
+            x = x * smooth.to(x.dtype)
         if mode == "w8a8":
-            return ops.int8_linear(x, self.w_q, self.w_scale, self.bias, self.w_packed)
+            return ops.int8_linear(x, buf["w_q"], buf["w_scale"], buf.get("bias"), buf["w_packed"])
         if mode == "w8":
-            return ops.int8_weight_only_linear(x, self.w_q, self.w_scale, self.bias, self.w_packed)
+            return ops.int8_weight_only_linear(x, buf["w_q"], buf["w_scale"], buf.get("bias"), buf["w_packed"])
         raise ValueError(f"Int8Linear: mode={mode!r} is not one of {MODES}")
 
     def dequantized_weight(self) -> Tensor:

@@ -31,16 +31,33 @@ def _register() -> None:
 
             cpu.register(_IMPL_LIB)
             _registered.append("cpu:native")
+    # --- Triton (ops/cuda.py; it imports triton only when an op first runs) ---
+    if _BACKEND == "triton":
+        from slimrt.ops import cuda
+
+        cuda.register(_IMPL_LIB, ("CPU", "CUDA"))
+        _registered.extend(["cpu:triton", "cuda:triton"])
+    elif _BACKEND == "auto" and torch.cuda.is_available():
+        from slimrt.ops import cuda
+
+        if cuda.triton_found():
+            cuda.register(_IMPL_LIB, ("CUDA",))
+            _registered.append("cuda:triton")
 
 
 def backend() -> dict[str, str]:
     """Which implementation serves each device: 'native', 'triton' or 'reference'."""
-    cpu = "native" if "cpu:native" in _registered else "reference"
+    cpu = "native" if "cpu:native" in _registered else "triton" if "cpu:triton" in _registered else "reference"
     cuda = "triton" if any(r.startswith("cuda:") for r in _registered) else "reference"
     return {"requested": _BACKEND, "cpu": cpu, "cuda": cuda}
 
 
 _register()
+
+# Resolved OpOverloads for the int8 decode path: calling ``torch.ops.slimrt.x.default`` skips the
+# overload-packet lookup (a few us per call; see the overhead table of benchmarks/bench_int8_gemm.py).
+_INT8_LINEAR = torch.ops.slimrt.int8_linear.default
+_INT8_WEIGHT_ONLY_LINEAR = torch.ops.slimrt.int8_weight_only_linear.default
 
 
 def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -67,13 +84,13 @@ def int8_pack_weight(w_q: Tensor) -> Tensor:
 def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None = None,
                 w_packed: Tensor | None = None) -> Tensor:
     """W8A8 linear with dynamic per-token activation quantization. See reference.int8_linear."""
-    return torch.ops.slimrt.int8_linear(x, w_q, w_scale, bias, w_packed)
+    return _INT8_LINEAR(x, w_q, w_scale, bias, w_packed)
 
 
 def int8_weight_only_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None = None,
                             w_packed: Tensor | None = None) -> Tensor:
     """Float activations times int8 weights dequantized on the fly. See reference.int8_weight_only_linear."""
-    return torch.ops.slimrt.int8_weight_only_linear(x, w_q, w_scale, bias, w_packed)
+    return _INT8_WEIGHT_ONLY_LINEAR(x, w_q, w_scale, bias, w_packed)
 
 
 def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -81,7 +98,31 @@ def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None = None) 
     return torch.ops.slimrt.lowrank_linear(x, u, v, bias)
 
 
+# ---- block-sparse attention (issue 6) ----
+from slimrt.attention import BlockMask  # noqa: E402  (imports only torch)
+from slimrt.ops import _check  # noqa: E402
+
+
+def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, mask: BlockMask, scale: float | None = None) -> Tensor:
+    """Softmax attention over exactly the token pairs mask.to_dense(Lq, Lk) allows.
+
+    q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D) float32|bfloat16 with Hq % Hkv == 0 -> out (B, Hq, Lq, D)
+    in q.dtype; scale defaults to 1/sqrt(D); a query with no allowed key gives zeros.
+    Inference-only: inputs that require grad are refused while grad mode is on.
+    See slimrt.attention for the mask and reference.block_sparse_attention for the math.
+    """
+    if not isinstance(mask, BlockMask):
+        raise TypeError(f"block_sparse_attention: mask must be a slimrt.BlockMask, got {type(mask).__name__}")
+    if isinstance(q, Tensor) and isinstance(k, Tensor) and q.dim() == 4 and k.dim() == 4:
+        mask.check_lengths(q.shape[2], k.shape[2], "block_sparse_attention", layout=False)
+    _check.no_grad_needed("block_sparse_attention", q=q, k=k, v=v)
+    return torch.ops.slimrt.block_sparse_attention(q, k, v, mask.kv_num_blocks, mask.kv_indices, mask.block_size,
+                                                   mask.causal, mask.window, mask.num_global, mask.token_mask,
+                                                   scale)
+
+
 __all__ = [
+    "block_sparse_attention",
     "backend", "reference", "quantize_per_token", "quantize_per_channel", "int8_gemm", "int8_pack_weight",
     "int8_linear", "int8_weight_only_linear", "lowrank_linear",
 ]
