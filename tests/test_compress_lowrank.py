@@ -226,3 +226,37 @@ def test_activation_aware_method_needs_calibration():
         slimrt.compress(_Tiny(), "lowrank-0.5", progress=False)
     with pytest.raises(ValueError, match="lowrank.method"):
         slimrt.Recipe(methods=("lowrank",), params={"lowrank": {"method": "magic"}})
+
+
+@pytest.mark.parametrize("preset", ["lowrank-0.5", "lowrank-0.5+w8"])
+def test_checkpoint_round_trip(tmp_path, preset):
+    from slimrt import checkpoint
+
+    model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 64))
+    slimrt.compress(model, preset, calibration=_calib(), progress=False)
+    assert isinstance(model[0], LowRankLinear)
+    checkpoint.save(model, tmp_path / "ck")
+    skeleton = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 64))
+    loaded = checkpoint.load_model(tmp_path / "ck", model=skeleton).model
+    assert isinstance(loaded[0], LowRankLinear) and loaded[0].rank == model[0].rank
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_checkpoint_whose_factors_disagree_with_the_rank_is_refused(tmp_path):
+    import json
+
+    from slimrt import checkpoint
+
+    model = nn.Sequential(nn.Linear(64, 96))
+    slimrt.compress(model, slimrt.Recipe(methods=("lowrank",), params={"lowrank": {"rank": 8, "method": "svd"}}),
+                    progress=False)
+    checkpoint.save(model, tmp_path / "ck")
+    meta_path = next(p for p in (tmp_path / "ck").iterdir() if p.suffix == ".json")
+    meta = json.loads(meta_path.read_text())
+    meta["modules"]["0"]["config"]["rank"] = 9
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(Exception, match=r"(?i)rank|shape") as e:
+        checkpoint.load_model(tmp_path / "ck", model=nn.Sequential(nn.Linear(64, 96)))
+    assert "0" in str(e.value)
