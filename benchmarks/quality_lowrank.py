@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import os
 import sys
 import time
@@ -32,7 +31,8 @@ from slimrt.metrics import cosine_stats  # noqa: E402
 from slimrt.nn import Int8Linear, LowRankLinear  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_lowrank import git_sha, machine  # noqa: E402
+from bench_lowrank import write_section  # noqa: E402
+from common import machine_info, machine_str, versions_str  # noqa: E402
 
 START, END = "<!-- quality_lowrank:start -->", "<!-- quality_lowrank:end -->"
 
@@ -41,18 +41,6 @@ def linear_state(model: nn.Module) -> int:
     """Stored numbers of every linear-like or slimrt linear module (weights, factors, scales, biases)."""
     return sum(state_size(m)[0] for m in model.modules()
                if is_linear_like(m) or isinstance(m, (LowRankLinear, Int8Linear)))
-
-
-def write_section(path: str, text: str) -> None:
-    """Replaces (or appends) this script's section of RESULTS.md, leaving the rest of the file alone."""
-    old = open(path, encoding="utf-8").read() if os.path.exists(path) else "# slimrt results\n"
-    block = f"{START}\n{text.rstrip()}\n{END}\n"
-    if START in old and END in old:
-        new = old[:old.index(START)] + block + old[old.index(END) + len(END):].lstrip("\n")
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(new)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,10 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:28s} compress {t_compress:5.1f}s  linear params {rows[-1][2] / lin_dense:6.1%}  "
               f"{rate:6.1f} sent/s  cos min {cos['cos_min']:.4f} mean {cos['cos_mean']:.4f}", flush=True)
 
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    info = machine_info()
     lines = [f"### Low-rank quality on all-MiniLM-L6-v2 (benchmarks/quality_lowrank.py{' --quick' if args.quick else ''})",
              "",
-             f"{machine()}; slimrt {slimrt.__version__}, torch {torch.__version__}; git {git_sha()}; {date}. "
+             f"{machine_str(info)}; {versions_str(info)}; git {info['git_sha']}; {info['date']}. "
              f"Calibration: {len(calib)} pydoc_data.topics paragraphs; evaluation: {len(evals)} disjoint paragraphs, "
              f"<= {args.max_len} tokens, mean pooling; cosine to the fp32 dense embeddings. Ratio = budget of "
              "linear-layer weights (embeddings stay dense); svd = plain truncated SVD, whiten = activation-aware "
@@ -129,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        write_section(args.results, text)
+        write_section(args.results, START, END, text)
         print(f"wrote {args.results}")
     return 0
 
