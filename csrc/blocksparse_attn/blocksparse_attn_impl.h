@@ -274,29 +274,40 @@ void prefill(const BsaArgs& a, int num_threads) {
   const TE* v = static_cast<const TE*>(a.v);
   // K^T packed once per (b, kv head): kt[(b * Hkv + hk) * D * Lkp + d * Lkp + j], fp32, zero tail.
   // Costs Lk * D per kv head, against Lq * listed * D * 2 FMAs of attention work.
-  // Both buffers are fully written below (tails included), so they start uninitialised.
-  std::unique_ptr<float[]> kt(new float[a.B * a.Hkv * D * Lkp]);
   // V needs its own fp32 copy only for bf16 or a D that is not a multiple of W.
   const bool v_direct = std::is_same<TE, float>::value && D == Dp;
-  std::unique_ptr<float[]> vp(v_direct ? nullptr : new float[a.B * a.Hkv * a.Lk * Dp]);
+  // Both buffers are fully written below (tails included). They live in a per-calling-thread cache
+  // that only grows: a fresh multi-MB allocation per call costs page faults comparable to the
+  // packing itself. The cache holds the largest K (and V) seen, in fp32.
+  const int64_t kt_size = a.B * a.Hkv * D * Lkp, vp_size = v_direct ? 0 : a.B * a.Hkv * a.Lk * Dp;
+  thread_local std::unique_ptr<float[]> cache;
+  thread_local int64_t cache_size = 0;
+  if (cache_size < kt_size + vp_size) {
+    cache.reset();
+    cache.reset(new float[kt_size + vp_size]);
+    cache_size = kt_size + vp_size;
+  }
+  float* const kt = cache.get();
+  float* const vp = kt + kt_size;
   constexpr int64_t PK = 256;  // keys per packing task
   const int64_t npk = div_up(a.Lk, PK);
   dynamic_for(a.B * a.Hkv * npk, threads_for(8.0 * a.B * a.Hkv * a.Lk * D, num_threads), [&](int64_t t) {
     const int64_t c = t % npk, bh = t / npk, b = bh / a.Hkv, hk = bh % a.Hkv;
     const int64_t j0 = c * PK, j1 = std::min(a.Lk, j0 + PK);
-    float* dst = kt.get() + bh * D * Lkp;
+    float* dst = kt + bh * D * Lkp;
     const TE* src = k + b * a.sk[0] + hk * a.sk[1];
+    const int64_t ldk = a.sk[2], ldt = Lkp;  // locals: the stores below cannot alias them
     // Transpose in 16-key strips: 16 rows read along d, 16 contiguous floats written per d.
     for (int64_t js = j0; js < j1; js += 16) {
       const int64_t je = std::min(j1, js + 16);
       for (int64_t d = 0; d < D; ++d)
-        for (int64_t j = js; j < je; ++j) dst[d * Lkp + j] = ldf(src + j * a.sk[2] + d);
+        for (int64_t j = js; j < je; ++j) dst[d * ldt + j] = ldf(src + j * ldk + d);
     }
     if (j1 == a.Lk)
       for (int64_t d = 0; d < D; ++d) std::fill(dst + d * Lkp + a.Lk, dst + (d + 1) * Lkp, 0.f);
     if (!v_direct) {
       const TE* vs = v + b * a.sv[0] + hk * a.sv[1];
-      float* vd = vp.get() + bh * a.Lk * Dp;
+      float* vd = vp + bh * a.Lk * Dp;
       for (int64_t j = j0; j < j1; ++j) {
         for (int64_t d = 0; d < D; ++d) vd[j * Dp + d] = ldf(vs + j * a.sv[2] + d);
         for (int64_t d = D; d < Dp; ++d) vd[j * Dp + d] = 0.f;
@@ -333,7 +344,7 @@ void prefill(const BsaArgs& a, int num_threads) {
       w.reset(R);
       const int32_t cnt = a.kv_num_blocks[b * a.sn[0] + h * a.sn[1] + qb * a.sn[2]];
       const int32_t* idx = a.kv_indices + b * a.si[0] + h * a.si[1] + qb * a.si[2];
-      const float* ktb = kt.get() + (b * a.Hkv + hk) * D * Lkp;
+      const float* ktb = kt + (b * a.Hkv + hk) * D * Lkp;
       for (int32_t c = 0; c < cnt; ++c) {
         const int64_t kb0 = static_cast<int64_t>(idx[c]) * bs, kb1 = std::min(a.Lk, kb0 + bs);
         for (int64_t j0 = kb0; j0 < kb1; j0 += KC) {
@@ -343,7 +354,7 @@ void prefill(const BsaArgs& a, int num_threads) {
           if (v_direct)
             pv(w, R, n, reinterpret_cast<const float*>(v + b * a.sv[0] + hk * a.sv[1] + j0 * a.sv[2]), a.sv[2]);
           else
-            pv(w, R, n, vp.get() + ((b * a.Hkv + hk) * a.Lk + j0) * Dp, Dp);
+            pv(w, R, n, vp + ((b * a.Hkv + hk) * a.Lk + j0) * Dp, Dp);
         }
       }
       write_out(w, R, orows);
