@@ -7,7 +7,7 @@ the ratio is SDPA time / slimrt time (> 1: slimrt faster). SDPA always does the 
 so the 10% rows measure how much skipping blocks buys; the 100% rows measure the kernel itself.
 Rate = useful GFLOP/s = 4 * Hq * allowed_pairs * D / time.
 
-    python benchmarks/bench_attention.py [--quick] [--reps N] [--csv out.csv]
+    python benchmarks/bench_attention.py [--quick] [--reps N] [--threads N] [--csv out.csv]
 """
 
 from __future__ import annotations
@@ -103,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="L in {512, 2048} and fewer repetitions")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--csv", default=None, help="also write rows to this CSV file")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for both providers")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     lengths = [512, 2048] if args.quick else [512, 2048, 8192]
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     info = machine()

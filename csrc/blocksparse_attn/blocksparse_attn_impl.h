@@ -48,8 +48,8 @@ struct Work {
 
 // Threads worth waking for `flop` of work: about 0.5 MFLOP (tens of microseconds) per thread, so
 // a short decode step does not pay a pool wake-up that costs more than the step.
-inline int threads_for(double flop, int num_threads) {
-  return static_cast<int>(std::max(1.0, std::min<double>(num_threads, flop / 5e5)));
+inline int threads_for(double flop, int num_threads, double per_thread = 5e5) {
+  return static_cast<int>(std::max(1.0, std::min<double>(num_threads, flop / per_thread)));
 }
 
 // S (RT x CC*W) = Q (RT x D) . Kt (D x CC*W), Kt with row stride ldk.
@@ -381,7 +381,9 @@ void decode(const BsaArgs& a, int num_threads) {
     max_units = std::max<int64_t>(max_units, a.kv_num_blocks[b * a.sn[0] + h * a.sn[1]] * cpb);
   }
   // Enough segments for about two per thread, each at least 4 units (512 keys) long.
-  num_threads = threads_for(4.0 * R * ngroups * max_units * KC * D, num_threads);
+  // Decode streams K/V once (memory-bound): a second thread pays off from ~2 MFLOP (a 512-key
+  // cache over 8 heads), below that the pool wake-up costs more than it saves.
+  num_threads = threads_for(4.0 * R * ngroups * max_units * KC * D, num_threads, 2e6);
   int64_t nseg = num_threads == 1 ? 1 : std::max<int64_t>(1, std::min(div_up(2 * num_threads, ngroups), max_units / 4));
   const int64_t ntasks = ngroups * nseg;
   std::vector<float> pm, pl, po;

@@ -380,3 +380,26 @@ def test_opcheck():
 
 def test_import_exports():
     assert slimrt.BlockMask is BlockMask and slimrt.attention.causal_mask is causal_mask
+
+
+def test_concurrent_calls_match_serial():
+    """Several Python threads in the kernel at once (each with its own packing scratch) give the
+    serial results."""
+    import threading
+
+    cases = [rand_qkv(1, 4, 2, lq, 150, 32, seed=20 + lq) for lq in (1, 40, 70, 130)]
+    masks = [sliding_window_mask(c[0].shape[2], 150, 30, block_size=16) for c in cases]
+    serial = [slimrt.ops.block_sparse_attention(*c, m) for c, m in zip(cases, masks)]
+    results: dict[int, list] = {}
+
+    def work(i):
+        results[i] = [slimrt.ops.block_sparse_attention(*cases[i], masks[i]) for _ in range(5)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, want in enumerate(serial):
+        for got in results[i]:
+            assert torch.allclose(got, want, atol=1e-6), f"case {i}: {worst(got, want)}"
