@@ -291,7 +291,27 @@ void prefill(const BsaArgs& a, int num_threads) {
   float* const vp = kt + kt_size;
   constexpr int64_t PK = 256;  // keys per packing task
   const int64_t npk = div_up(a.Lk, PK);
-  dynamic_for(a.B * a.Hkv * npk, threads_for(8.0 * a.B * a.Hkv * a.Lk * D, num_threads), [&](int64_t t) {
+  // Pack only the 256-key chunks some listed block touches, so a very sparse mask does not pay
+  // for packing the whole cache (work stays proportional to the listed blocks). Columns of an
+  // unpacked neighbour read past a block's end land in S's tail, which is set to -inf.
+  std::vector<uint8_t> used(static_cast<size_t>(a.B * a.Hkv * npk), 0);
+  for (int64_t b = 0; b < a.B; ++b)
+    for (int64_t h = 0; h < a.Hq; ++h)
+      for (int64_t qb = 0; qb < nqb; ++qb) {
+        const int32_t cnt = a.kv_num_blocks[b * a.sn[0] + h * a.sn[1] + qb * a.sn[2]];
+        const int32_t* idx = a.kv_indices + b * a.si[0] + h * a.si[1] + qb * a.si[2];
+        uint8_t* u = used.data() + (b * a.Hkv + h / group) * npk;
+        for (int32_t c = 0; c < cnt; ++c) {
+          const int64_t j0 = static_cast<int64_t>(idx[c]) * bs, j1 = std::min(a.Lk, j0 + bs);
+          for (int64_t ch = j0 / PK; ch <= (j1 - 1) / PK; ++ch) u[ch] = 1;
+        }
+      }
+  std::vector<int64_t> pack_tasks;
+  for (int64_t t = 0; t < a.B * a.Hkv * npk; ++t)
+    if (used[t]) pack_tasks.push_back(t);
+  const double pack_work = 8.0 * static_cast<double>(pack_tasks.size()) * PK * D;
+  dynamic_for(static_cast<int64_t>(pack_tasks.size()), threads_for(pack_work, num_threads), [&](int64_t i) {
+    const int64_t t = pack_tasks[i];
     const int64_t c = t % npk, bh = t / npk, b = bh / a.Hkv, hk = bh % a.Hkv;
     const int64_t j0 = c * PK, j1 = std::min(a.Lk, j0 + PK);
     float* dst = kt + bh * D * Lkp;

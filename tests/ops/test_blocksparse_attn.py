@@ -403,3 +403,18 @@ def test_concurrent_calls_match_serial():
     for i, want in enumerate(serial):
         for got in results[i]:
             assert torch.allclose(got, want, atol=1e-6), f"case {i}: {worst(got, want)}"
+
+
+def test_sparse_mask_packs_only_listed_chunks(isa):
+    """Only the key chunks a listed block touches are packed; a block ending on a chunk boundary
+    (keys 232..239, chunk 1 unpacked) must not pick up the unpacked neighbour."""
+    lq, lk, bs = 40, 600, 8
+    blocks = torch.zeros(5, 75, dtype=torch.bool)
+    blocks[0, 29] = True   # keys 232..239, the end of chunk 0
+    blocks[1, [2, 70]] = True
+    blocks[3, 74] = True   # the last, short block (keys 592..599)
+    mask = BlockMask.from_dense(blocks, bs, seq_lengths=(lq, lk))
+    q, k, v = rand_qkv(1, 2, 1, lq, lk, 24, seed=30)
+    got = attend(isa, q, k, v, mask)
+    want = oracle(q, k, v, mask.to_dense(lq, lk))
+    assert torch.allclose(got.double(), want, atol=2e-5), worst(got, want)
