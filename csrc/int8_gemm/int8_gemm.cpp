@@ -1,34 +1,157 @@
-// Entry points: validate, then pick the ISA path.
+// Entry points: validate, then pick the ISA path. Built for baseline x86-64: nothing wide runs here.
 #include "int8_gemm/int8_gemm.h"
 
+#include <vector>
+
 #include "cpu_features.h"
+#include "parallel.h"
 
 namespace slimrt {
 
 namespace {
-void check_common(int64_t M, int64_t N, int64_t K) {
-  SLIMRT_CHECK(M >= 0 && N >= 0 && K >= 0, "int8_gemm: negative size M=" << M << " N=" << N << " K=" << K);
+void check_common(const char* op, int64_t M, int64_t N, int64_t K) {
+  SLIMRT_CHECK(M >= 0 && N >= 0 && K >= 0, op << ": negative size M=" << M << " N=" << N << " K=" << K);
+}
+
+// Zero-filled output for K == 0 (the empty sum), plus bias.
+void fill_empty_k(const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M, int64_t N) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      const float v = bias ? bias[n] : 0.f;
+      if (out_dt == OutType::F32) static_cast<float*>(out)[m * ldc + n] = v;
+      else if (out_dt == OutType::BF16) static_cast<uint16_t*>(out)[m * ldc + n] = f32_to_bf16(v);
+      else static_cast<int32_t*>(out)[m * ldc + n] = 0;
+    }
+}
+
+// The caller checked the blob's byte count; the header must name this (N, K).
+void check_header(const int8_t* packed, int64_t N, int64_t K) {
+  int64_t hdr[3];
+  std::memcpy(hdr, packed, sizeof(hdr));
+  SLIMRT_CHECK(hdr[0] == kPackMagic && hdr[1] == N && hdr[2] == K,
+               "w_packed is not a packed (" << N << ", " << K << ") weight (header N=" << hdr[1] << " K=" << hdr[2]
+                                            << "); repack it with int8_pack_weight(w_q)");
 }
 }  // namespace
+
+int64_t int8_packed_size(int64_t N, int64_t K) {
+  const int64_t n_pad = round_up(N, kPanel), k_pad = round_up(K, 4);
+  return kPackHeader + n_pad * k_pad + 4 * n_pad;
+}
+
+void int8_pack_weight(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int8_t* packed, int num_threads) {
+  check_common("int8_pack_weight", 0, N, K);
+  SLIMRT_CHECK(N <= 1 || ldw >= K, "int8_pack_weight: w row stride " << ldw << " < K=" << K);
+  const int64_t n_pad = round_up(N, kPanel), k_pad = round_up(K, 4);
+  int64_t hdr[8] = {kPackMagic, N, K, n_pad, k_pad, 0, 0, 0};
+  std::memcpy(packed, hdr, sizeof(hdr));
+  int8_t* panels = packed + kPackHeader;
+  int32_t* comp = reinterpret_cast<int32_t*>(panels + n_pad * k_pad);
+  parallel_for(n_pad / kPanel, num_threads, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      int8_t* dst = panels + p * kPanel * k_pad;
+      std::memset(dst, 0, kPanel * k_pad);
+      for (int64_t j = 0; j < kPanel; ++j) {
+        const int64_t n = p * kPanel + j;
+        uint32_t sum = 0;  // unsigned: wraps like the int32 hardware accumulator, never UB
+        if (n < N) {
+          const int8_t* src = w + n * ldw;
+          for (int64_t k = 0; k < K; ++k) {
+            dst[(k >> 2) * 64 + j * 4 + (k & 3)] = src[k];
+            sum += static_cast<uint32_t>(static_cast<int32_t>(src[k]));
+          }
+        }
+        const uint32_t c = sum * 128u;
+        std::memcpy(&comp[n], &c, 4);
+      }
+    }
+  });
+}
+
+void int8_check_packed(const int8_t* packed, int64_t nbytes, int64_t N, int64_t K) {
+  SLIMRT_CHECK(nbytes == int8_packed_size(N, K), "w_packed has " << nbytes << " bytes, expected "
+                                                     << int8_packed_size(N, K) << " for a (" << N << ", " << K
+                                                     << ") weight; repack it with int8_pack_weight(w_q)");
+  check_header(packed, N, K);
+}
 
 void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t ldx, int8_t* q,
                         float* scale, int num_threads) {
   SLIMRT_CHECK(M >= 0 && K >= 0, "quantize_per_token: negative size M=" << M << " K=" << K);
-  SLIMRT_CHECK(M == 0 || ldx >= K, "quantize_per_token: row stride " << ldx << " < K=" << K);
+  SLIMRT_CHECK(M <= 1 || ldx >= K, "quantize_per_token: row stride " << ldx << " < K=" << K);
   if (M == 0) return;
-  ref::quantize_per_token(x, x_dt, M, K, ldx, q, scale, num_threads);
+  switch (active_isa()) {
+    case Isa::Avx512: return avx512::quantize_per_token(x, x_dt, M, K, ldx, q, scale, num_threads);
+    case Isa::Avx2: return avx2::quantize_per_token(x, x_dt, M, K, ldx, q, scale, num_threads);
+    default: return ref::quantize_per_token(x, x_dt, M, K, ldx, q, scale, num_threads);
+  }
 }
 
-void int8_gemm(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const float* a_scale,
-               const float* b_scale, const float* bias, void* out, OutType out_dt, int64_t ldc,
-               int64_t M, int64_t N, int64_t K, int num_threads) {
-  check_common(M, N, K);
-  SLIMRT_CHECK(M == 0 || lda >= K, "int8_gemm: a row stride " << lda << " < K=" << K);
-  SLIMRT_CHECK(N == 0 || ldb >= K, "int8_gemm: b row stride " << ldb << " < K=" << K);
-  SLIMRT_CHECK(M == 0 || ldc >= N, "int8_gemm: out row stride " << ldc << " < N=" << N);
+void int8_gemm(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const int8_t* b_packed,
+               const float* a_scale, const float* b_scale, const float* bias, void* out, OutType out_dt,
+               int64_t ldc, int64_t M, int64_t N, int64_t K, int num_threads) {
+  check_common("int8_gemm", M, N, K);
+  SLIMRT_CHECK(M <= 1 || lda >= K, "int8_gemm: a row stride " << lda << " < K=" << K);
+  SLIMRT_CHECK(b_packed || N <= 1 || ldb >= K, "int8_gemm: b row stride " << ldb << " < K=" << K);
+  SLIMRT_CHECK(M <= 1 || ldc >= N, "int8_gemm: out row stride " << ldc << " < N=" << N);
   SLIMRT_CHECK(out_dt == OutType::I32 || (a_scale && b_scale), "int8_gemm: scales are required for a float output");
+  if (b_packed) check_header(b_packed, N, K);
   if (M == 0 || N == 0) return;
-  ref::int8_gemm(a, lda, b, ldb, a_scale, b_scale, bias, out, out_dt, ldc, M, N, K, num_threads);
+  if (K == 0) return fill_empty_k(bias, out, out_dt, ldc, M, N);
+  const Isa isa = active_isa();
+  if (isa == Isa::Scalar) {
+    SLIMRT_CHECK(b != nullptr, "int8_gemm: the scalar path needs the unpacked weight");
+    return ref::int8_gemm(a, lda, b, ldb, a_scale, b_scale, bias, out, out_dt, ldc, M, N, K, num_threads);
+  }
+  std::vector<int8_t> tmp;
+  if (!b_packed) {  // pack on the fly: O(N K), small next to the O(M N K) product for M >> 1
+    tmp.resize(int8_packed_size(N, K));
+    int8_pack_weight(b, ldb, N, K, tmp.data(), num_threads);
+    b_packed = tmp.data();
+  }
+  if (isa == Isa::Avx512)
+    avx512::int8_gemm_packed(a, lda, b_packed, a_scale, b_scale, bias, out, out_dt, ldc, M, N, K, num_threads);
+  else
+    avx2::int8_gemm_packed(a, lda, b_packed, a_scale, b_scale, bias, out, out_dt, ldc, M, N, K, num_threads);
+}
+
+void int8_w8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, int64_t ldb, const int8_t* b_packed,
+                    const float* b_scale, const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M,
+                    int64_t N, int64_t K, int num_threads) {
+  check_common("int8_weight_only_linear", M, N, K);
+  SLIMRT_CHECK(M <= 1 || ldx >= K, "int8_weight_only_linear: x row stride " << ldx << " < K=" << K);
+  SLIMRT_CHECK(b_packed || N <= 1 || ldb >= K, "int8_weight_only_linear: w row stride " << ldb << " < K=" << K);
+  SLIMRT_CHECK(M <= 1 || ldc >= N, "int8_weight_only_linear: out row stride " << ldc << " < N=" << N);
+  SLIMRT_CHECK(out_dt != OutType::I32, "int8_weight_only_linear: the output is float");
+  if (b_packed) check_header(b_packed, N, K);
+  if (M == 0 || N == 0) return;
+  if (K == 0) return fill_empty_k(bias, out, out_dt, ldc, M, N);
+  const Isa isa = active_isa();
+  if (isa == Isa::Scalar) {
+    SLIMRT_CHECK(b != nullptr, "int8_weight_only_linear: the scalar path needs the unpacked weight");
+    return ref::int8_w8_linear(x, x_dt, ldx, b, ldb, b_scale, bias, out, out_dt, ldc, M, N, K, num_threads);
+  }
+  std::vector<int8_t> tmp;
+  if (!b_packed) {
+    tmp.resize(int8_packed_size(N, K));
+    int8_pack_weight(b, ldb, N, K, tmp.data(), num_threads);
+    b_packed = tmp.data();
+  }
+  if (isa == Isa::Avx512)
+    avx512::int8_w8_linear_packed(x, x_dt, ldx, b_packed, b_scale, bias, out, out_dt, ldc, M, N, K, num_threads);
+  else
+    avx2::int8_w8_linear_packed(x, x_dt, ldx, b_packed, b_scale, bias, out, out_dt, ldc, M, N, K, num_threads);
+}
+
+void int8_w8a8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, int64_t ldb, const int8_t* b_packed,
+                      const float* b_scale, const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M,
+                      int64_t N, int64_t K, int num_threads) {
+  check_common("int8_linear", M, N, K);
+  SLIMRT_CHECK(out_dt != OutType::I32, "int8_linear: the output is float");
+  std::vector<int8_t> q(static_cast<size_t>(M * K));  // (M, K) per-token int8 activations
+  std::vector<float> scale(static_cast<size_t>(M));
+  if (K > 0) quantize_per_token(x, x_dt, M, K, ldx, q.data(), scale.data(), num_threads);
+  int8_gemm(q.data(), K, b, ldb, b_packed, scale.data(), b_scale, bias, out, out_dt, ldc, M, N, K, num_threads);
 }
 
 }  // namespace slimrt

@@ -1,4 +1,5 @@
-// int8 GEMM family: dynamic per-token quantization and the W8A8 GEMM.
+// int8 GEMM family: dynamic per-token quantization, the W8A8 GEMM, weight packing and the
+// weight-only (float activations x int8 weights) linear.
 //
 //   quantize_per_token: x (M, K) fp32|bf16, row stride ldx  ->  q (M, K) int8 (row stride K),
 //                       scale (M,) fp32;  scale = amax/127, q = round_half_even(x * (127/amax)).
@@ -8,6 +9,18 @@
 //                       a (M, K) int8 row stride lda, b (N, K) int8 row stride ldb (nn.Linear
 //                       layout), the sum exact in int32. out fp32|bf16 row stride ldc; or with
 //                       out_dt == I32 the raw int32 accumulator (scales and bias must be null).
+//                       `b_packed` (from int8_pack_weight) replaces b when non-null.
+//   int8_w8_linear:     out[m, n] = (sum_k x[m, k] * float(b[n, k])) * b_scale[n] + bias[n], fp32
+//                       accumulation; x fp32|bf16. The M=1 decode path: memory-bound on b.
+//
+// Packed weight layout (identical for every ISA, so SLIMRT_ISA may differ between the process
+// that packs and the one that runs):
+//   bytes [0, 64)            header: int64 {magic, N, K, N_pad, K_pad, 0, 0, 0}
+//   bytes [64, 64+N_pad*K_pad)  panels of 16 output columns; panel p, k-group g (4 k's) is 64
+//                            bytes at 64 + p*16*K_pad + g*64, byte (col j, kk) at j*4 + kk. This is
+//                            the VNNI operand order: one zmm load = 16 columns x 4 k.
+//   then int32 comp[N_pad]   128 * sum_k b[n, k], for the u8 x s8 trick (a + 128 as u8).
+//   N_pad = round_up(N, 16), K_pad = round_up(K, 4); padding is zero.
 #pragma once
 
 #include <cstdint>
@@ -18,19 +31,69 @@ namespace slimrt {
 
 enum class OutType : int { F32 = 0, BF16 = 1, I32 = 2 };
 
+constexpr int64_t kPackMagic = 0x3150384d49'4c53LL;  // "SLIM8P1"
+constexpr int64_t kPackHeader = 64;
+constexpr int64_t kPanel = 16;  // output columns per panel
+
+int64_t int8_packed_size(int64_t N, int64_t K);
+// w (N, K) int8 row stride ldw -> packed (int8_packed_size(N, K) bytes).
+void int8_pack_weight(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int8_t* packed, int num_threads);
+// Throws unless `packed` (nbytes long) is a packed weight of exactly (N, K).
+void int8_check_packed(const int8_t* packed, int64_t nbytes, int64_t N, int64_t K);
+
 void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t ldx, int8_t* q,
                         float* scale, int num_threads);
 
-void int8_gemm(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const float* a_scale,
-               const float* b_scale, const float* bias, void* out, OutType out_dt, int64_t ldc,
-               int64_t M, int64_t N, int64_t K, int num_threads);
+void int8_gemm(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const int8_t* b_packed,
+               const float* a_scale, const float* b_scale, const float* bias, void* out, OutType out_dt,
+               int64_t ldc, int64_t M, int64_t N, int64_t K, int num_threads);
 
+void int8_w8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, int64_t ldb, const int8_t* b_packed,
+                    const float* b_scale, const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M,
+                    int64_t N, int64_t K, int num_threads);
+
+// int8_w8a8_linear: quantize_per_token(x) into a scratch buffer, then int8_gemm: one call from
+// Python on the decode path instead of two plus two tensor allocations.
+void int8_w8a8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, int64_t ldb, const int8_t* b_packed,
+                      const float* b_scale, const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M,
+                      int64_t N, int64_t K, int num_threads);
+
+// Per-ISA paths. The scalar path reads b unpacked; the vector paths read the packed layout.
 namespace ref {
 void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t ldx, int8_t* q,
                         float* scale, int num_threads);
 void int8_gemm(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const float* a_scale,
                const float* b_scale, const float* bias, void* out, OutType out_dt, int64_t ldc,
                int64_t M, int64_t N, int64_t K, int num_threads);
+void int8_w8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, int64_t ldb, const float* b_scale,
+                    const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M, int64_t N, int64_t K,
+                    int num_threads);
 }  // namespace ref
+
+#define SLIMRT_INT8_ISA_DECLS                                                                              \
+  void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t ldx, int8_t* q,      \
+                          float* scale, int num_threads);                                              \
+  void int8_gemm_packed(const int8_t* a, int64_t lda, const int8_t* packed, const float* a_scale,       \
+                        const float* b_scale, const float* bias, void* out, OutType out_dt, int64_t ldc, \
+                        int64_t M, int64_t N, int64_t K, int num_threads);                             \
+  void int8_w8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t* packed,              \
+                             const float* b_scale, const float* bias, void* out, OutType out_dt,        \
+                             int64_t ldc, int64_t M, int64_t N, int64_t K, int num_threads);
+
+namespace avx2 { SLIMRT_INT8_ISA_DECLS }
+namespace avx512 { SLIMRT_INT8_ISA_DECLS }
+
+// Machine probes (csrc/int8_gemm/probes_*.cpp): the int8 roofline the benchmarks compare against.
+// Register-only vpdpbusd loop: int8 ops/s (2 per multiply-add) on num_threads threads.
+double probe_int8_peak_ops(int num_threads, double seconds);
+// Streaming read of nbytes (> L3) per pass: bytes/s on num_threads threads.
+double probe_read_bandwidth(int64_t nbytes, int num_threads, int passes);
+namespace avx512 {
+double probe_vnni_loop(int64_t iters);  // returns int8 ops done
+uint64_t probe_read(const uint8_t* p, int64_t n);
+}  // namespace avx512
+namespace avx2 {
+uint64_t probe_read(const uint8_t* p, int64_t n);
+}  // namespace avx2
 
 }  // namespace slimrt

@@ -28,7 +28,7 @@ void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t
         for (int64_t k = 0; k < K; ++k) qm[k] = 0;
         continue;
       }
-      const float inv = 127.f / amax;
+      const float inv = (1.f / amax) * 127.f;  // as torch forms 127 / amax: reciprocal, then multiply
       scale[m] = amax / 127.f;
       for (int64_t k = 0; k < K; ++k) {
         float r = std::nearbyint(load(k) * inv);  // round half to even, as torch.round
@@ -61,6 +61,29 @@ void int8_gemm(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const
         static_cast<uint16_t*>(out)[m * ldc + n] = f32_to_bf16(v);
     }
   }, 64);
+}
+
+void int8_w8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, int64_t ldb, const float* b_scale,
+                    const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M, int64_t N, int64_t K,
+                    int num_threads) {
+  parallel_for(M * N, num_threads, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t m = i / N, n = i % N;
+      const int8_t* bn = b + n * ldb;
+      float acc = 0.f;
+      for (int64_t k = 0; k < K; ++k) {
+        const float xv = x_dt == DType::F32 ? static_cast<const float*>(x)[m * ldx + k]
+                                            : bf16_to_f32(static_cast<const uint16_t*>(x)[m * ldx + k]);
+        acc += xv * static_cast<float>(bn[k]);
+      }
+      float v = acc * b_scale[n];
+      if (bias) v += bias[n];
+      if (out_dt == OutType::F32)
+        static_cast<float*>(out)[m * ldc + n] = v;
+      else
+        static_cast<uint16_t*>(out)[m * ldc + n] = f32_to_bf16(v);
+    }
+  }, 16);
 }
 
 }  // namespace ref

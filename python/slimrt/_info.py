@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from slimrt import _native
@@ -29,8 +28,14 @@ def info() -> dict[str, Any]:
         out["isa"] = "reference"
         out["isa_available"] = []
         out["native_error"] = _native._load_error
-    out["triton"] = importlib.util.find_spec("triton") is not None
+    from slimrt.ops.cuda import triton_found, triton_version
+
+    out["triton"] = triton_found()  # found, not imported: import slimrt stays lean
+    if out["triton"]:
+        out["triton_version"] = triton_version()
     out["cuda"] = bool(torch.cuda.is_available())
+    if out["cuda"]:
+        out["gpu"] = torch.cuda.get_device_name()
     from slimrt.ops import backend
 
     out["backend"] = backend()

@@ -5,22 +5,173 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     import slimrt
 
-    print(json.dumps(slimrt.info(), indent=2))
+    if args.checkpoint is None:
+        print(json.dumps(slimrt.info(), indent=2))
+        return 0
+    from pathlib import Path
+
+    from slimrt.checkpoint import read_metadata
+    from slimrt.compress.report import format_report
+
+    meta = read_metadata(args.checkpoint)  # validated slimrt.json; no tensor is read
+    root = Path(args.checkpoint)
+    model = meta.get("model", {})
+    print(f"checkpoint   {root}")
+    print(f"format       {meta.get('format_version')} (written by slimrt {meta.get('slimrt_version')})")
+    print(f"model        {model.get('architecture', model.get('kind'))}")
+    for name in sorted(meta.get("files", {})):
+        print(f"file         {name}: {(root / name).stat().st_size / 1e6:.2f} MB")
+    comp = meta.get("compression") or {}
+    if comp.get("recipe") is not None:
+        print("recipe       " + json.dumps(comp["recipe"], sort_keys=True))
+    if comp.get("quality"):
+        print("quality      " + json.dumps(comp["quality"], sort_keys=True))
+    if comp.get("layers"):
+        print()
+        print(format_report(comp))
     return 0
+
+
+# ---- bench: runs the scripts in benchmarks/ (they live in the source tree, not in the wheel) ----
+BENCH_ALIASES = {"gemm": "int8_gemm"}
+
+
+def _bench_dir() -> Path:
+    import slimrt
+
+    d = Path(slimrt.__file__).resolve().parent.parent.parent / "benchmarks"
+    if not d.is_dir():
+        raise FileNotFoundError(f"benchmarks/ not found next to {d.parent}: the benchmark scripts live in the "
+                                "slimrt source checkout; install it with `pip install -e .` from there")
+    return d
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    d = _bench_dir()
+    if args.name == "all":
+        scripts = sorted(d.glob("bench_*.py"))
+    else:
+        script = d / f"bench_{BENCH_ALIASES.get(args.name, args.name)}.py"
+        if not script.is_file():
+            known = sorted(p.stem[len("bench_"):] for p in d.glob("bench_*.py"))
+            raise ValueError(f"no benchmark named {args.name!r}; known: {', '.join(known + list(BENCH_ALIASES))}, all")
+        scripts = [script]
+    rc = 0
+    for script in scripts:
+        cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else [])
+        cmd += ["--reps", str(args.reps)] if args.reps else []
+        print(f"slimrt bench: {' '.join(cmd[1:])}", flush=True)
+        rc = rc or subprocess.run(cmd).returncode
+    return rc
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slimrt", description="Runtime for compressed transformer models.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("info", help="print the build, the chosen ISA and the optional pieces found")
+    s = sub.add_parser("info", help="print the build and chosen ISA, or with CKPT a checkpoint's recipe, layers and sizes")
+    s.add_argument("checkpoint", nargs="?", default=None, help="a slimrt checkpoint directory")
     s.set_defaults(func=_cmd_info)
+    _add_runner_commands(sub)  # runner (issue 4)
+    _add_demo_command(sub)  # demo (issue 4)
+    s = sub.add_parser("bench", help="run a benchmark from benchmarks/ (gemm, ..., or all)")
+    s.add_argument("name", help="benchmark name: gemm (= int8_gemm), any benchmarks/bench_<name>.py, or all")
+    s.add_argument("--quick", action="store_true", help="CI-size grid")
+    s.add_argument("--reps", type=int, default=None, help="timed rounds per shape (the script's default if unset)")
+    s.set_defaults(func=_cmd_bench)
     return p
+
+
+# ----- runner (issue 4): `slimrt embed`, `slimrt generate` -------------------------------------
+def _cmd_embed(args: argparse.Namespace) -> int:
+    import time
+
+    from slimrt.runner import Runner
+
+    texts = list(args.text or [])
+    if args.file:
+        with open(args.file, encoding="utf-8") as f:
+            texts += [line.rstrip("\n") for line in f if line.strip()]
+    if not texts:
+        raise ValueError("embed: no input; pass --text (repeatable) or --file with one sentence per line")
+    t0 = time.perf_counter()
+    rt = Runner.from_checkpoint(args.checkpoint)
+    t1 = time.perf_counter()
+    emb = rt.embed(texts, batch_size=args.batch_size, normalize=not args.no_normalize)
+    t2 = time.perf_counter()
+    for row in emb.tolist():
+        print(json.dumps([round(v, 6) for v in row]))
+    if args.verbose:
+        print(f"slimrt: loaded in {t1 - t0:.2f} s; embedded {len(texts)} sentences in {t2 - t1:.3f} s "
+              f"({len(texts) / max(t2 - t1, 1e-9):.1f} sentences/s), dim {emb.shape[1]}", file=sys.stderr)
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import time
+
+    from slimrt.runner import Runner
+
+    t0 = time.perf_counter()
+    rt = Runner.from_checkpoint(args.checkpoint)
+    t1 = time.perf_counter()
+    stats: dict = {}
+    for piece in rt.stream(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, stats=stats):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    if args.verbose:
+        n, dec = stats.get("new_tokens", 0), stats.get("decode_s", 0.0)
+        print(f"slimrt: loaded in {t1 - t0:.2f} s; prompt {stats.get('prompt_tokens', 0)} tokens, prefill "
+              f"{stats.get('prefill_s', 0.0) * 1e3:.1f} ms; {n} new tokens in {dec:.3f} s "
+              f"({n / max(dec, 1e-9):.1f} tokens/s)", file=sys.stderr)
+    return 0
+
+
+def _add_runner_commands(sub) -> None:
+    s = sub.add_parser("embed", help="sentence embeddings from an encoder checkpoint, one JSON array per line")
+    s.add_argument("checkpoint", help="slimrt checkpoint directory")
+    s.add_argument("--text", action="append", help="a sentence to embed (repeatable)")
+    s.add_argument("--file", help="a UTF-8 text file, one sentence per line")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--no-normalize", action="store_true", help="do not scale embeddings to unit length")
+    s.add_argument("--verbose", action="store_true", help="print timing (sentences/s) to stderr")
+    s.set_defaults(func=_cmd_embed)
+    s = sub.add_parser("generate", help="stream a continuation of a prompt from a decoder checkpoint")
+    s.add_argument("checkpoint", help="slimrt checkpoint directory")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--max-new-tokens", type=int, default=64)
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--verbose", action="store_true", help="print timing (tokens/s) to stderr")
+    s.set_defaults(func=_cmd_generate)
+
+
+# ----- demo (issue 4): `slimrt demo` -----------------------------------------------------------
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from slimrt import demo
+
+    demo.run(n_texts=args.texts, out_dir=args.output, recipe=args.recipe)
+    return 0
+
+
+def _add_demo_command(sub) -> None:
+    s = sub.add_parser("demo", help="compress the bundled all-MiniLM-L6-v2, reload it and compare it with fp32")
+    s.add_argument("--texts", type=int, default=256, help="number of pydoc paragraphs to embed (default 256)")
+    s.add_argument("--recipe", default="w8a8", help="compression recipe (default w8a8)")
+    s.add_argument("-o", "--output", default=None, help="keep the checkpoint here (default: a temporary directory)")
+    s.set_defaults(func=_cmd_demo)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,7 +72,14 @@ def _(a: Tensor, b: Tensor, a_scale: Tensor | None, b_scale: Tensor | None, out_
 
 @torch.library.register_fake("slimrt::int8_pack_weight")
 def _(w_q: Tensor) -> Tensor:
-    # The packed size is device-specific and data-independent; the fake reports "not packed".
+    # The packed size is device-specific and data-independent: the native CPU kernel's layout
+    # (csrc/int8_gemm/int8_gemm.h) where it serves CPU, else "not packed".
+    from slimrt.ops import backend
+
+    if w_q.device.type == "cpu" and backend()["cpu"] == "native":
+        from slimrt.ops.cpu import packed_size
+
+        return w_q.new_empty((packed_size(w_q.shape[0], w_q.shape[1]),))
     return w_q.new_empty((0,))
 
 

@@ -2,9 +2,15 @@
 
 Tensors cross into C++ as pointers plus sizes and strides; dtypes, devices and shapes are checked
 here and in the reference checks first, so C++ only sees well-formed calls.
+
+The decode path (M = 1) is dominated by per-call overhead, not math, so the wrappers avoid
+creating tensors they do not need: a contiguous operand is passed as is, and the checks are the
+reference's (the same one-sentence errors) without extra copies.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -18,14 +24,51 @@ _OUT_DT = {torch.float32: 0, torch.bfloat16: 1, torch.int32: 2}
 
 def _rows(x: Tensor) -> Tensor:
     """(..., K) -> (M, K) with unit stride in K (a view where possible, a copy otherwise)."""
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
     if x2.shape[1] > 1 and x2.stride(1) != 1 or x2.shape[0] > 1 and x2.stride(0) < x2.shape[1]:
         x2 = x2.contiguous()
     return x2
 
 
+def _mat(t: Tensor) -> Tensor:
+    """A 2-D (R, K) operand with unit stride in K; returned as is when it already has one (the common case)."""
+    if (t.stride(1) == 1 or t.shape[1] <= 1) and (t.stride(0) >= t.shape[1] or t.shape[0] <= 1):
+        return t
+    return t.contiguous()
+
+
+def _ld(t: Tensor) -> int:
+    """Row stride of a 2-D operand from _mat/_rows (any value >= K works for a single row)."""
+    return t.stride(0) if t.shape[0] > 1 else t.shape[1]
+
+
 def _ptr(t: Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
+
+
+def _vec(t: Tensor) -> Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def packed_size(n: int, k: int) -> int:
+    """Bytes of a packed (N, K) weight; mirrors int8_packed_size in csrc/int8_gemm/int8_gemm.h."""
+    n_pad, k_pad = -(-n // 16) * 16, -(-k // 4) * 4
+    return 64 + n_pad * k_pad + 4 * n_pad
+
+
+def _packed_ptr(op: str, w_packed: Tensor | None, n: int, k: int) -> int:
+    """0 for "not packed" (None or empty); else checks the blob's dtype and size and returns its pointer."""
+    if w_packed is None or w_packed.numel() == 0:
+        return 0
+    if w_packed.dtype != torch.int8 or w_packed.dim() != 1 or not w_packed.is_contiguous():
+        raise TypeError(f"{op}: w_packed must be a contiguous 1-D int8 tensor from int8_pack_weight, "
+                        f"got {w_packed.dtype} of shape {tuple(w_packed.shape)}")
+    if w_packed.numel() != packed_size(n, k):
+        raise ValueError(f"{op}: w_packed has {w_packed.numel()} bytes, expected {packed_size(n, k)} for a "
+                         f"({n}, {k}) weight; repack it with int8_pack_weight(w_q)")
+    if w_packed.device.type != "cpu":
+        raise ValueError(f"{op}: w_packed is on {w_packed.device} but x is on cpu")
+    return w_packed.data_ptr()
 
 
 def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -36,8 +79,8 @@ def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
     q = torch.empty((m, k), dtype=torch.int8)
     s = torch.empty((m,), dtype=torch.float32)
     if m and k:
-        _native.load().quantize_per_token(x2.data_ptr(), _DT[x.dtype], m, k, x2.stride(0) if m > 1 else k,
-                                          q.data_ptr(), s.data_ptr(), torch.get_num_threads())
+        _native.load().quantize_per_token(x2.data_ptr(), _DT[x.dtype], m, k, _ld(x2), q.data_ptr(), s.data_ptr(),
+                                          torch.get_num_threads())
     elif m:
         s.zero_()
     return q.reshape(x.shape), s.reshape(x.shape[:-1])
@@ -53,32 +96,110 @@ def int8_gemm(a: Tensor, b: Tensor, a_scale: Tensor | None, b_scale: Tensor | No
         return out
     if k == 0:
         return out.zero_()
-    a2, b2 = _rows(a), _rows(b)
-    a_scale = None if a_scale is None else a_scale.contiguous()
-    b_scale = None if b_scale is None else b_scale.contiguous()
-    _native.load().int8_gemm(a2.data_ptr(), a2.stride(0) if m > 1 else k, b2.data_ptr(), b2.stride(0) if n > 1 else k,
-                             _ptr(a_scale), _ptr(b_scale), 0, out.data_ptr(), _OUT_DT[out_dtype], n, m, n, k,
-                             torch.get_num_threads())
+    a2, b2 = _mat(a), _mat(b)
+    a_scale = None if a_scale is None else _vec(a_scale)
+    b_scale = None if b_scale is None else _vec(b_scale)
+    _native.load().int8_gemm(a2.data_ptr(), _ld(a2), b2.data_ptr(), _ld(b2), 0, _ptr(a_scale), _ptr(b_scale), 0,
+                             out.data_ptr(), _OUT_DT[out_dtype], n, m, n, k, torch.get_num_threads())
     return out
 
 
-def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Tensor | None) -> Tensor:
-    reference._check_linear("int8_linear", x, w_q, w_scale, bias)
-    lead, k = x.shape[:-1], x.shape[-1]
-    n = w_q.shape[0]
-    x_q, x_s = quantize_per_token(x.reshape(-1, k))
-    m = x_q.shape[0]
+def int8_pack_weight(w_q: Tensor) -> Tensor:
+    _check.dtype("int8_pack_weight", "w_q", w_q, (torch.int8,))
+    _check.ndim("int8_pack_weight", "w_q", w_q, 2)
+    n, k = w_q.shape
+    packed = torch.empty((packed_size(n, k),), dtype=torch.int8)
+    w2 = _mat(w_q)
+    _native.load().int8_pack_weight(w2.data_ptr(), _ld(w2), n, k, packed.data_ptr(), torch.get_num_threads())
+    return packed
+
+
+def _bias32(bias: Tensor | None) -> Tensor | None:
+    if bias is None:
+        return None
+    return _vec(bias) if bias.dtype == torch.float32 else bias.float().contiguous()
+
+
+_ACT = (torch.float32, torch.bfloat16)
+
+
+def _linear_args_ok(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, n: int, k: int) -> bool:
+    """True for the common well-formed call (one pass of cheap attribute reads); any other call goes
+    through reference._check_linear, which raises the one-sentence error or accepts it."""
+    return (x.dtype in _ACT and w_q.dtype == torch.int8 and w_scale.dtype == torch.float32 and x.dim() >= 1
+            and x.shape[-1] == k and w_scale.shape == (n,) and x.is_cpu and w_q.is_cpu and w_scale.is_cpu
+            and not x.requires_grad
+            and (bias is None or (bias.dtype == torch.float32 and bias.shape == (n,) and bias.is_cpu
+                                  and not bias.requires_grad)))
+
+
+def _linear(op: str, x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Tensor | None,
+            weight_only: bool) -> Tensor:
+    # Decode-path budget: every line here costs ~0.1-1 us, about what the kernel itself takes at M = 1.
+    if w_q.dim() != 2 or not _linear_args_ok(x, w_q, w_scale, bias, w_q.shape[0], w_q.shape[1]):
+        reference._check_linear(op, x, w_q, w_scale, bias)
+    n, k = w_q.shape
+    if w_packed is not None and w_packed.dtype == torch.int8 and w_packed.is_cpu and w_packed.is_contiguous() \
+            and w_packed.numel() == packed_size(n, k):
+        packed = w_packed.data_ptr()  # the common case, checked in one pass; C++ checks the header
+    else:
+        packed = _packed_ptr(op, w_packed, n, k)
+    x2 = x if x.dim() == 2 else x.reshape(math.prod(x.shape[:-1]), k)  # (M, K)
+    if not x2.is_contiguous():
+        x2 = _mat(x2)
+    w2 = w_q if w_q.is_contiguous() else _mat(w_q)
+    m = x2.shape[0]
     out = torch.empty((m, n), dtype=x.dtype)
     if m and n:
-        if k == 0:
-            out.copy_(bias.expand(m, n) if bias is not None else torch.zeros(m, n))
-        else:
-            w2 = _rows(w_q)
-            b32 = None if bias is None else bias.float().contiguous()
-            _native.load().int8_gemm(x_q.data_ptr(), k, w2.data_ptr(), w2.stride(0) if n > 1 else k, x_s.data_ptr(),
-                                     w_scale.contiguous().data_ptr(), _ptr(b32), out.data_ptr(), _OUT_DT[x.dtype], n,
-                                     m, n, k, torch.get_num_threads())
-    return out.reshape(*lead, n)
+        b32 = _bias32(bias)
+        ws = _vec(w_scale)  # bound to a name: a temporary copy must outlive the C call
+        ext = _native.load()
+        fn = ext.int8_w8_linear if weight_only else ext.int8_w8a8_linear
+        fn(x2.data_ptr(), _DT[x.dtype], _ld(x2), w2.data_ptr(), _ld(w2), packed, ws.data_ptr(),
+           0 if b32 is None else b32.data_ptr(), out.data_ptr(), _OUT_DT[x.dtype], n, m, n, k, torch.get_num_threads())
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
+
+
+def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Tensor | None) -> Tensor:
+    return _linear("int8_linear", x, w_q, w_scale, bias, w_packed, weight_only=False)
+
+
+def int8_weight_only_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None,
+                            w_packed: Tensor | None) -> Tensor:
+    return _linear("int8_weight_only_linear", x, w_q, w_scale, bias, w_packed, weight_only=True)
+
+
+# ---- lowrank_linear (issue 5) ----
+def _transposed_ld(f: Tensor) -> tuple[Tensor, int]:
+    """f (A, B) as f.T (B, A) with unit inner stride: (tensor whose data_ptr starts f.T, its row stride).
+    Free when f is already a transposed view (nn.LowRankLinear stores u and v that way), a copy otherwise."""
+    a, b = f.shape
+    s0, s1 = f.stride()
+    if (a <= 1 or s0 == 1) and (b <= 1 or s1 >= a):
+        return f, (s1 if b > 1 else a)
+    return f.t().contiguous(), a
+
+
+def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    """Fused (x @ v.T) @ u.T + bias; the kernel reads v.T (K, R) and u.T (R, N) with unit inner stride."""
+    reference._check_lowrank(x, u, v, bias)
+    k = x.shape[-1]
+    n, r = u.shape
+    m = math.prod(x.shape[:-1])
+    out = torch.empty((*x.shape[:-1], n), dtype=x.dtype)
+    if m and n:
+        x2 = x if x.dim() == 2 else x.reshape(m, k)  # explicit sizes: any of M, K, R may be 0
+        sx = x2.stride()
+        if k > 1 and sx[1] != 1 or m > 1 and sx[0] < k:
+            x2 = x2.contiguous()
+            sx = x2.stride()
+        vt, ldvt = _transposed_ld(v)
+        ut, ldut = _transposed_ld(u)
+        b32 = None if bias is None else bias.float().contiguous()
+        _native.load().lowrank_matmul(x2.data_ptr(), sx[0] if m > 1 else k, vt.data_ptr(), ldvt,
+                                      ut.data_ptr(), ldut, _ptr(b32), out.data_ptr(), n, _DT[x.dtype], m, k, r, n,
+                                      torch.get_num_threads())
+    return out
 
 
 # ---- block-sparse attention (issue 6) ----
@@ -127,4 +248,7 @@ def register(lib: torch.library.Library) -> None:
     lib.impl("quantize_per_token", quantize_per_token, "CPU")
     lib.impl("int8_gemm", int8_gemm, "CPU")
     lib.impl("int8_linear", int8_linear, "CPU")
+    lib.impl("int8_pack_weight", int8_pack_weight, "CPU")
+    lib.impl("int8_weight_only_linear", int8_weight_only_linear, "CPU")
+    lib.impl("lowrank_linear", lowrank_linear, "CPU")
     lib.impl("block_sparse_attention", block_sparse_attention, "CPU")  # block-sparse attention

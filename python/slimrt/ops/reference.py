@@ -7,6 +7,8 @@ device without one of its own.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -20,6 +22,8 @@ def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
 
     x (..., K) float32|bfloat16 -> x_q (..., K) int8, x_scale (...) float32, with
     amax = max|x| over the row (in fp32), x_scale = amax / 127, x_q = round_half_even(x * (127 / amax)).
+    Bit-exact fp32 op order: 127 / amax is formed as torch forms ``int / tensor``, i.e.
+    (1 / amax) * 127 (reciprocal, then multiply), which can differ from a true division in the last bit.
     A row of zeros gives x_scale 0 and x_q 0. A row holding NaN or +-Inf gives x_scale NaN and
     x_q 0, so the NaN reaches the output instead of an undefined float-to-int cast.
     """
@@ -114,6 +118,7 @@ def _check_linear(op: str, x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor
         raise ValueError(f"{op}: x has {x.shape[-1]} features in its last dim but w_q is (N, K) = {tuple(w_q.shape)}")
     _check.bias(op, bias, w_q.shape[0])
     _check.same_device(op, x=x, w_q=w_q, w_scale=w_scale, bias=bias)
+    _check.no_grad_needed(op, x=x, bias=bias)
 
 
 def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -125,7 +130,7 @@ def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None = N
     """
     _check_linear("int8_linear", x, w_q, w_scale, bias)
     lead, k = x.shape[:-1], x.shape[-1]
-    x_q, x_s = quantize_per_token(x.reshape(-1, k))
+    x_q, x_s = quantize_per_token(x.reshape(math.prod(lead), k))  # (M, K); -1 is ambiguous when K == 0
     y = int8_gemm(x_q, w_q, x_s, w_scale, torch.float32)
     if bias is not None:
         y = y + bias.float()
@@ -151,6 +156,15 @@ def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None = None) 
     x (..., K) float32|bfloat16, v (R, K), u (N, R) of x's dtype, bias (N,) or None -> y (..., N) in
     x.dtype. The (M, R) intermediate and the accumulation are fp32; only y is rounded to x.dtype.
     """
+    _check_lowrank(x, u, v, bias)
+    h = x.float() @ v.float().T  # (..., R)
+    y = h @ u.float().T
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+def _check_lowrank(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> None:
     op = "lowrank_linear"
     _check.dtype(op, "x", x, _check.FLOAT_ACT_DTYPES)
     _check.min_ndim(op, "x", x, 1)
@@ -164,11 +178,6 @@ def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None = None) 
         raise ValueError(f"{op}: u is (N, R) = {tuple(u.shape)} but v has R = {v.shape[0]}")
     _check.bias(op, bias, u.shape[0])
     _check.same_device(op, x=x, u=u, v=v, bias=bias)
-    h = x.float() @ v.float().T  # (..., R)
-    y = h @ u.float().T
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)
 
 
 # ---- block-sparse attention (issue 6) ----

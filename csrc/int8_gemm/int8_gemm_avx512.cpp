@@ -1,0 +1,340 @@
+// AVX-512 VNNI path. Compiled with -mavx512{f,bw,vl,dq,vnni} -ffp-contract=off; only ever reached
+// after int8_gemm.cpp checked active_isa(), so nothing here runs on a CPU without it.
+//
+// W8A8 GEMM: vpdpbusd multiplies u8 x s8, so activations enter as a + 128 (u8) and the packed
+// weight carries comp[n] = 128 * sum_k b[n, k]: sum (a + 128) b - comp = sum a b exactly, all in
+// wrapping int32 (no saturating instruction anywhere), so -128 x -128 over any K that fits int32 is exact.
+// Microkernel: 6 rows x 64 columns = 24 zmm accumulators + 4 weight vectors + 1 broadcast; per
+// 4-deep k step it does 10 loads for 24 vpdpbusd (24 * 64 MACs). vpdpbusd is inline asm: gcc 12
+// spills accumulators of the intrinsic form (~2.5x slower), see objdump of this file.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "int8_gemm/int8_gemm.h"
+#include "parallel.h"
+
+namespace slimrt {
+namespace avx512 {
+namespace {
+
+constexpr int kMR = 6;  // rows per microkernel tile
+constexpr int kNB = 4;  // 16-column panels per tile (64 columns)
+
+inline __m512i dpbusd(__m512i acc, __m512i a_u8, __m512i b_s8) {
+  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a_u8), "v"(b_s8));
+  return acc;
+}
+
+inline int32_t load32(const void* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
+
+// fp32 -> bf16 round-to-nearest-even in integer ops (vcvtneps2bf16 flushes denormals; torch does not).
+inline __m256i to_bf16(__m512 f) {
+  const __m512i u = _mm512_castps_si512(f);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+inline __m512 load_act(const void* x, DType dt, int64_t off, __mmask16 m) {
+  if (dt == DType::F32) return _mm512_maskz_loadu_ps(m, static_cast<const float*>(x) + off);
+  const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(x) + off);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+inline void store_out(void* out, OutType dt, int64_t off, __mmask16 m, __m512 v) {
+  if (dt == OutType::F32)
+    _mm512_mask_storeu_ps(static_cast<float*>(out) + off, m, v);
+  else
+    _mm256_mask_storeu_epi16(static_cast<uint16_t*>(out) + off, m, to_bf16(v));
+}
+
+struct Gemm {
+  const uint8_t* au;  // (M, k_pad) a + 128
+  int64_t k_pad, kq;
+  const int8_t* panels;
+  const int32_t* comp;
+  const float *a_scale, *b_scale, *bias;
+  void* out;
+  OutType out_dt;
+  int64_t ldc, N;
+};
+
+// k blocks of 256: a 64-column weight slab of one block is 16 KiB and stays in L1 while the rows
+// of a row block stream past it; partial sums go to a per-item int32 buffer between blocks.
+constexpr int64_t kKcq = 64;  // 4-deep k groups per block
+
+// acc[r][j] (+)= sum over k groups [q0, q0 + nq) of (a[m0 + r] + 128) * b[panel p0 + j]; on the last
+// block the epilogue writes out, otherwise the partial sums go to cbuf (row stride 64 int32).
+template <int MR, int NB>
+void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t* cbuf, bool first, bool last,
+          bool prefetch) {
+  __m512i acc[MR][NB];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NB; ++j)
+      acc[r][j] = first ? _mm512_setzero_si512() : _mm512_loadu_si512(cbuf + r * 64 + j * 16);
+  const uint8_t* a = g.au + m0 * g.k_pad + q0 * 4;
+  const int8_t* b = g.panels + p0 * kPanel * g.k_pad + q0 * 64;
+  const int64_t ps = kPanel * g.k_pad;
+  for (int64_t q = 0; q < nq; ++q, a += 4, b += 64) {
+    __m512i bv[NB];
+    for (int j = 0; j < NB; ++j) bv[j] = _mm512_loadu_si512(b + j * ps);
+    // The first row tile of a block pulls the next k block of the slab toward L1: each panel's
+    // block is one 4 KiB run, and hardware prefetchers do not cross into the next one on their own.
+    if (prefetch)
+      for (int j = 0; j < NB; ++j) _mm_prefetch(reinterpret_cast<const char*>(b + j * ps + kKcq * 64), _MM_HINT_T0);
+    for (int r = 0; r < MR; ++r) {
+      const __m512i av = _mm512_set1_epi32(load32(a + r * g.k_pad));
+      for (int j = 0; j < NB; ++j) acc[r][j] = dpbusd(acc[r][j], av, bv[j]);
+    }
+  }
+  if (!last) {
+    for (int r = 0; r < MR; ++r)
+      for (int j = 0; j < NB; ++j) _mm512_storeu_si512(cbuf + r * 64 + j * 16, acc[r][j]);
+    return;
+  }
+  // Epilogue: out = float(acc - comp) * a_scale * b_scale + bias, in the reference's op order.
+  for (int j = 0; j < NB; ++j) {
+    const int64_t n = (p0 + j) * kPanel;
+    if (n >= g.N) break;
+    const __mmask16 mk = tail_mask(g.N - n);
+    const __m512i cv = _mm512_loadu_si512(g.comp + n);  // comp is padded to N_pad
+    if (g.out_dt == OutType::I32) {
+      for (int r = 0; r < MR; ++r)
+        _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.out) + (m0 + r) * g.ldc + n, mk,
+                                 _mm512_sub_epi32(acc[r][j], cv));
+      continue;
+    }
+    const __m512 bs = _mm512_maskz_loadu_ps(mk, g.b_scale + n);
+    const __m512 bb = g.bias ? _mm512_maskz_loadu_ps(mk, g.bias + n) : _mm512_setzero_ps();
+    for (int r = 0; r < MR; ++r) {
+      __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][j], cv));
+      f = _mm512_mul_ps(_mm512_mul_ps(f, _mm512_set1_ps(g.a_scale[m0 + r])), bs);
+      if (g.bias) f = _mm512_add_ps(f, bb);
+      store_out(g.out, g.out_dt, (m0 + r) * g.ldc + n, mk, f);
+    }
+  }
+}
+
+using TileFn = void (*)(const Gemm&, int64_t, int64_t, int64_t, int64_t, int32_t*, bool, bool, bool);
+template <int MR>
+constexpr TileFn row_fns[kNB] = {tile<MR, 1>, tile<MR, 2>, tile<MR, 3>, tile<MR, 4>};
+constexpr const TileFn* kTiles[kMR] = {row_fns<1>, row_fns<2>, row_fns<3>, row_fns<4>, row_fns<5>, row_fns<6>};
+
+}  // namespace
+
+void int8_gemm_packed(const int8_t* a, int64_t lda, const int8_t* packed, const float* a_scale,
+                      const float* b_scale, const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M,
+                      int64_t N, int64_t K, int num_threads) {
+  int64_t hdr[5];
+  std::memcpy(hdr, packed, sizeof(hdr));
+  const int64_t n_pad = hdr[3], k_pad = hdr[4];
+  // a (M, K) int8 -> au (M, k_pad) u8 = a + 128 (xor 0x80); the pad multiplies zero weights.
+  std::vector<uint8_t> au(static_cast<size_t>(M * k_pad));
+  parallel_for(M, num_threads, [&](int64_t m0, int64_t m1) {
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    for (int64_t m = m0; m < m1; ++m)
+      for (int64_t k = 0; k < k_pad; k += 64) {
+        const int64_t n = std::min<int64_t>(64, K - k);
+        const __mmask64 mk = n <= 0 ? 0 : (n >= 64 ? ~__mmask64(0) : (__mmask64(1) << n) - 1);
+        const __mmask64 mst = k_pad - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (k_pad - k)) - 1;
+        const __m512i v = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, a + m * lda + k), flip);
+        _mm512_mask_storeu_epi8(au.data() + m * k_pad + k, mst, v);
+      }
+  }, std::max<int64_t>(1, 32768 / std::max<int64_t>(k_pad, 1)));
+
+  Gemm g{au.data(), k_pad, k_pad / 4, packed + kPackHeader,
+         reinterpret_cast<const int32_t*>(packed + kPackHeader + n_pad * k_pad),
+         a_scale, b_scale, bias, out, out_dt, ldc, N};
+  const int64_t panels = n_pad / kPanel;
+  const int64_t n_tiles = div_up(panels, kNB);
+  // Work item = (row block of up to 96 rows, 64-column tile), row-block major: a thread's
+  // consecutive items share the row block's activations (<= 96 x K bytes, in L2) and stream weights.
+  // Blocks of equal height (M = 128 -> 66 + 62, not 96 + 32) so the threads' shares stay even.
+  const int64_t mb = round_up(div_up(M, div_up(M, 96)), kMR);
+  const int64_t m_blocks = div_up(M, mb);
+  parallel_for(n_tiles * m_blocks, num_threads, [&](int64_t i0, int64_t i1) {
+    std::vector<int32_t> cbuf(static_cast<size_t>(mb * 64));
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t mbi = i / n_tiles, nt = i % n_tiles;
+      const int64_t p0 = nt * kNB, nb = std::min<int64_t>(kNB, panels - p0);
+      const int64_t m_beg = mbi * mb, m_end = std::min(M, m_beg + mb);
+      for (int64_t q0 = 0; q0 < g.kq; q0 += kKcq) {
+        const int64_t nq = std::min(kKcq, g.kq - q0);
+        for (int64_t m0 = m_beg; m0 < m_end; m0 += kMR) {
+          const int64_t mr = std::min<int64_t>(kMR, m_end - m0);
+          kTiles[mr - 1][nb - 1](g, m0, p0, q0, nq, cbuf.data() + (m0 - m_beg) * 64, q0 == 0, q0 + nq >= g.kq,
+                                 m0 == m_beg);
+        }
+      }
+    }
+  });
+}
+
+namespace {
+// Weight-only: for MR rows and one 16-column panel, fp32 FMAs of x against the int8 weight
+// widened in registers. acc[r][j] lane (c, kk) holds column 4j + c's partial sum for k % 4 == kk.
+template <int MR>
+void w8_panel(const float* xf, int64_t k_pad, const int8_t* panel, int64_t kq, float (*res)[16]) {
+  __m512 acc[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_ps();
+  // For MR <= 2 two k groups per step into separate accumulators: 4 FMA chains alone would wait on
+  // FMA latency instead of on memory.
+  constexpr int U = MR <= 2 ? 2 : 1;
+  __m512 acc2[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < 4; ++j) acc2[r][j] = _mm512_setzero_ps();
+  int64_t q = 0;
+  for (; q + U <= kq; q += U) {
+    const int8_t* bp = panel + q * 64;
+    _mm_prefetch(reinterpret_cast<const char*>(bp) + 1024, _MM_HINT_T0);
+    for (int u = 0; u < U; ++u) {
+      __m512 w[4];
+      for (int j = 0; j < 4; ++j)
+        w[j] = _mm512_cvtepi32_ps(
+            _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bp + 64 * u + 16 * j))));
+      for (int r = 0; r < MR; ++r) {
+        const __m512 xv = _mm512_broadcast_f32x4(_mm_loadu_ps(xf + r * k_pad + 4 * (q + u)));
+        for (int j = 0; j < 4; ++j) {
+          if (u == 0) acc[r][j] = _mm512_fmadd_ps(w[j], xv, acc[r][j]);
+          else acc2[r][j] = _mm512_fmadd_ps(w[j], xv, acc2[r][j]);
+        }
+      }
+    }
+  }
+  for (; q < kq; ++q) {
+    const int8_t* bp = panel + q * 64;
+    for (int j = 0; j < 4; ++j) {
+      const __m512 w =
+          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bp + 16 * j))));
+      for (int r = 0; r < MR; ++r)
+        acc[r][j] = _mm512_fmadd_ps(w, _mm512_broadcast_f32x4(_mm_loadu_ps(xf + r * k_pad + 4 * q)), acc[r][j]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_add_ps(acc[r][j], acc2[r][j]);
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < 4; ++j) {
+      alignas(64) float t[16];
+      _mm512_store_ps(t, acc[r][j]);
+      for (int c = 0; c < 4; ++c) res[r][4 * j + c] = (t[4 * c] + t[4 * c + 1]) + (t[4 * c + 2] + t[4 * c + 3]);
+    }
+}
+}  // namespace
+
+void int8_w8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t* packed, const float* b_scale,
+                           const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M, int64_t N,
+                           int64_t K, int num_threads) {
+  int64_t hdr[5];
+  std::memcpy(hdr, packed, sizeof(hdr));
+  const int64_t n_pad = hdr[3], k_pad = hdr[4], kq = k_pad / 4;
+  const int8_t* panels = packed + kPackHeader;
+  // x (M, K) -> xf (M, k_pad) fp32, zero padded: the tail multiplies zero weights.
+  std::vector<float> xf(static_cast<size_t>(M * k_pad));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < k_pad; k += 16) {
+      const __mmask16 mk = k < K ? tail_mask(K - k) : __mmask16(0);
+      _mm512_mask_storeu_ps(xf.data() + m * k_pad + k, tail_mask(k_pad - k), load_act(x, x_dt, m * ldx + k, mk));
+    }
+  parallel_for(n_pad / kPanel, num_threads, [&](int64_t p0, int64_t p1) {
+    float res[4][16];
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n = p * kPanel;
+      const __mmask16 mk = tail_mask(N - n);
+      const __m512 bs = _mm512_maskz_loadu_ps(mk, b_scale + n);
+      const __m512 bb = bias ? _mm512_maskz_loadu_ps(mk, bias + n) : _mm512_setzero_ps();
+      for (int64_t m0 = 0; m0 < M; m0 += 4) {
+        const int64_t mr = std::min<int64_t>(4, M - m0);
+        const float* xr = xf.data() + m0 * k_pad;
+        const int8_t* pb = panels + p * kPanel * k_pad;
+        switch (mr) {
+          case 1: w8_panel<1>(xr, k_pad, pb, kq, res); break;
+          case 2: w8_panel<2>(xr, k_pad, pb, kq, res); break;
+          case 3: w8_panel<3>(xr, k_pad, pb, kq, res); break;
+          default: w8_panel<4>(xr, k_pad, pb, kq, res); break;
+        }
+        for (int64_t r = 0; r < mr; ++r) {
+          __m512 f = _mm512_mul_ps(_mm512_loadu_ps(res[r]), bs);
+          if (bias) f = _mm512_add_ps(f, bb);
+          store_out(out, out_dt, (m0 + r) * ldc + n, mk, f);
+        }
+      }
+    }
+  }, std::max<int64_t>(1, 8192 / std::max<int64_t>(k_pad, 1)));
+}
+
+// Dynamic per-token quantization, bit-exact with reference.quantize_per_token: the same fp32
+// amax, 127/amax, x * inv and round-half-even (cvt with explicit RNE), clamp to +-127.
+void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t ldx, int8_t* q, float* scale,
+                        int num_threads) {
+  parallel_for(M, num_threads, [&](int64_t m0, int64_t m1) {
+    const __m512 inf = _mm512_set1_ps(INFINITY);
+    for (int64_t m = m0; m < m1; ++m) {
+      __m512 vmax = _mm512_setzero_ps();
+      __mmask16 bad = 0;
+      for (int64_t k = 0; k < K; k += 16) {
+        const __m512 a = _mm512_abs_ps(load_act(x, x_dt, m * ldx + k, tail_mask(K - k)));
+        bad |= _mm512_cmp_ps_mask(a, inf, _CMP_NLT_UQ);  // +-Inf or NaN
+        vmax = _mm512_max_ps(vmax, a);
+      }
+      int8_t* qm = q + m * K;
+      const float amax = _mm512_reduce_max_ps(vmax);
+      if (bad || amax == 0.f) {
+        scale[m] = bad ? NAN : 0.f;
+        std::memset(qm, 0, static_cast<size_t>(K));
+        continue;
+      }
+      scale[m] = amax / 127.f;
+      const __m512 inv = _mm512_set1_ps((1.f / amax) * 127.f);  // torch: 127 / t == reciprocal(t) * 127
+      const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+      for (int64_t k = 0; k < K; k += 16) {
+        const __mmask16 mk = tail_mask(K - k);
+        const __m512 v = _mm512_mul_ps(load_act(x, x_dt, m * ldx + k, mk), inv);
+        __m512i i = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        i = _mm512_min_epi32(_mm512_max_epi32(i, lo), hi);
+        _mm512_mask_cvtepi32_storeu_epi8(qm + k, mk, i);
+      }
+    }
+  }, std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)));
+}
+
+// Probes: a register-only vpdpbusd loop (16 independent chains hide the latency) and a streaming read.
+double probe_vnni_loop(int64_t iters) {
+  __m512i acc[16];
+  for (auto& v : acc) v = _mm512_setzero_si512();
+  const __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(1);
+  for (int64_t i = 0; i < iters; ++i)
+    for (auto& v : acc) v = dpbusd(v, a, b);
+  __m512i s = acc[0];
+  for (int j = 1; j < 16; ++j) s = _mm512_add_epi32(s, acc[j]);
+  volatile int32_t sink = _mm512_reduce_add_epi32(s);
+  (void)sink;
+  return static_cast<double>(iters) * 16 * 64 * 2;
+}
+
+uint64_t probe_read(const uint8_t* p, int64_t n) {
+  __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t i = 0;
+  for (; i + 256 <= n; i += 256) {
+    s0 = _mm512_add_epi64(s0, _mm512_loadu_si512(p + i));
+    s1 = _mm512_add_epi64(s1, _mm512_loadu_si512(p + i + 64));
+    s2 = _mm512_add_epi64(s2, _mm512_loadu_si512(p + i + 128));
+    s3 = _mm512_add_epi64(s3, _mm512_loadu_si512(p + i + 192));
+  }
+  return static_cast<uint64_t>(
+      _mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_add_epi64(s0, s1), _mm512_add_epi64(s2, s3))));
+}
+
+}  // namespace avx512
+}  // namespace slimrt

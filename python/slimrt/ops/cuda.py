@@ -1,0 +1,147 @@
+"""CUDA kernels: the Triton launchers of slimrt.kernels registered for the CUDA dispatch key.
+
+This module imports neither triton nor slimrt.kernels: each op loads its kernel module on its first
+call, so `import slimrt` stays lean even on a GPU machine. SLIMRT_BACKEND=triton registers the same
+functions for the CPU key too, which runs them on CPU tensors through the Triton interpreter
+(TRITON_INTERPRET=1), so one op test suite checks both backends. Arguments are checked here (the
+same checks as the reference), so the launchers only see well-formed calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.metadata
+import importlib.util
+from types import ModuleType
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from slimrt.ops import _check, reference
+
+_modules: dict[str, ModuleType] = {}
+
+
+def triton_found() -> bool:
+    """True when an installed triton package is importable (without importing it).
+
+    A bare directory named `triton` on sys.path (an editable install puts the checkout's parent
+    there) is an empty namespace package with no origin: it does not count.
+    """
+    spec = importlib.util.find_spec("triton")
+    return spec is not None and spec.origin is not None
+
+
+def triton_version() -> str | None:
+    """The installed triton's version from its metadata (no import), or None."""
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _kernels(name: str) -> ModuleType:
+    """slimrt.kernels.<name>, imported on first use, with an actionable error when triton is missing."""
+    mod = _modules.get(name)
+    if mod is None:
+        if not triton_found():
+            raise ImportError(
+                f"slimrt: the Triton kernel for {name} needs the triton package, which is not installed; "
+                "run `pip install triton` (or `pip install slimrt[triton]`), or unset SLIMRT_BACKEND=triton"
+            )
+        mod = _modules[name] = importlib.import_module(f"slimrt.kernels.{name}")
+    return mod
+
+
+@contextlib.contextmanager
+def _launch_on(op: str, mod: ModuleType, t: Tensor) -> Iterator[None]:
+    """Launches on t's GPU; refuses CPU tensors unless the kernels were built for the interpreter."""
+    if t.device.type == "cuda":
+        with torch.cuda.device(t.device):
+            yield
+        return
+    from slimrt.kernels import _common
+
+    if not _common.INTERPRET:
+        raise RuntimeError(
+            f"{op}: SLIMRT_BACKEND=triton got a tensor on {t.device}; Triton runs CPU tensors only through its "
+            "interpreter: set TRITON_INTERPRET=1 in the environment before starting Python (slow, meant for "
+            "tests), or use SLIMRT_BACKEND=auto for the native CPU kernels"
+        )
+    yield
+
+
+def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
+    _check.dtype("quantize_per_token", "x", x, _check.FLOAT_ACT_DTYPES)
+    _check.min_ndim("quantize_per_token", "x", x, 1)
+    mod = _kernels("quantize_per_token")
+    with _launch_on("quantize_per_token", mod, x):
+        return mod.quantize_per_token(x)
+
+
+def int8_gemm(a: Tensor, b: Tensor, a_scale: Tensor | None, b_scale: Tensor | None,
+              out_dtype: torch.dtype) -> Tensor:
+    reference._check_gemm(a, b, a_scale, b_scale, out_dtype)
+    mod = _kernels("int8_gemm")
+    with _launch_on("int8_gemm", mod, a):
+        return mod.int8_gemm(a, b, a_scale, b_scale, out_dtype)
+
+
+def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Tensor | None) -> Tensor:
+    # w_packed is a CPU layout (int8_pack_weight returns an empty tensor on CUDA): w_q is read directly.
+    reference._check_linear("int8_linear", x, w_q, w_scale, bias)
+    mod = _kernels("int8_gemm")
+    with _launch_on("int8_linear", mod, x):
+        return mod.int8_linear(x, w_q, w_scale, bias)
+
+
+def int8_weight_only_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None,
+                            w_packed: Tensor | None) -> Tensor:
+    reference._check_linear("int8_weight_only_linear", x, w_q, w_scale, bias)
+    mod = _kernels("int8_weight_only_linear")
+    with _launch_on("int8_weight_only_linear", mod, x):
+        return mod.int8_weight_only_linear(x, w_q, w_scale, bias)
+
+
+def _check_lowrank(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> None:
+    """The argument checks of reference.lowrank_linear (which runs them inline)."""
+    op = "lowrank_linear"
+    _check.dtype(op, "x", x, _check.FLOAT_ACT_DTYPES)
+    _check.min_ndim(op, "x", x, 1)
+    _check.dtype(op, "u", u, (x.dtype,))
+    _check.dtype(op, "v", v, (x.dtype,))
+    _check.ndim(op, "u", u, 2)
+    _check.ndim(op, "v", v, 2)
+    if v.shape[1] != x.shape[-1]:
+        raise ValueError(f"{op}: v is (R, K) = {tuple(v.shape)} but x has K = {x.shape[-1]}")
+    if u.shape[1] != v.shape[0]:
+        raise ValueError(f"{op}: u is (N, R) = {tuple(u.shape)} but v has R = {v.shape[0]}")
+    _check.bias(op, bias, u.shape[0])
+    _check.same_device(op, x=x, u=u, v=v, bias=bias)
+
+
+def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    _check_lowrank(x, u, v, bias)
+    mod = _kernels("lowrank_linear")
+    with _launch_on("lowrank_linear", mod, x):
+        return mod.lowrank_linear(x, u, v, bias)
+
+
+# op name -> Triton implementation. quantize_per_channel and int8_pack_weight have none: they run
+# once per weight, offline, and the reference (any device) serves them.
+KERNELS = {
+    "quantize_per_token": quantize_per_token,
+    "int8_gemm": int8_gemm,
+    "int8_linear": int8_linear,
+    "int8_weight_only_linear": int8_weight_only_linear,
+    "lowrank_linear": lowrank_linear,
+}
+
+
+def register(lib: torch.library.Library, dispatch_keys: tuple[str, ...] = ("CUDA",)) -> None:
+    """Registers the Triton kernels for the given dispatch keys (CUDA; CPU too for SLIMRT_BACKEND=triton)."""
+    for key in dispatch_keys:
+        for name, fn in KERNELS.items():
+            lib.impl(name, fn, key)

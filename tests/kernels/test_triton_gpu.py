@@ -1,0 +1,142 @@
+"""Triton kernels on a real GPU: bf16, larger shapes, every autotune config, the autotuned op path.
+
+Skipped without CUDA (conftest) and under TRITON_INTERPRET=1 (these shapes would take minutes there).
+Tolerances: int8 parts exact; fp32 outputs to a few ulp (the GPU may contract the epilogue's
+multiply-add into one FMA); bf16 outputs within 2 bf16 ulp of the reference, and for the low-rank
+bf16 path (h rounded to bf16 between the two dots) at most 2x the error of PyTorch's own bf16
+x @ v.T @ u.T against an fp64 oracle (the flash-attention rule).
+"""
+
+import os
+
+import pytest
+import torch
+
+import slimrt
+from slimrt.ops import reference as R
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="real-GPU shapes; too slow interpreted"),
+]
+DEV = "cuda"
+BF16_RTOL = 2**-7  # 2 ulp of bf16's 8-bit mantissa
+
+
+def _int8(*shape: int) -> torch.Tensor:
+    return torch.randint(-128, 128, shape, dtype=torch.int8, device=DEV)
+
+
+def _weight(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return R.quantize_per_channel(torch.randn(n, k, device=DEV))
+
+
+def test_cuda_is_served_by_triton():
+    assert slimrt.ops.backend()["cuda"] == "triton", slimrt.ops.backend()
+    assert slimrt.info()["triton"] and slimrt.info()["cuda"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,k", [(1, 4096), (300, 4096), (33, 14336), (5, 1), (17, 67)])
+def test_quantize_per_token_exact(m, k, dtype):
+    # K = 14336 > 8192 takes the two-read path.
+    x = (torch.randn(m, k, device=DEV) * 4).to(dtype)
+    x[0, 0] = float("nan") if m > 1 else x[0, 0]
+    q, s = slimrt.ops.quantize_per_token(x)
+    q_ref, s_ref = R.quantize_per_token(x)
+    assert torch.equal(q, q_ref), f"{int((q != q_ref).sum())} int8 values differ"
+    assert torch.equal(s.nan_to_num(-1.0), s_ref.nan_to_num(-1.0))
+
+
+def _all_int8_configs():
+    from slimrt.kernels import int8_gemm as K
+
+    return [dict(c.kwargs) for c in K.CONFIGS + K.DECODE_CONFIGS]
+
+
+@pytest.mark.parametrize("m", [1, 16, 17, 300])
+def test_int8_gemm_every_config_exact(m):
+    from slimrt.kernels.int8_gemm import int8_gemm
+
+    a, b = _int8(m, 1000), _int8(1031, 1000)
+    ref = R.int8_gemm(a, b, None, None, torch.int32)
+    for config in _all_int8_configs():
+        out = int8_gemm(a, b, out_dtype=torch.int32, config=config)
+        assert torch.equal(out, ref), f"config {config} differs at M={m}"
+
+
+def test_int8_gemm_worst_case_large_k():
+    a = torch.full((16, 16384), -128, dtype=torch.int8, device=DEV)
+    assert (slimrt.ops.int8_gemm(a, a, None, None, torch.int32) == 16384 * 128 * 128).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m", [1, 2, 16, 17, 128, 1000])
+def test_int8_linear_autotuned(m, dtype):
+    # M <= 16 fuses the quantization into the GEMM (decode configs), above it two kernels.
+    k, n = 4096, 1536
+    x = torch.randn(m, k, device=DEV).to(dtype)
+    w_q, w_s = _weight(n, k)
+    bias = torch.randn(n, device=DEV).to(dtype)
+    y = slimrt.ops.int8_linear(x, w_q, w_s, bias)
+    ref = R.int8_linear(x, w_q, w_s, bias)
+    rtol = 1e-6 if dtype == torch.float32 else BF16_RTOL
+    torch.testing.assert_close(y, ref, rtol=rtol, atol=rtol * ref.abs().max().item())
+    # Decode (one row) gives the batched path's numbers: same int8 values, same epilogue.
+    torch.testing.assert_close(slimrt.ops.int8_linear(x[:1], w_q, w_s, bias), y[:1], rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m", [1, 4, 16, 17, 512])
+def test_int8_weight_only_linear(m, dtype):
+    k, n = 4096, 1031
+    x = torch.randn(m, k, device=DEV).to(dtype)
+    w_q, w_s = _weight(n, k)
+    y = slimrt.ops.int8_weight_only_linear(x, w_q, w_s, None)
+    ref = R.int8_weight_only_linear(x, w_q, w_s)
+    rtol = 1e-5 if dtype == torch.float32 else BF16_RTOL
+    torch.testing.assert_close(y, ref, rtol=rtol, atol=rtol * ref.abs().max().item())
+
+
+def test_int8_weight_only_every_config():
+    from slimrt.kernels import int8_weight_only_linear as K
+
+    x = torch.randn(17, 1000, device=DEV, dtype=torch.bfloat16)
+    w_q, w_s = _weight(333, 1000)
+    ref = R.int8_weight_only_linear(x, w_q, w_s)
+    for c in K.CONFIGS:
+        y = K.int8_weight_only_linear(x, w_q, w_s, config=dict(c.kwargs))
+        torch.testing.assert_close(y, ref, rtol=BF16_RTOL, atol=BF16_RTOL * ref.abs().max().item(), msg=str(c))
+
+
+@pytest.mark.parametrize("r", [16, 64, 256, 257, 512])
+@pytest.mark.parametrize("m", [1, 77, 2048])
+def test_lowrank_linear_fp32(m, r):
+    k, n = 2048, 1536
+    x, u, v = torch.randn(m, k, device=DEV), torch.randn(n, r, device=DEV) / r**0.5, torch.randn(r, k, device=DEV) / k**0.5
+    bias = torch.randn(n, device=DEV)
+    ref = R.lowrank_linear(x, u, v, bias)
+    torch.testing.assert_close(slimrt.ops.lowrank_linear(x, u, v, bias), ref, rtol=1e-5,
+                               atol=1e-5 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("r", [64, 256, 300])
+@pytest.mark.parametrize("m", [1, 16, 333])
+def test_lowrank_linear_bf16_within_2x_torch_error(m, r):
+    k, n = 4096, 4096
+    x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
+    u = (torch.randn(n, r, device=DEV) / r**0.5).bfloat16()
+    v = (torch.randn(r, k, device=DEV) / k**0.5).bfloat16()
+    oracle = (x.double() @ v.double().T) @ u.double().T
+    torch_err = ((x @ v.T) @ u.T).double().sub(oracle).abs().max().item()
+    err = slimrt.ops.lowrank_linear(x, u, v, None).double().sub(oracle).abs().max().item()
+    assert err <= 2 * torch_err + 1e-6, f"slimrt {err:.3e} vs torch bf16 {torch_err:.3e}"
+
+
+def test_noncontiguous_inputs_on_gpu():
+    x = torch.randn(96, 40, device=DEV).T[:, 5:]  # (40, 91) strided
+    w_q, w_s = _weight(64, 91)
+    torch.testing.assert_close(slimrt.ops.int8_linear(x, w_q, w_s, None), R.int8_linear(x, w_q, w_s),
+                               rtol=1e-6, atol=1e-5)
+    a, b = _int8(91, 40).T, _int8(70, 182)[:, ::2]
+    assert torch.equal(slimrt.ops.int8_gemm(a, b, None, None, torch.int32), R.int8_gemm(a, b, None, None, torch.int32))

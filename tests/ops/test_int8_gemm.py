@@ -1,0 +1,381 @@
+"""int8 GEMM family: native kernels against ops/reference.py (the spec), on every ISA path.
+
+Integer results and the fp32/bf16 epilogues are compared bit for bit: the kernels use the
+reference's op order (acc * a_scale * b_scale + bias, round-half-even bf16). The weight-only path
+accumulates x * w in fp32 in another order than torch's matmul, so it gets an error bound scaled by
+sum |x| |w| (a few ulps of the magnitude summed), not bit equality.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from slimrt import _native, ops
+from slimrt.nn import Int8Linear
+from slimrt.ops import reference as R
+
+pytestmark = pytest.mark.skipif(not _native.available(), reason="native extension not built")
+
+ISAS = _native.load().available_isas() if _native.available() else []
+SIZES = (1, 7, 17, 33, 67, 257, 1025)
+# (M, K, N): every odd size appears in each position; K = 496 / 67 and N = 33 are tile-tail cases.
+GEMM_SHAPES = [(1, 1, 1), (1, 496, 33), (7, 67, 17), (17, 33, 7), (33, 257, 67), (67, 7, 257), (257, 17, 33),
+               (2, 1025, 257), (1025, 33, 17), (13, 496, 1025), (6, 64, 64), (12, 256, 130)]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    ext = _native.load()
+    before = ext.active_isa()
+    ext.set_isa(request.param)
+    yield request.param
+    ext.set_isa(before)
+
+
+def _rand_i8(*shape: int, gen: torch.Generator | None = None) -> torch.Tensor:
+    return torch.randint(-128, 128, shape, dtype=torch.int8, generator=gen)
+
+
+def _assert_equal(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    assert got.shape == want.shape and got.dtype == want.dtype, f"{what}: {got.shape}/{got.dtype} vs {want.shape}/{want.dtype}"
+    same = (got == want) | (got.float().isnan() & want.float().isnan())
+    if not bool(same.all()):
+        idx = (~same).nonzero()[:5].tolist()
+        worst = [(i, got[tuple(i)].item(), want[tuple(i)].item()) for i in idx]
+        raise AssertionError(f"{what}: {int((~same).sum())} of {same.numel()} differ; first (index, got, want): {worst}")
+
+
+# ---- int8_gemm: exact int32 and bit-exact float epilogue ------------------------------------------
+
+@pytest.mark.parametrize("m,k,n", GEMM_SHAPES)
+def test_gemm_matches_reference_exactly(isa, m, k, n):
+    g = torch.Generator().manual_seed(m * 10007 + k * 101 + n)
+    a, b = _rand_i8(m, k, gen=g), _rand_i8(n, k, gen=g)
+    _assert_equal(ops.int8_gemm(a, b, None, None, torch.int32), R.int8_gemm(a, b, None, None, torch.int32),
+                  f"int32 {isa} {(m, k, n)}")
+    a_s, b_s = torch.rand(m, generator=g) + 0.01, torch.rand(n, generator=g) + 0.01
+    for dt in (torch.float32, torch.bfloat16):
+        _assert_equal(ops.int8_gemm(a, b, a_s, b_s, dt), R.int8_gemm(a, b, a_s, b_s, dt), f"{dt} {isa} {(m, k, n)}")
+
+
+@pytest.mark.parametrize("k", [4096, 131071])
+def test_gemm_worst_case_operands_are_exact(isa, k):
+    # -128 * -128 summed over K: 16384 * K, no int16 saturation (the AVX2 vpmaddubsw trap) and no
+    # overflow in the u8 (a + 128) VNNI form; 131071 * 16384 is just below 2^31.
+    a = torch.full((3, k), -128, dtype=torch.int8)
+    b = torch.full((17, k), -128, dtype=torch.int8)
+    b[1] = 127
+    b[2, ::2] = 127
+    out = ops.int8_gemm(a, b, None, None, torch.int32)
+    _assert_equal(out, R.int8_gemm(a, b, None, None, torch.int32), f"extremes {isa} K={k}")
+    assert int(out[0, 0]) == 16384 * k
+
+
+def test_packed_layout_is_isa_independent_and_shared(isa):
+    w = _rand_i8(33, 67, gen=torch.Generator().manual_seed(3))
+    packed = ops.int8_pack_weight(w)
+    ext = _native.load()
+    assert packed.dtype == torch.int8 and packed.dim() == 1 and packed.numel() == ext.int8_packed_size(33, 67)
+    x = torch.randn(5, 67)
+    s = torch.rand(33) + 0.1
+    want = R.int8_linear(x, w, s, None)
+    before = ext.active_isa()
+    try:
+        for other in ISAS:  # one blob, every path
+            ext.set_isa(other)
+            assert torch.equal(ops.int8_pack_weight(w), packed), f"packing under {other} differs"
+            _assert_equal(ops.int8_linear(x, w, s, None, packed), want, f"packed under {isa}, run under {other}")
+    finally:
+        ext.set_isa(before)
+
+
+# ---- quantize_per_token ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k", SIZES + (496,))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantize_per_token_bit_exact(isa, k, dtype):
+    g = torch.Generator().manual_seed(k)
+    x = (torch.randn(9, k, generator=g) * torch.logspace(-3, 3, 9).unsqueeze(1)).to(dtype)
+    x[1] = 0  # all-zero row
+    if k > 2:
+        x[2, 1] = float("nan")
+        x[3, k // 2] = float("inf")
+        x[4, -1] = float("-inf")
+        x[5, 0] = 1e-40 if dtype == torch.float32 else 0  # subnormal
+    q, s = ops.quantize_per_token(x)
+    q_ref, s_ref = R.quantize_per_token(x)
+    _assert_equal(q, q_ref, f"q {isa} k={k} {dtype}")
+    _assert_equal(s, s_ref, f"scale {isa} k={k} {dtype}")
+    if k > 2:
+        assert s[2].isnan() and s[3].isnan() and s[4].isnan() and not q[2:5].any()
+    assert s[1] == 0 and not q[1].any()
+
+
+def test_quantize_rounds_half_to_even(isa):
+    # amax 127 -> inv 1: x * inv lands exactly on .5 and must round to even, as torch.round.
+    x = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5]])
+    q, _ = ops.quantize_per_token(x)
+    assert q.tolist() == [[127, 0, 2, 2, 0, -2, -2, 4]], q.tolist()
+
+
+# ---- int8_linear (W8A8) and int8_weight_only_linear -----------------------------------------------
+
+def _w8_bound(x: torch.Tensor, w_q: torch.Tensor, w_s: torch.Tensor) -> torch.Tensor:
+    # fp32 summation-order error: a few ulps of sum_k |x| |w| * scale (K terms), plus bf16 output rounding.
+    mag = (x.float().abs().reshape(-1, x.shape[-1]) @ w_q.float().abs().T) * w_s
+    return (mag * 1e-5 + 1e-6).reshape(*x.shape[:-1], w_q.shape[0])
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 496, 33), (7, 67, 17), (33, 257, 67), (1, 1025, 257), (5, 17, 1025)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "unpacked"])
+def test_linear_paths_match_reference(isa, m, k, n, dtype, packed):
+    g = torch.Generator().manual_seed(m + k + n)
+    x = torch.randn(m, k, generator=g).to(dtype)
+    w = _rand_i8(n, k, gen=g)
+    s = torch.rand(n, generator=g) * 0.01 + 1e-4
+    bias = torch.randn(n, generator=g)
+    wp = ops.int8_pack_weight(w) if packed else None
+    _assert_equal(ops.int8_linear(x, w, s, bias, wp), R.int8_linear(x, w, s, bias), f"w8a8 {isa} {dtype}")
+    y = ops.int8_weight_only_linear(x, w, s, bias, wp)
+    want = R.int8_weight_only_linear(x, w, s, bias)
+    assert y.dtype == dtype and y.shape == want.shape
+    err = (y.float() - want.float()).abs()
+    bound = _w8_bound(x, w, s) + (want.float().abs() * 2**-7 if dtype == torch.bfloat16 else 0)
+    assert bool((err <= bound).all()), f"weight-only {isa} {dtype}: worst excess {(err - bound).max().item():.3g}"
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded", "offset", "3d"])
+def test_noncontiguous_inputs(isa, layout):
+    g = torch.Generator().manual_seed(7)
+    k, n = 67, 33
+    base = torch.randn(40, 2 * k, generator=g)
+    if layout == "transposed":
+        x = torch.randn(k, 9, generator=g).t()
+    elif layout == "sliced":
+        x = base[::3, ::2]
+    elif layout == "expanded":
+        x = torch.randn(1, k, generator=g).expand(6, k)
+    elif layout == "offset":
+        x = base[5:12, 3:3 + k]
+    else:
+        x = torch.randn(2, 3, 2 * k, generator=g)[..., ::2]
+    w_full = _rand_i8(2 * n, k + 5, gen=g)
+    w = w_full[::2, 5:]  # sliced weight with a storage offset
+    s = (torch.rand(2 * n, generator=g) + 0.1)[::2]  # strided scale and bias too
+    bias = torch.randn(n, 3, generator=g)[:, 1]
+    _assert_equal(ops.int8_linear(x, w, s, bias, None),
+                  R.int8_linear(x.contiguous(), w.contiguous(), s.contiguous(), bias.contiguous()), f"w8a8 {layout}")
+    err = (ops.int8_weight_only_linear(x, w, s, bias, None)
+           - R.int8_weight_only_linear(x.contiguous(), w.contiguous(), s, bias)).abs()
+    assert bool((err <= _w8_bound(x, w, s)).all()), f"weight-only {layout}: max error {err.max().item():.3g}"
+    a = _rand_i8(k, 9, gen=g).t() if layout == "transposed" else _rand_i8(1, k, gen=g).expand(4, k)
+    bt = _rand_i8(k, n, gen=g).t()
+    _assert_equal(ops.int8_gemm(a, bt, None, None, torch.int32), R.int8_gemm(a, bt, None, None, torch.int32),
+                  f"gemm {layout}")
+    _assert_equal(ops.int8_gemm(a, w, None, None, torch.int32), R.int8_gemm(a, w, None, None, torch.int32),
+                  f"gemm sliced b {layout}")
+    q, sc = ops.quantize_per_token(x)
+    q2, sc2 = R.quantize_per_token(x)
+    _assert_equal(q, q2, f"quantize {layout}")
+
+
+@pytest.mark.parametrize("m,k,n", [(0, 8, 5), (3, 0, 5), (3, 8, 0), (0, 0, 0)])
+def test_zero_size(isa, m, k, n):
+    a, b = torch.zeros(m, k, dtype=torch.int8), torch.ones(n, k, dtype=torch.int8)
+    out = ops.int8_gemm(a, b, None, None, torch.int32)
+    assert out.shape == (m, n) and not out.any()
+    x = torch.randn(m, k)
+    s = torch.ones(n)
+    bias = torch.arange(n, dtype=torch.float32)
+    for fn in (ops.int8_linear, ops.int8_weight_only_linear):
+        y = fn(x, b, s, bias, ops.int8_pack_weight(b))
+        assert y.shape == (m, n)
+        assert torch.equal(y, bias.expand(m, n)), f"{fn.__name__}: K = 0 must give the bias"
+    q, sc = ops.quantize_per_token(x)
+    assert q.shape == (m, k) and sc.shape == (m,)
+
+
+def test_nan_inf_rows_and_zero_row(isa):
+    w = _rand_i8(33, 67)
+    s = torch.rand(33) + 0.1
+    bias = torch.randn(33)
+    x = torch.randn(4, 67)
+    x[0] = 0
+    x[1, 5] = float("nan")
+    x[2, 9] = float("inf")
+    for fn in (ops.int8_linear, ops.int8_weight_only_linear):
+        y = fn(x, w, s, bias, ops.int8_pack_weight(w))
+        assert torch.equal(y[0], bias), f"{fn.__name__}: an all-zero row must give the bias"
+        assert y[1].isnan().all(), f"{fn.__name__}: a NaN row must give NaN"
+        if fn is ops.int8_linear:  # dynamic quantization turns an Inf row into NaN (scale NaN)
+            assert y[2].isnan().all(), "int8_linear: an Inf row must give NaN"
+        else:  # float activations: Inf propagates as in the reference matmul
+            assert not y[2].isfinite().any(), "int8_weight_only_linear: an Inf row must stay non-finite"
+        assert y[3].isfinite().all()
+
+
+# ---- errors name the argument ----------------------------------------------------------------------
+
+def test_bad_inputs_raise_clear_errors():
+    a, b = torch.zeros(4, 8, dtype=torch.int8), torch.zeros(5, 8, dtype=torch.int8)
+    s4, s5 = torch.ones(4), torch.ones(5)
+    cases = [
+        (lambda: ops.int8_gemm(a.float(), b, s4, s5), TypeError, "a has dtype float32"),
+        (lambda: ops.int8_gemm(a, b.to(torch.uint8), s4, s5), TypeError, "b has dtype uint8"),
+        (lambda: ops.int8_gemm(a[0], b, s4, s5), ValueError, "a must be 2-D"),
+        (lambda: ops.int8_gemm(a, b[:, :7], s4, s5), ValueError, "K differs"),
+        (lambda: ops.int8_gemm(a, b, s5, s5), ValueError, "a_scale has shape"),
+        (lambda: ops.int8_gemm(a, b, s4, s5.double()), TypeError, "b_scale has dtype"),
+        (lambda: ops.int8_gemm(a, b, s4, s5, torch.float64), TypeError, "out_dtype"),
+        (lambda: ops.int8_linear(torch.randn(3, 8).half(), b, s5), TypeError, "x has dtype float16"),
+        (lambda: ops.int8_linear(torch.randn(3, 7), b, s5), ValueError, "x has 7 features"),
+        (lambda: ops.int8_linear(torch.randn(3, 8), b, s4), ValueError, "w_scale has shape"),
+        (lambda: ops.int8_linear(torch.randn(3, 8), b.float(), s5), TypeError, "w_q has dtype"),
+        (lambda: ops.int8_linear(torch.randn(3, 8), b, s5, torch.ones(4)), ValueError, "bias has shape"),
+        (lambda: ops.int8_linear(torch.randn(3, 8), b, s5, None, torch.zeros(7, dtype=torch.int8)), ValueError,
+         "w_packed has 7 bytes"),
+        (lambda: ops.int8_weight_only_linear(torch.randn(3, 8), b, s5, None, torch.zeros(9)), TypeError, "w_packed"),
+        (lambda: ops.int8_pack_weight(b.float()), TypeError, "w_q has dtype"),
+        (lambda: ops.int8_pack_weight(b[0]), ValueError, "w_q must be 2-D"),
+        (lambda: ops.quantize_per_token(torch.zeros(3, 4, dtype=torch.float64)), TypeError, "x has dtype float64"),
+    ]
+    for fn, exc, text in cases:
+        with pytest.raises(exc, match=text):
+            fn()
+
+
+def test_packed_blob_of_another_weight_is_refused():
+    w1, w2 = torch.zeros(16, 4, dtype=torch.int8), torch.zeros(16, 3, dtype=torch.int8)  # same packed size
+    assert ops.int8_pack_weight(w1).numel() == ops.int8_pack_weight(w2).numel()
+    for fn in (ops.int8_linear, ops.int8_weight_only_linear):
+        with pytest.raises(ValueError, match="w_packed is not a packed"):
+            fn(torch.randn(2, 3), w2, torch.ones(16), None, ops.int8_pack_weight(w1))
+
+
+def test_tensors_on_another_device_are_refused():
+    from slimrt.ops import cpu
+
+    w = torch.zeros(5, 8, dtype=torch.int8, device="meta")
+    with pytest.raises(ValueError, match="w_q is on meta"):
+        cpu.int8_linear(torch.randn(2, 8), w, torch.ones(5), None, None)
+
+
+def test_requires_grad_is_refused():
+    w = torch.zeros(5, 8, dtype=torch.int8)
+    with pytest.raises(RuntimeError, match="x requires grad"):
+        ops.int8_linear(torch.randn(2, 8, requires_grad=True), w, torch.ones(5))
+    with torch.no_grad():
+        ops.int8_linear(torch.randn(2, 8, requires_grad=True), w, torch.ones(5))
+
+
+# ---- op contract and properties ----------------------------------------------------------------------
+
+def test_opcheck_every_op():
+    g = torch.Generator().manual_seed(0)
+    a, b = _rand_i8(5, 67, gen=g), _rand_i8(33, 67, gen=g)
+    a_s, b_s = torch.rand(5) + 0.1, torch.rand(33) + 0.1
+    x = torch.randn(2, 3, 67)
+    wp = ops.int8_pack_weight(b)
+    calls = [
+        (torch.ops.slimrt.quantize_per_token.default, (x,)),
+        (torch.ops.slimrt.quantize_per_channel.default, (torch.randn(33, 67),)),
+        (torch.ops.slimrt.int8_gemm.default, (a, b, a_s, b_s, torch.float32)),
+        (torch.ops.slimrt.int8_gemm.default, (a, b, None, None, torch.int32)),
+        (torch.ops.slimrt.int8_pack_weight.default, (b,)),
+        (torch.ops.slimrt.int8_linear.default, (x, b, b_s, torch.randn(33), wp)),
+        (torch.ops.slimrt.int8_linear.default, (x.bfloat16(), b, b_s, None, None)),
+        (torch.ops.slimrt.int8_weight_only_linear.default, (x, b, b_s, torch.randn(33), wp)),
+    ]
+    for op, args in calls:
+        torch.library.opcheck(op, args)
+
+
+@given(m=st.integers(0, 40), k=st.integers(0, 300), n=st.integers(0, 70), seed=st.integers(0, 2**16))
+def test_random_shapes_every_isa(m, k, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    a, b = _rand_i8(m, k, gen=g), _rand_i8(n, k, gen=g)
+    x = torch.randn(m, k, generator=g)
+    s = torch.rand(n, generator=g) + 0.1
+    want_i32, want_lin = R.int8_gemm(a, b, None, None, torch.int32), R.int8_linear(x, b, s, None)
+    ext = _native.load()
+    before = ext.active_isa()
+    try:
+        for isa in ISAS:
+            ext.set_isa(isa)
+            _assert_equal(ops.int8_gemm(a, b, None, None, torch.int32), want_i32, f"gemm {isa}")
+            _assert_equal(ops.int8_linear(x, b, s, None, ops.int8_pack_weight(b)), want_lin, f"linear {isa}")
+    finally:
+        ext.set_isa(before)
+
+
+def test_slimrt_isa_env_forces_a_path():
+    code = ("import torch, slimrt; from slimrt import _native, ops; from slimrt.ops import reference as R\n"
+            "a = torch.randint(-128, 128, (7, 67), dtype=torch.int8); b = torch.randint(-128, 128, (33, 67), dtype=torch.int8)\n"
+            "assert torch.equal(ops.int8_gemm(a, b, None, None, torch.int32), R.int8_gemm(a, b, None, None, torch.int32))\n"
+            "print(_native.load().active_isa())")
+    env = dict(os.environ, SLIMRT_ISA="scalar")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "scalar", out.stderr
+
+
+# ---- Int8Linear module ------------------------------------------------------------------------------
+
+def _sqnr_db(ref: torch.Tensor, got: torch.Tensor) -> float:
+    return float(10 * torch.log10(ref.pow(2).sum() / (ref - got).pow(2).sum()))
+
+
+def test_int8linear_quality_and_exact_w8a8_math(isa):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(384, 257)
+    x = torch.randn(4, 9, 384)
+    with torch.no_grad():
+        dense = lin(x)
+        q8 = Int8Linear.from_linear(lin, mode="w8a8")
+        y = q8(x)
+        y_w8 = q8(x, mode="w8")
+    assert y.shape == dense.shape
+    sqnr, sqnr_w8 = _sqnr_db(dense, y), _sqnr_db(dense, y_w8)
+    assert sqnr >= 35.0, f"w8a8 SQNR {sqnr:.1f} dB below the 35 dB floor"
+    assert sqnr_w8 >= 38.0, f"w8 SQNR {sqnr_w8:.1f} dB below the 38 dB floor"
+    _assert_equal(y, R.int8_linear(x, q8.w_q, q8.w_scale, q8.bias), "Int8Linear vs reference W8A8 math")
+    with torch.no_grad():
+        yb = q8(x.bfloat16())
+    assert yb.dtype == torch.bfloat16
+    _assert_equal(yb, R.int8_linear(x.bfloat16(), q8.w_q, q8.w_scale, q8.bias), "Int8Linear bf16")
+
+
+def test_int8linear_concurrent_calls_match_serial():
+    torch.manual_seed(1)
+    mod = Int8Linear.from_linear(torch.nn.Linear(256, 130))
+    xs = [torch.randn(1 + 3 * i, 256) for i in range(8)]
+    with torch.no_grad():
+        serial = [(mod(x), mod(x, mode="w8")) for x in xs]
+    results: dict[int, list] = {}
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            with torch.no_grad():
+                results[t] = [(mod(x), mod(x, mode="w8")) for _ in range(10) for x in xs]
+        except BaseException as e:  # reported below with the thread id
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for t, outs in results.items():
+        for i, (y, y8) in enumerate(outs):
+            want, want8 = serial[i % len(xs)]
+            assert torch.equal(y, want) and torch.equal(y8, want8), f"thread {t} call {i} differs from serial"
