@@ -134,9 +134,40 @@ inline void micro_pv(const float* p, int64_t n, const float* v, int64_t ldv, flo
     for (int c = 0; c < DC; ++c) Vec::store(o + r * ldo + c * W, acc[r][c]);
 }
 
+// One row (decode without a GQA group): two accumulator sets over even/odd keys, so the FMA
+// chain per output vector is half as long (latency, not throughput, bounds a single row).
+template <int DC>
+inline void micro_pv_1row(const float* p, int64_t n, const float* v, int64_t ldv, float* o, float alpha) {
+  VT acc0[DC], acc1[DC];
+  for (int c = 0; c < DC; ++c) acc0[c] = Vec::mul(Vec::load(o + c * W), Vec::set1(alpha)), acc1[c] = Vec::zero();
+  int64_t j = 0;
+  for (; j + 2 <= n; j += 2) {
+    const VT p0 = Vec::set1(p[j]), p1 = Vec::set1(p[j + 1]);
+    for (int c = 0; c < DC; ++c) {
+      acc0[c] = Vec::fma(p0, Vec::load(v + j * ldv + c * W), acc0[c]);
+      acc1[c] = Vec::fma(p1, Vec::load(v + (j + 1) * ldv + c * W), acc1[c]);
+    }
+  }
+  if (j < n) {
+    const VT p0 = Vec::set1(p[j]);
+    for (int c = 0; c < DC; ++c) acc0[c] = Vec::fma(p0, Vec::load(v + j * ldv + c * W), acc0[c]);
+  }
+  for (int c = 0; c < DC; ++c) Vec::store(o + c * W, Vec::add(acc0[c], acc1[c]));
+}
+
 template <int RT>
 inline void pv_rows(const float* p, int64_t n, const float* v, int64_t ldv, float* o, int64_t Dp, const float* alpha) {
   int64_t d = 0;
+  if (RT == 1) {
+    for (; d + 4 * W <= Dp; d += 4 * W) micro_pv_1row<4>(p, n, v + d, ldv, o + d, alpha[0]);
+    switch ((Dp - d) / W) {
+      case 3: micro_pv_1row<3>(p, n, v + d, ldv, o + d, alpha[0]); break;
+      case 2: micro_pv_1row<2>(p, n, v + d, ldv, o + d, alpha[0]); break;
+      case 1: micro_pv_1row<1>(p, n, v + d, ldv, o + d, alpha[0]); break;
+      default: break;
+    }
+    return;
+  }
   for (; d + 4 * W <= Dp; d += 4 * W) micro_pv<RT, 4>(p, n, v + d, ldv, o + d, Dp, alpha);
   switch ((Dp - d) / W) {
     case 3: micro_pv<RT, 3>(p, n, v + d, ldv, o + d, Dp, alpha); break;
