@@ -48,7 +48,7 @@ class Recipe:
 
     version: int = RECIPE_VERSION
     methods: tuple[str, ...] = ("w8a8",)
-    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, hash=False)  # a dict: not hashed
     targets: tuple[str, ...] = ()
     ignore: tuple[str, ...] = DEFAULT_IGNORE
     smoothquant: bool = False

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from slimrt.compress import int8  # noqa: F401  (registers "w8a8" and "w8")
 from slimrt.compress.report import report
 from slimrt.compress.swap import METHODS, Fallback, Method, model_size, register
+
+if TYPE_CHECKING:
+    from slimrt.recipe import Recipe
 
 
 def compress(model: nn.Module, recipe: "Recipe | str | os.PathLike | Mapping[str, Any]",

@@ -184,6 +184,8 @@ def swap(model: nn.Module, recipe: "Recipe", calibration: Iterable[Any] | None =
 
     rows: list[dict[str, Any]] = []
     fallbacks: dict[str, str] = {}
+    if calibration is not None and not any(METHODS[m].needs_calibration(recipe) for m in recipe.methods):
+        log.info("calibration data is not used by this recipe (%s)", ", ".join(recipe.methods))
     for method_name in recipe.methods:
         method = METHODS[method_name]
         todo = candidates(model, recipe, method)
