@@ -172,3 +172,24 @@ def test_fraction_is_validated_and_zero_keeps_everything():
                     progress=False)
     assert torch.equal(out_of(model, IDS), out_of(ref, IDS))
     assert model.model.layers[0].self_attn.q_proj.out_features == 32
+
+
+def test_runner_runs_head_pruned_models():
+    """The lean runner reads per-layer head counts from the projections: a pruned Llama generates
+    what HF generates, a pruned BERT embeds like HF."""
+    from slimrt.runner import Runner
+
+    model = tiny_llama()
+    slimrt.compress(model, recipe(0.5, 0.25), calibration=[IDS], progress=False)
+    prompt = IDS[0, :6]
+    with torch.no_grad():
+        hf = model.generate(prompt[None], max_new_tokens=5, do_sample=False, min_new_tokens=5)[0, 6:].tolist()
+    assert Runner(model).generate_ids([prompt.tolist()], 5, eos=False)[0] == hf
+
+    bert = tiny_bert()
+    ids = IDS % 200
+    slimrt.compress(bert, recipe(0.5, 0.5), calibration=[ids], progress=False)
+    mask = torch.ones_like(ids)
+    want = torch.nn.functional.normalize(out_of(bert, ids).mean(1), dim=-1)
+    got = Runner(bert).embed_ids(ids, mask)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
