@@ -86,11 +86,12 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
 class KVCache:
     """Static per-layer key/value buffers (B, Hkv, max_len, D), written in place, never grown."""
 
-    def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
+    def __init__(self, n_layers: int, batch: int, n_kv_heads: int | list[int], max_len: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device) -> None:
-        shape = (batch, n_kv_heads, max_len, head_dim)
-        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        # n_kv_heads: one count for all layers, or one per layer (head-pruned models).
+        heads = n_kv_heads if isinstance(n_kv_heads, list) else [n_kv_heads] * n_layers
+        self.k = [torch.empty((batch, h, max_len, head_dim), dtype=dtype, device=device) for h in heads]
+        self.v = [torch.empty((batch, h, max_len, head_dim), dtype=dtype, device=device) for h in heads]
         self.max_len = max_len
 
     def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:

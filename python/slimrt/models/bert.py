@@ -51,10 +51,10 @@ class BertLean:
         # Key-padding mask (B, 1, 1, T); None when nothing is padded lets SDPA take its fastest path.
         mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
         for q_lin, k_lin, v_lin, o_lin, ln1, fc1, act, fc2, ln2 in self.layers:
-            q = q_lin(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-            k = k_lin(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-            v = v_lin(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-            o = attention(q, k, v, mask, False).transpose(1, 2).reshape(b, t, c)
+            q = q_lin(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+            k = k_lin(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+            v = v_lin(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+            o = attention(q, k, v, mask, False).transpose(1, 2).reshape(b, t, -1)  # -1: pruned heads
             x = F.layer_norm(o_lin(o) + x, (c,), ln1[0], ln1[1], ln1[2])
             x = F.layer_norm(fc2(act(fc1(x))) + x, (c,), ln2[0], ln2[1], ln2[2])
         return x

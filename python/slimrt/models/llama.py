@@ -68,10 +68,12 @@ class LlamaLean:
                 make_linear(mlp.up_proj, policy), make_linear(mlp.down_proj, policy), mlp.act_fn,
             ))
         self.lm_head = make_linear(model.lm_head, policy)
+        # KV heads per layer: prune_heads may leave different counts in different layers.
+        self.kv_heads = [layer.self_attn.k_proj.out_features // self.head_dim for layer in base.layers]
         self.inv_freq, self.rope_scaling = _rope_inv_freq(cfg)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        return KVCache(len(self.layers), batch, self.n_kv, max_len, self.head_dim, self.dtype, self.embed.device)
+        return KVCache(len(self.layers), batch, self.kv_heads, max_len, self.head_dim, self.dtype, self.embed.device)
 
     def prepare(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """cos, sin (B, 1, max_len, D) for every slot of the call, computed once (fp32 like HF)."""
@@ -95,9 +97,9 @@ class LlamaLean:
         c = x.shape[-1]
         for i, (ln1, q_proj, k_proj, v_proj, o_proj, qk_norm, ln2, gate, up, down, act) in enumerate(self.layers):
             h = F.rms_norm(x, (c,), ln1, self.eps)
-            q = q_proj(h).view(b, t, self.n_heads, self.head_dim)
-            k = k_proj(h).view(b, t, self.n_kv, self.head_dim)
-            v = v_proj(h).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+            q = q_proj(h).view(b, t, -1, self.head_dim)  # -1: per-layer head counts (pruning)
+            k = k_proj(h).view(b, t, -1, self.head_dim)
+            v = v_proj(h).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
             if qk_norm is not None:  # Qwen3: RMSNorm over each head before RoPE
                 q = F.rms_norm(q, (self.head_dim,), qk_norm[0], self.eps)
                 k = F.rms_norm(k, (self.head_dim,), qk_norm[1], self.eps)
@@ -105,7 +107,7 @@ class LlamaLean:
             k = self._rope(k.transpose(1, 2), cos, sin)
             k_all, v_all = cache.update(i, start, k, v)  # (B, Hkv, start+T, D)
             o = attention(q, k_all, v_all, mask, causal)  # (B, H, T, D)
-            x = x + o_proj(o.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+            x = x + o_proj(o.transpose(1, 2).reshape(b, t, -1))
             h = F.rms_norm(x, (c,), ln2, self.eps)
             x = x + down(act(gate(h)) * up(h))
         h = F.rms_norm(x[:, -1], (c,), self.norm_w, self.eps)  # only the last position is sampled
