@@ -6,6 +6,8 @@
 
 #include "cpu_features.h"
 #include "int8_gemm/int8_gemm.h"
+#include "lowrank_matmul/lowrank_matmul.h"
+#include "blocksparse_attn/blocksparse_attn.h"  // block-sparse attention
 
 namespace py = pybind11;
 using namespace slimrt;
@@ -88,4 +90,49 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     return probe_read_bandwidth(nbytes, nt, passes);
   }, py::arg("nbytes"), py::arg("num_threads"), py::arg("passes") = 5);
+  // ---- lowrank_matmul (issue 5) ----
+  // lowrank_matmul: y (M, N) = (x (M, K) @ vt (K, R)) @ ut (R, N) + bias, fused; vt = v^T, ut = u^T.
+  m.def("lowrank_matmul", [](uintptr_t x, int64_t ldx, uintptr_t vt, int64_t ldvt, uintptr_t ut, int64_t ldut,
+                             uintptr_t bias, uintptr_t y, int64_t ldy, int dt, int64_t M, int64_t K, int64_t R,
+                             int64_t N, int nt) {
+    py::gil_scoped_release nogil;
+    lowrank_matmul(ptr<const void>(x), ldx, ptr<const void>(vt), ldvt, ptr<const void>(ut), ldut,
+                   ptr<const float>(bias), ptr<void>(y), ldy, static_cast<DType>(dt), M, K, R, N, nt);
+  });
+  // ---- block-sparse attention (issue 6) ----
+  // block_sparse_attention: out (B, Hq, Lq, D) = softmax attention over the listed key blocks + token rule.
+  // sizes = (B, Hq, Hkv, Lq, Lk, D); *_st = element strides of (b, h, l|query block); mask arrays
+  // expanded to (B, Hq, ...) through their strides.
+  m.def("block_sparse_attention",
+        [](uintptr_t q, std::vector<int64_t> q_st, uintptr_t k, std::vector<int64_t> k_st, uintptr_t v,
+           std::vector<int64_t> v_st, uintptr_t out, int dt, std::vector<int64_t> sizes, uintptr_t kvn,
+           std::vector<int64_t> kvn_st, uintptr_t kvi, std::vector<int64_t> kvi_st, int64_t max_kb,
+           int64_t block_size, bool causal, int64_t window, int64_t num_global, uintptr_t tok,
+           std::vector<int64_t> tok_st, float scale, int nt) {
+          if (sizes.size() != 6 || q_st.size() != 3 || k_st.size() != 3 || v_st.size() != 3 || kvn_st.size() != 3 ||
+              kvi_st.size() != 3 || tok_st.size() != 3)
+            throw std::invalid_argument("block_sparse_attention: sizes needs 6 entries and each stride list 3");
+          BsaArgs a{};
+          a.q = ptr<const void>(q);
+          a.k = ptr<const void>(k);
+          a.v = ptr<const void>(v);
+          a.out = ptr<void>(out);
+          a.dt = static_cast<DType>(dt);
+          a.B = sizes[0], a.Hq = sizes[1], a.Hkv = sizes[2], a.Lq = sizes[3], a.Lk = sizes[4], a.D = sizes[5];
+          for (int i = 0; i < 3; ++i) {
+            a.sq[i] = q_st[i], a.sk[i] = k_st[i], a.sv[i] = v_st[i];
+            a.sn[i] = kvn_st[i], a.si[i] = kvi_st[i], a.st[i] = tok_st[i];
+          }
+          a.kv_num_blocks = ptr<const int32_t>(kvn);
+          a.kv_indices = ptr<const int32_t>(kvi);
+          a.max_kb = max_kb;
+          a.block_size = block_size;
+          a.causal = causal;
+          a.window = window;
+          a.num_global = num_global;
+          a.token_mask = ptr<const uint8_t>(tok);
+          a.scale = scale;
+          py::gil_scoped_release nogil;
+          block_sparse_attention(a, nt);
+        });
 }

@@ -7,5 +7,24 @@ transformers; those load at the use site that needs them.
 from slimrt._version import __version__
 from slimrt._info import info
 from slimrt import ops, nn
+from slimrt import attention  # block-sparse attention masks (imports only torch)
+from slimrt.attention import BlockMask
 
-__all__ = ["__version__", "info", "ops", "nn"]
+__all__ = ["__version__", "info", "ops", "nn", "compress", "report", "Recipe", "Runner", "load",
+           "save", "CheckpointError", "SlimrtError"]
+
+# ---- compressor ----
+# Imported eagerly on purpose: `slimrt.compress` is both a subpackage and the function, and a lazy
+# export would be shadowed by the subpackage as soon as anything imported slimrt.compress.<module>.
+# It imports neither transformers nor tqdm at this point (both load at their use sites).
+from slimrt.compress import compress, report  # noqa: E402
+from slimrt.recipe import Recipe  # noqa: E402
+
+# ---- runner ----: slimrt.load(path) -> Runner
+from slimrt.runner import Runner, load  # noqa: E402
+
+# ---- checkpoints ----: save/load_model need torch + safetensors; transformers loads only for HF models
+from slimrt.errors import CheckpointError, SlimrtError  # noqa: E402
+from slimrt.checkpoint import save  # noqa: E402
+
+__all__ += ["attention", "BlockMask"]

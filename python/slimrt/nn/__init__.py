@@ -9,9 +9,12 @@ allow-list the loader builds from: a checkpoint can never name any other class.
 from torch import nn
 
 from slimrt.nn.int8_linear import Int8Linear
+from slimrt.nn.lowrank_linear import LowRankLinear
 
 MODULE_TYPES: dict[str, type[nn.Module]] = {
     "Int8Linear": Int8Linear,
+    "LowRankLinear": LowRankLinear,
 }
 
 __all__ = ["Int8Linear", "MODULE_TYPES"]
+__all__ += ["LowRankLinear"]

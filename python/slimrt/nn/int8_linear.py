@@ -22,10 +22,14 @@ class Int8Linear(nn.Module):
 
     State: w_q (N, K) int8, w_scale (N,) float32, bias (N,) float or None. A packed copy of w_q for
     the device's kernel is made once (non-persistent: never written to a checkpoint).
+    Optional ``smooth`` (K,) float32 (SmoothQuant-style migration, made by slimrt.compress): x is
+    multiplied by it before quantization and W was divided by it before quantizing, so
+    y = (x * smooth) @ (W / smooth).T: activation outlier channels shrink, the weight absorbs them.
+    It costs one elementwise multiply of x per call; ``slimrt_config()["smooth"]`` says it exists.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "w8a8",
-                 device: Any = None, bias_dtype: torch.dtype = torch.float32) -> None:
+                 device: Any = None, bias_dtype: torch.dtype = torch.float32, smooth: bool = False) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"Int8Linear: mode={mode!r} is not one of {MODES}")
@@ -40,6 +44,10 @@ class Int8Linear(nn.Module):
             self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device))
         else:
             self.bias = None
+        if smooth:
+            self.register_buffer("smooth", torch.ones(in_features, dtype=torch.float32, device=device))
+        else:
+            self.smooth = None
         self.register_buffer("w_packed", torch.empty(0, dtype=torch.int8, device=device), persistent=False)
         self.register_load_state_dict_post_hook(lambda module, keys: module.repack())
 
@@ -59,18 +67,45 @@ class Int8Linear(nn.Module):
         mod.repack()
         return mod
 
+    @classmethod
+    def from_weight(cls, weight: Tensor, bias: Tensor | None = None, mode: str = "w8a8",
+                    smooth: Tensor | None = None) -> "Int8Linear":
+        """Quantizes a float weight (N, K) in nn.Linear layout; ``smooth`` (K,) > 0 is the per-input-
+        channel multiplier of x (the weight is divided by it before quantizing, see the class doc)."""
+        w = weight.detach().float()
+        if w.dim() != 2:
+            raise ValueError(f"Int8Linear.from_weight: weight must be 2-D (N, K), got shape {tuple(w.shape)}")
+        n, k = w.shape
+        mod = cls(k, n, bias is not None, mode, device=w.device, smooth=smooth is not None)
+        with torch.no_grad():
+            if smooth is not None:
+                smooth = smooth.detach().float().to(w.device)
+                if smooth.shape != (k,) or not bool(torch.isfinite(smooth).all()) or not bool((smooth > 0).all()):
+                    raise ValueError(f"Int8Linear.from_weight: smooth must be ({k},), finite and > 0")
+                mod.smooth.copy_(smooth)
+                w = w / smooth.unsqueeze(0)
+            w_q, w_scale = ops.quantize_per_channel(w)
+            mod.w_q.copy_(w_q)
+            mod.w_scale.copy_(w_scale)
+            if bias is not None:
+                mod.bias.copy_(bias.detach().float())
+        mod.repack()
+        return mod
+
     # Checkpoint protocol shared by every slimrt module: a JSON-able config that rebuilds an empty
     # module of the same shapes (on the meta device when loading), whose state_dict then names
     # the exact tensors, shapes and dtypes a checkpoint must hold for it.
     def slimrt_config(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias is not None, "mode": self.mode,
-                "bias_dtype": str(self.bias.dtype).replace("torch.", "") if self.bias is not None else "float32"}
+                "bias_dtype": str(self.bias.dtype).replace("torch.", "") if self.bias is not None else "float32",
+                "smooth": self.smooth is not None}
 
     @classmethod
     def from_slimrt_config(cls, cfg: dict[str, Any], device: Any = "meta") -> "Int8Linear":
         return cls(int(cfg["in_features"]), int(cfg["out_features"]), bool(cfg["bias"]), str(cfg["mode"]),
-                   device=device, bias_dtype=getattr(torch, str(cfg.get("bias_dtype", "float32"))))
+                   device=device, bias_dtype=getattr(torch, str(cfg.get("bias_dtype", "float32"))),
+                   smooth=bool(cfg.get("smooth", False)))
 
     def repack(self) -> None:
         """Rebuilds the kernel's packed weight from w_q (after loading or moving the module)."""
@@ -86,6 +121,8 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor, mode: str | None = None) -> Tensor:
         mode = mode or self.mode
+        if self.smooth is not None:
+            x = x * self.smooth.to(x.dtype)
         if mode == "w8a8":
             return ops.int8_linear(x, self.w_q, self.w_scale, self.bias, self.w_packed)
         if mode == "w8":
@@ -93,8 +130,9 @@ class Int8Linear(nn.Module):
         raise ValueError(f"Int8Linear: mode={mode!r} is not one of {MODES}")
 
     def dequantized_weight(self) -> Tensor:
-        """(N, K) float32 weight this module multiplies by."""
-        return self.w_q.float() * self.w_scale.unsqueeze(1)
+        """(N, K) float32 weight this module multiplies by (x's own space: the smoothing folded back)."""
+        w = self.w_q.float() * self.w_scale.unsqueeze(1)
+        return w if self.smooth is None else w * self.smooth.unsqueeze(0)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, mode={self.mode}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, mode={self.mode}" + (", smooth=True" if self.smooth is not None else "")

@@ -93,7 +93,31 @@ def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None = None) 
     return torch.ops.slimrt.lowrank_linear(x, u, v, bias)
 
 
+# ---- block-sparse attention (issue 6) ----
+from slimrt.attention import BlockMask  # noqa: E402  (imports only torch)
+from slimrt.ops import _check  # noqa: E402
+
+
+def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, mask: BlockMask, scale: float | None = None) -> Tensor:
+    """Softmax attention over exactly the token pairs mask.to_dense(Lq, Lk) allows.
+
+    q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D) float32|bfloat16 with Hq % Hkv == 0 -> out (B, Hq, Lq, D)
+    in q.dtype; scale defaults to 1/sqrt(D); a query with no allowed key gives zeros.
+    Inference-only: inputs that require grad are refused while grad mode is on.
+    See slimrt.attention for the mask and reference.block_sparse_attention for the math.
+    """
+    if not isinstance(mask, BlockMask):
+        raise TypeError(f"block_sparse_attention: mask must be a slimrt.BlockMask, got {type(mask).__name__}")
+    if isinstance(q, Tensor) and isinstance(k, Tensor) and q.dim() == 4 and k.dim() == 4:
+        mask.check_lengths(q.shape[2], k.shape[2], "block_sparse_attention", layout=False)
+    _check.no_grad_needed("block_sparse_attention", q=q, k=k, v=v)
+    return torch.ops.slimrt.block_sparse_attention(q, k, v, mask.kv_num_blocks, mask.kv_indices, mask.block_size,
+                                                   mask.causal, mask.window, mask.num_global, mask.token_mask,
+                                                   scale)
+
+
 __all__ = [
+    "block_sparse_attention",
     "backend", "reference", "quantize_per_token", "quantize_per_channel", "int8_gemm", "int8_pack_weight",
     "int8_linear", "int8_weight_only_linear", "lowrank_linear",
 ]

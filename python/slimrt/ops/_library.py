@@ -96,3 +96,18 @@ def _(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Te
 @torch.library.register_fake("slimrt::lowrank_linear")
 def _(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
     return x.new_empty((*x.shape[:-1], u.shape[0]))
+
+
+# ---- block-sparse attention (issue 6) ----
+# The BlockMask crosses the op boundary as its fields (tensors and scalars), never as a Python object.
+LIB.define(
+    "block_sparse_attention(Tensor q, Tensor k, Tensor v, Tensor kv_num_blocks, Tensor kv_indices, int block_size, "
+    "bool causal, int window, int num_global, Tensor? token_mask, float? scale) -> Tensor"
+)
+LIB.impl("block_sparse_attention", reference.block_sparse_attention, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("slimrt::block_sparse_attention")
+def _(q: Tensor, k: Tensor, v: Tensor, kv_num_blocks: Tensor, kv_indices: Tensor, block_size: int, causal: bool,
+      window: int, num_global: int, token_mask: Tensor | None, scale: float | None) -> Tensor:
+    return q.new_empty(q.shape)

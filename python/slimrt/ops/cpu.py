@@ -157,6 +157,80 @@ def int8_weight_only_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tenso
     return _linear("int8_weight_only_linear", x, w_q, w_scale, bias, w_packed, weight_only=True)
 
 
+# ---- lowrank_linear (issue 5) ----
+def _transposed_ld(f: Tensor) -> tuple[Tensor, int]:
+    """f (A, B) as f.T (B, A) with unit inner stride: (tensor whose data_ptr starts f.T, its row stride).
+    Free when f is already a transposed view (nn.LowRankLinear stores u and v that way), a copy otherwise."""
+    a, b = f.shape
+    s0, s1 = f.stride()
+    if (a <= 1 or s0 == 1) and (b <= 1 or s1 >= a):
+        return f, (s1 if b > 1 else a)
+    return f.t().contiguous(), a
+
+
+def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    """Fused (x @ v.T) @ u.T + bias; the kernel reads v.T (K, R) and u.T (R, N) with unit inner stride."""
+    reference._check_lowrank(x, u, v, bias)
+    k = x.shape[-1]
+    n, r = u.shape
+    m = math.prod(x.shape[:-1])
+    out = torch.empty((*x.shape[:-1], n), dtype=x.dtype)
+    if m and n:
+        x2 = x if x.dim() == 2 else x.reshape(m, k)  # explicit sizes: any of M, K, R may be 0
+        sx = x2.stride()
+        if k > 1 and sx[1] != 1 or m > 1 and sx[0] < k:
+            x2 = x2.contiguous()
+            sx = x2.stride()
+        vt, ldvt = _transposed_ld(v)
+        ut, ldut = _transposed_ld(u)
+        b32 = None if bias is None else bias.float().contiguous()
+        _native.load().lowrank_matmul(x2.data_ptr(), sx[0] if m > 1 else k, vt.data_ptr(), ldvt,
+                                      ut.data_ptr(), ldut, _ptr(b32), out.data_ptr(), n, _DT[x.dtype], m, k, r, n,
+                                      torch.get_num_threads())
+    return out
+
+
+# ---- block-sparse attention (issue 6) ----
+import math  # noqa: E402  (kept in this section so the shared file's header stays untouched)
+
+
+def _unit_last(t: Tensor) -> Tensor:
+    """Unit stride in the last dim (a view when it already has one); other strides are passed on."""
+    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+
+
+def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, kv_num_blocks: Tensor, kv_indices: Tensor,
+                           block_size: int, causal: bool, window: int, num_global: int, token_mask: Tensor | None,
+                           scale: float | None) -> Tensor:
+    # The layout contents (counts, index range, order) are checked in C++, where it is cheap.
+    reference._check_attention(q, k, v, kv_num_blocks, kv_indices, block_size, causal, window, num_global,
+                               token_mask, scale, check_layout=False)
+    b, hq, lq, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    out = torch.empty((b, hq, lq, d), dtype=q.dtype)
+    if out.numel() == 0:
+        return out
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    bm, hm, nqb, max_kb = kv_indices.shape
+    # Mask arrays made contiguous; a broadcast (size-1) batch or head dim gets stride 0. Computed
+    # by hand rather than with expand(): this runs once per decode step.
+    kvn, kvi = kv_num_blocks.contiguous(), kv_indices.contiguous()
+    kvn_st = [hm * nqb if bm > 1 else 0, nqb if hm > 1 else 0, 1]
+    kvi_st = [hm * nqb * max_kb if bm > 1 else 0, nqb * max_kb if hm > 1 else 0, max_kb]
+    tok, tok_st = None, [0, 0, 0]
+    if token_mask is not None:
+        tok = token_mask.contiguous()
+        tb, th = tok.shape[0], tok.shape[1]
+        tok_st = [th * lq * lk if tb > 1 else 0, lq * lk if th > 1 else 0, lk]
+    _native.load().block_sparse_attention(
+        q.data_ptr(), list(q.stride()[:3]), k.data_ptr(), list(k.stride()[:3]), v.data_ptr(), list(v.stride()[:3]),
+        out.data_ptr(), _DT[q.dtype], [b, hq, hkv, lq, lk, d], kvn.data_ptr(), kvn_st, kvi.data_ptr(), kvi_st,
+        max_kb, block_size, causal, window, num_global, _ptr(tok), tok_st, float(scale), torch.get_num_threads())
+    return out
+
+
 def register(lib: torch.library.Library) -> None:
     """Registers the native kernels for the CPU dispatch key."""
     lib.impl("quantize_per_token", quantize_per_token, "CPU")
@@ -164,3 +238,5 @@ def register(lib: torch.library.Library) -> None:
     lib.impl("int8_linear", int8_linear, "CPU")
     lib.impl("int8_pack_weight", int8_pack_weight, "CPU")
     lib.impl("int8_weight_only_linear", int8_weight_only_linear, "CPU")
+    lib.impl("lowrank_linear", lowrank_linear, "CPU")
+    lib.impl("block_sparse_attention", block_sparse_attention, "CPU")  # block-sparse attention

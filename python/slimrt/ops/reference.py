@@ -156,6 +156,15 @@ def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None = None) 
     x (..., K) float32|bfloat16, v (R, K), u (N, R) of x's dtype, bias (N,) or None -> y (..., N) in
     x.dtype. The (M, R) intermediate and the accumulation are fp32; only y is rounded to x.dtype.
     """
+    _check_lowrank(x, u, v, bias)
+    h = x.float() @ v.float().T  # (..., R)
+    y = h @ u.float().T
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+def _check_lowrank(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> None:
     op = "lowrank_linear"
     _check.dtype(op, "x", x, _check.FLOAT_ACT_DTYPES)
     _check.min_ndim(op, "x", x, 1)
@@ -169,8 +178,99 @@ def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None = None) 
         raise ValueError(f"{op}: u is (N, R) = {tuple(u.shape)} but v has R = {v.shape[0]}")
     _check.bias(op, bias, u.shape[0])
     _check.same_device(op, x=x, u=u, v=v, bias=bias)
-    h = x.float() @ v.float().T  # (..., R)
-    y = h @ u.float().T
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)
+
+
+# ---- block-sparse attention (issue 6) ----
+
+import math  # noqa: E402  (kept in this section so the shared file's header stays untouched)
+
+MAX_HEAD_DIM = 256
+
+
+def _check_attention(q: Tensor, k: Tensor, v: Tensor, kv_num_blocks: Tensor, kv_indices: Tensor, block_size: int,
+                     causal: bool, window: int, num_global: int, token_mask: Tensor | None,
+                     scale: float | None, check_layout: bool = True) -> None:
+    """Argument checks shared by the reference and the native kernel (the layout contents are
+    checked here only when check_layout, since the native entry checks them in C++)."""
+    op = "block_sparse_attention"
+    _check.dtype(op, "q", q, _check.FLOAT_ACT_DTYPES)
+    _check.dtype(op, "k", k, (q.dtype,))
+    _check.dtype(op, "v", v, (q.dtype,))
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check.ndim(op, name, t, 4)
+    b, hq, lq, d = q.shape
+    if k.shape[0] != b or k.shape[3] != d:
+        raise ValueError(f"{op}: k has shape {tuple(k.shape)} but q is (B, Hq, Lq, D) = {tuple(q.shape)}; "
+                         "expected k (B, Hkv, Lk, D) with the same B and D")
+    if tuple(v.shape) != tuple(k.shape):
+        raise ValueError(f"{op}: v has shape {tuple(v.shape)}, expected k's shape {tuple(k.shape)}")
+    hkv = k.shape[1]
+    if hkv == 0 and hq != 0 or hkv and hq % hkv:
+        raise ValueError(f"{op}: q has {hq} heads, which is not a multiple of k's {hkv} heads (grouped-query attention)")
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"{op}: head dim D = {d} is larger than the supported {MAX_HEAD_DIM}")
+    for name, val in (("block_size", block_size), ("window", window), ("num_global", num_global)):
+        if val < (1 if name == "block_size" else 0):
+            raise ValueError(f"{op}: {name} = {val} is out of range")
+    _check.dtype(op, "kv_num_blocks", kv_num_blocks, (torch.int32,))
+    _check.dtype(op, "kv_indices", kv_indices, (torch.int32,))
+    _check.ndim(op, "kv_num_blocks", kv_num_blocks, 3)
+    _check.ndim(op, "kv_indices", kv_indices, 4)
+    bm, hm, nqb = kv_num_blocks.shape
+    if tuple(kv_indices.shape[:3]) != (bm, hm, nqb):
+        raise ValueError(f"{op}: kv_indices has shape {tuple(kv_indices.shape)} but kv_num_blocks has shape "
+                         f"{tuple(kv_num_blocks.shape)}; their first three dims must match")
+    if bm not in (1, b):
+        raise ValueError(f"{op}: the mask has {bm} batch entries, expected 1 or B = {b}")
+    if hm not in (1, hq):
+        raise ValueError(f"{op}: the mask has {hm} head entries, expected 1 or Hq = {hq}")
+    if nqb != -(-lq // block_size):
+        raise ValueError(f"{op}: the mask has {nqb} query blocks but Lq = {lq} with block_size {block_size} "
+                         f"needs {-(-lq // block_size)}")
+    if token_mask is not None:
+        _check.dtype(op, "token_mask", token_mask, (torch.bool,))
+        _check.ndim(op, "token_mask", token_mask, 4)
+        tb, th, tq, tk = token_mask.shape
+        if tb not in (1, b) or th not in (1, hq) or (tq, tk) != (lq, k.shape[2]):
+            raise ValueError(f"{op}: token_mask has shape {tuple(token_mask.shape)}, expected (1|B, 1|Hq, Lq, Lk) = "
+                             f"(1|{b}, 1|{hq}, {lq}, {k.shape[2]})")
+    if scale is not None and not math.isfinite(scale):
+        raise ValueError(f"{op}: scale must be finite, got {scale}")
+    _check.same_device(op, q=q, k=k, v=v, kv_num_blocks=kv_num_blocks, kv_indices=kv_indices, token_mask=token_mask)
+    if check_layout:
+        from slimrt.attention import validate_layout
+
+        validate_layout(kv_num_blocks, kv_indices, -(-k.shape[2] // block_size), op)
+
+
+def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, kv_num_blocks: Tensor, kv_indices: Tensor,
+                           block_size: int, causal: bool = False, window: int = 0, num_global: int = 0,
+                           token_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
+    """Softmax attention restricted to the token pairs a block mask allows.
+
+    q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D) float32|bfloat16 (one dtype), Hq % Hkv == 0: query
+    head h reads key/value head h // (Hq / Hkv). The mask is a slimrt.BlockMask's fields (see
+    slimrt.attention): allowed = dense_from_fields(...) (B'|1, H'|1, Lq, Lk). With s = scale * q k^T
+    (scale defaults to 1/sqrt(D)), out[i] = sum_j softmax_j(s[i, j] over allowed j) v[j], computed in
+    fp32 and returned in q.dtype; a row with no allowed key is zeros.
+    """
+    from slimrt.attention import dense_from_fields
+
+    _check_attention(q, k, v, kv_num_blocks, kv_indices, block_size, causal, window, num_global, token_mask, scale)
+    b, hq, lq, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    if scale is None:
+        scale = 1.0 / math.sqrt(d) if d else 1.0
+    allowed = dense_from_fields(kv_num_blocks, kv_indices, block_size, causal, window, num_global, token_mask,
+                                lq, lk)  # (B'|1, H'|1, Lq, Lk)
+    group = hq // hkv if hkv else 1
+    kf = k.float().repeat_interleave(group, dim=1)  # (B, Hq, Lk, D)
+    vf = v.float().repeat_interleave(group, dim=1)
+    s = (q.float() @ kf.transpose(-1, -2)) * scale  # (B, Hq, Lq, Lk)
+    s = s.masked_fill(~allowed, float("-inf"))
+    m = s.amax(dim=-1, keepdim=True) if lk else s.new_zeros((b, hq, lq, 1))
+    m = torch.where(m == float("-inf"), torch.zeros_like(m), m)  # empty rows: exp(-inf) = 0, not NaN
+    p = torch.exp(s - m)
+    denom = p.sum(dim=-1, keepdim=True)
+    out = (p @ vf) / torch.where(denom > 0, denom, torch.ones_like(denom))
+    return out.to(q.dtype)

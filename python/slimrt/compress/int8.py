@@ -1,0 +1,63 @@
+"""Methods "w8a8" and "w8": nn.Linear / Conv1D -> Int8Linear (int8 per-output-channel weights).
+
+w8a8 quantizes activations per token at run time (optionally after SmoothQuant migration, which
+needs calibration data); w8 keeps activations in float and dequantizes weights on the fly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimrt import ops
+from slimrt.compress.smoothquant import smoothing_factors
+from slimrt.compress.swap import Context, Fallback, Method, check_finite, is_linear_like, linear_weight, register
+from slimrt.nn.int8_linear import Int8Linear
+
+_OP = {"w8a8": "int8_linear", "w8": "int8_weight_only_linear"}
+
+
+def kernel_name(mode: str, device: torch.device) -> str:
+    """The op and implementation that will serve this module, e.g. 'int8_linear[native:avx512]'."""
+    impl = ops.backend().get(device.type, "reference")
+    if impl == "native":
+        from slimrt import _native
+
+        impl = f"native:{_native.load().active_isa()}"
+    return f"{_OP[mode]}[{impl}]"
+
+
+def _convert(mode: str, name: str, module: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
+    weight, bias = linear_weight(module)  # (N, K), (N,)
+    n, k = weight.shape
+    if n == 0 or k == 0:
+        raise Fallback(f"zero-size weight (N, K) = ({n}, {k})")
+    if weight.dtype not in (torch.float32, torch.bfloat16):
+        raise Fallback(f"weight dtype {str(weight.dtype).replace('torch.', '')}: the int8 kernels take "
+                       "float32 or bfloat16 activations")
+    if weight.device.type == "meta":
+        raise Fallback("weight is on the meta device (not loaded)")
+    check_finite(name, "weight", weight)
+    if bias is not None:
+        check_finite(name, "bias", bias)
+    info: dict[str, Any] = {"kernel": kernel_name(mode, weight.device), "in_features": k, "out_features": n}
+    smooth = None
+    if mode == "w8a8" and ctx.recipe.smoothquant:
+        act = ctx.act_amax.get(name)
+        if act is None:
+            info["smoothquant"] = "skipped: no calibration batch reached this layer"
+        else:
+            smooth = 1.0 / smoothing_factors(act.to(weight.device), weight, ctx.recipe.alpha)
+            info["smoothquant"] = f"alpha={ctx.recipe.alpha}"
+    new = Int8Linear.from_weight(weight, bias, mode=mode, smooth=smooth)
+    new.train(module.training)
+    return new, info
+
+
+register(Method(name="w8a8", group="quantize", accepts=is_linear_like,
+                convert=lambda name, module, ctx: _convert("w8a8", name, module, ctx),
+                needs_calibration=lambda recipe: recipe.smoothquant))
+register(Method(name="w8", group="quantize", accepts=is_linear_like,
+                convert=lambda name, module, ctx: _convert("w8", name, module, ctx)))

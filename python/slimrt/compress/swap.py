@@ -1,0 +1,224 @@
+"""The one generic mechanism: a walk over ``model.named_modules()`` with a handler per method.
+
+A method is a ``Method`` registered in ``METHODS`` (one file + one ``register(...)`` call):
+
+    register(Method(name="w8", group="quantize", accepts=is_linear_like, convert=my_convert))
+
+``swap`` runs the recipe's methods in order. For each method it walks the model's current modules,
+keeps those whose name the recipe selects (targets/ignore) and whose type the method ``accepts``,
+collects calibration statistics when the method asks for them, and replaces each module by what
+``convert`` returns. Because every method walks the model as the previous one left it, methods
+combine: a low-rank method that turns ``fc1`` into a module holding two nn.Linear factors
+(``fc1.down``, ``fc1.up``) followed by "w8" quantizes both factors.
+
+``convert(name, module, ctx)`` returns ``(new_module, info)`` where info holds at least "kernel"
+(the op that will run) and any method-specific JSON-able facts for the report; it raises
+``Fallback(reason)`` for a layer it cannot handle (kept dense, recorded with the reason), and
+ValueError for bad data (NaN weights), naming the module.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from slimrt.recipe import Recipe
+
+log = logging.getLogger("slimrt")
+
+
+class Fallback(Exception):
+    """Raised by a handler for a layer it cannot compress; the layer stays dense, with this reason."""
+
+
+@dataclass
+class Context:
+    """What a handler sees besides the module: the recipe, its own params, calibration statistics."""
+
+    recipe: "Recipe"
+    params: dict[str, Any]
+    # Per module name: max |x| over every calibration token, per input channel, (K,) float32.
+    act_amax: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One compression method.
+
+    name: the name used in recipes. group: methods of one group exclude each other in a recipe
+    (e.g. "w8a8" and "w8" are both "quantize"). params: {param: (type, default, check)} where
+    check(value) returns None or a sentence saying what is wrong. accepts(module): whether this
+    method applies to a module of this type (others are left alone, not recorded).
+    needs_calibration(recipe): whether ``ctx.act_amax`` must be filled before ``convert``.
+    """
+
+    name: str
+    group: str
+    accepts: Callable[[nn.Module], bool]
+    convert: Callable[[str, nn.Module, Context], tuple[nn.Module, dict[str, Any]]]
+    params: dict[str, tuple[type, Any, Callable[[Any], str | None] | None]] = field(default_factory=dict)
+    needs_calibration: Callable[["Recipe"], bool] = lambda recipe: False
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in METHODS:
+        raise ValueError(f"compress method {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
+
+
+# ---- Linear-like layers: nn.Linear and transformers' Conv1D (GPT-2), seen in nn.Linear layout ----
+
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers.pytorch_utils.Conv1D, without importing transformers: an instance of it can only
+    exist if transformers already defined the class, so it is in sys.modules."""
+    pu = sys.modules.get("transformers.pytorch_utils")
+    return pu is not None and isinstance(module, pu.Conv1D)
+
+
+def is_linear_like(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def linear_weight(module: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """(weight (N, K) in nn.Linear layout, bias (N,) or None) of an nn.Linear or a Conv1D.
+
+    Conv1D stores its weight as (K, N) and computes x @ W + b; its transpose is the Linear weight.
+    """
+    if isinstance(module, nn.Linear):
+        return module.weight.detach(), None if module.bias is None else module.bias.detach()
+    if is_conv1d(module):
+        return module.weight.detach().t(), None if module.bias is None else module.bias.detach()
+    raise TypeError(f"expected nn.Linear or Conv1D, got {type(module).__name__}")
+
+
+def check_finite(name: str, tensor_name: str, t: Tensor) -> None:
+    """ValueError naming the module and tensor if t holds NaN or Inf (RELIABILITY.md 18)."""
+    if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+        bad = (~torch.isfinite(t)).nonzero()[:3].tolist()
+        raise ValueError(f"compress: {name}.{tensor_name} holds NaN or Inf (at indices {bad}); "
+                         "fix the model before compressing it")
+
+
+# ---- sizes ----
+
+def state_size(module: nn.Module) -> tuple[int, int]:
+    """(elements, bytes) of a module's persistent state (what a checkpoint holds for it)."""
+    numel = nbytes = 0
+    for t in module.state_dict(keep_vars=True).values():
+        numel += t.numel()
+        nbytes += t.numel() * t.element_size()
+    return numel, nbytes
+
+
+def model_size(model: nn.Module) -> tuple[int, int]:
+    """(elements, bytes) of a model's persistent state, counting tied (shared) tensors once."""
+    seen: set[tuple[int, int, torch.dtype]] = set()
+    numel = nbytes = 0
+    for t in model.state_dict(keep_vars=True).values():
+        key = (t.data_ptr(), t.numel(), t.dtype) if t.device.type != "meta" else (id(t), 0, t.dtype)
+        if key in seen:
+            continue
+        seen.add(key)
+        numel += t.numel()
+        nbytes += t.numel() * t.element_size()
+    return numel, nbytes
+
+
+# ---- the walk ----
+
+def candidates(model: nn.Module, recipe: "Recipe", method: Method) -> list[tuple[str, nn.Module]]:
+    """Modules this method will visit, in named_modules() order; a module shared under several
+    names is visited once."""
+    out, seen = [], set()
+    for name, module in model.named_modules():
+        if id(module) in seen or not method.accepts(module) or not recipe.matches(name):
+            continue
+        seen.add(id(module))
+        out.append((name, module))
+    return out
+
+
+def _shared_params(model: nn.Module) -> dict[int, list[str]]:
+    """id(parameter) -> every name it is reachable under (more than one name means tied)."""
+    names: dict[int, list[str]] = {}
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(pname)
+    return names
+
+
+def _untie_config(model: nn.Module) -> None:
+    """Stops transformers from re-tying an lm_head that is no longer a dense Linear."""
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if getattr(cfg, "tie_word_embeddings", False):
+            cfg.tie_word_embeddings = False
+
+
+def _skip_reason(name: str, module: nn.Module, model: nn.Module) -> str | None:
+    """Generic reasons a module cannot be swapped, whatever the method."""
+    if name == "":
+        return "the root module itself cannot be replaced in place; wrap it in an nn.Sequential"
+    parent = model.get_submodule(name.rpartition(".")[0])
+    if isinstance(parent, nn.MultiheadAttention):
+        return "nn.MultiheadAttention reads its out_proj weight directly instead of calling the module"
+    return None
+
+
+def swap(model: nn.Module, recipe: "Recipe", calibration: Iterable[Any] | None = None, tokenizer: Any = None,
+         progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Applies the recipe's methods in order, in place. Returns (layer rows, {name: fallback reason})."""
+    from tqdm import tqdm
+
+    from slimrt.compress import calibration as calib
+
+    rows: list[dict[str, Any]] = []
+    fallbacks: dict[str, str] = {}
+    for method_name in recipe.methods:
+        method = METHODS[method_name]
+        todo = candidates(model, recipe, method)
+        ctx = Context(recipe=recipe, params=dict(recipe.params.get(method_name, {})))
+        if method.needs_calibration(recipe) and todo:
+            if calibration is None:
+                raise ValueError(f"compress: method {method_name!r} with this recipe needs calibration data "
+                                 "(smoothquant=True); pass calibration=[batches]")
+            ctx.act_amax = calib.collect_input_amax(model, [m for _, m in todo], [n for n, _ in todo],
+                                                    calibration, tokenizer, progress=progress)
+        shared = _shared_params(model)
+        bar = tqdm(todo, desc=f"slimrt {method_name}", unit="layer", disable=not progress, leave=False)
+        for name, module in bar:
+            reason = _skip_reason(name, module, model)
+            if reason is None:
+                try:
+                    new, info = method.convert(name, module, ctx)
+                except Fallback as e:
+                    reason = str(e)
+            if reason is not None:
+                fallbacks[name] = f"{method_name}: {reason}"
+                log.info("%s kept dense (%s)", name, reason)
+                continue
+            tied = sorted({n for p in module.parameters() for n in shared[id(p)]
+                           if not n.startswith(name + ".")})
+            if tied:
+                log.warning("%s shares its weight with %s; compressing it with %s unties them "
+                            "(the other copy stays dense)", name, ", ".join(tied), method_name)
+                _untie_config(model)
+            params_before, bytes_before = state_size(module)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, new)
+            params_after, bytes_after = state_size(new)
+            rows.append({"name": name, "type": type(module).__name__, "method": method_name, **info,
+                         "params_before": params_before, "params_after": params_after,
+                         "bytes_before": bytes_before, "bytes_after": bytes_after,
+                         **({"untied_from": tied} if tied else {})})
+    return rows, fallbacks

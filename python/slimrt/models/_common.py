@@ -1,0 +1,139 @@
+"""Pieces every lean forward shares: the linear call, the kernel policy, attention, the KV cache.
+
+The lean forwards never call a Hugging Face module's forward in the hot loop. They read the
+weights they need once and call each linear submodule through ``make_linear``, which turns
+nn.Linear, GPT-2's Conv1D and slimrt modules alike into a plain ``y = f(x)`` with the least
+Python per call. For ``Int8Linear`` the kernel is chosen per call from the row count M.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from slimrt.nn.int8_linear import Int8Linear
+
+Linear = Callable[[Tensor], Tensor]
+
+# The measured crossover on the dev box (AVX-512 VNNI, 2 threads, benchmarks/bench_runner.py
+# --kernels): at M = 1..8 the weight-only kernel reads 4x fewer weight bytes than fp32 and the
+# per-token activation quantization of W8A8 is pure overhead; from M ~ 16 on the int8 GEMM's
+# higher arithmetic rate wins. Per-shape thresholds from KernelPolicy.tune() override this.
+W8A8_MIN_M = 16
+
+
+@dataclass(frozen=True)
+class KernelPolicy:
+    """Which Int8Linear kernel runs for a call with M rows (M = batch * tokens).
+
+    ``mode``: "auto" picks "w8a8" when M >= the threshold for the layer's (out, in) shape
+    (``per_shape``, else ``w8a8_min_m``) and "w8" below it; "module" keeps each module's own mode
+    (what Hugging Face's forward would run); "w8a8" / "w8" force one kernel everywhere.
+    """
+
+    mode: str = "auto"
+    w8a8_min_m: int = W8A8_MIN_M
+    per_shape: Mapping[tuple[int, int], int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "module", "w8a8", "w8"):
+            raise ValueError(f"KernelPolicy: mode={self.mode!r} is not one of auto, module, w8a8, w8")
+        if self.w8a8_min_m < 1:
+            raise ValueError(f"KernelPolicy: w8a8_min_m={self.w8a8_min_m} must be >= 1")
+
+    def int8_mode(self, module: Int8Linear, m: int) -> str:
+        if self.mode == "module":
+            return module.mode
+        if self.mode != "auto":
+            return self.mode
+        thr = self.per_shape.get((module.out_features, module.in_features), self.w8a8_min_m)
+        return "w8a8" if m >= thr else "w8"
+
+
+def make_linear(module: nn.Module, policy: KernelPolicy) -> Linear:
+    """A ``y = f(x)`` for any linear-like module, x (..., K) -> y (..., N)."""
+    if type(module) is nn.Linear:
+        w, b = module.weight, module.bias
+        return lambda x: F.linear(x, w, b)
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+        # transformers' GPT-2 Conv1D: weight (K, N), y = x @ W + b.
+        w, b, n = module.weight, module.bias, module.nf
+        return lambda x: torch.addmm(b, x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], n)
+    if isinstance(module, Int8Linear):
+        fwd, pick = module.forward, policy.int8_mode
+        return lambda x: fwd(x, pick(module, x.numel() // max(x.shape[-1], 1)))
+    if not callable(module):
+        raise TypeError(f"make_linear: {type(module).__name__} is not callable like a linear layer")
+    return module
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
+              scale: float | None = None) -> Tensor:
+    """Multi-head attention; the one place the attention kernel is chosen.
+
+    q (B, H, T, D); k, v (B, Hkv, L, D) with H a multiple of Hkv (grouped-query attention);
+    mask (B, 1, T, L) bool (True = attend) or None; causal only with mask None and T == L.
+    -> (B, H, T, D).
+    """
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
+                                          enable_gqa=q.shape[1] != k.shape[1])
+
+
+class KVCache:
+    """Static per-layer key/value buffers (B, Hkv, max_len, D), written in place, never grown."""
+
+    def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        shape = (batch, n_kv_heads, max_len, head_dim)
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.max_len = max_len
+
+    def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Writes k, v (B, Hkv, T, D) at [start, start+T) and returns views of [0, start+T)."""
+        end = start + k.shape[2]
+        kc, vc = self.k[layer], self.v[layer]
+        kc[:, :, start:end].copy_(k)
+        vc[:, :, start:end].copy_(v)
+        return kc[:, :, :end], vc[:, :, :end]
+
+
+@dataclass
+class Batch:
+    """Per-call layout of a left-padded batch of P prompt tokens plus up to N new tokens.
+
+    valid (B, max_len) bool: key j of row b is real (not left padding); positions (B, max_len)
+    long: 0-based position of each slot with padding clamped to 0, so a padded row sees exactly
+    the positions it would see alone.
+    """
+
+    valid: Tensor
+    positions: Tensor
+    padded: bool
+    prompt_len: int
+
+    @classmethod
+    def left_padded(cls, lengths: list[int], max_len: int, device: torch.device) -> "Batch":
+        plen = max(lengths)
+        pad = torch.tensor([plen - n for n in lengths], device=device).unsqueeze(1)  # (B, 1)
+        slots = torch.arange(max_len, device=device).unsqueeze(0)  # (1, max_len)
+        return cls(valid=slots >= pad, positions=(slots - pad).clamp_(min=0),
+                   padded=bool((pad > 0).any()), prompt_len=plen)
+
+    def prefill_mask(self) -> Tensor | None:
+        """(B, 1, P, P) bool causal mask over real keys, or None when no row is padded (then causal)."""
+        if not self.padded:
+            return None
+        p = self.prompt_len
+        causal = torch.ones(p, p, dtype=torch.bool, device=self.valid.device).tril_()
+        mask = causal & self.valid[:, None, None, :p]
+        # A padding query has no real key; letting it see itself keeps its row finite (it is never read).
+        return mask | torch.eye(p, dtype=torch.bool, device=mask.device)
+
+    def decode_mask(self) -> Tensor | None:
+        """(B, 1, 1, max_len) bool, sliced to [..., :L] per step (a view), or None when unpadded."""
+        return self.valid[:, None, None, :] if self.padded else None

