@@ -34,7 +34,7 @@ LOG2E = 1.4426950408889634
 @triton.jit
 def _block_sparse_attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, counts_ptr, idx_ptr, tmask_ptr, part_ptr, ml_ptr,
-    Hq, Lq, Lk, D, group, block_size, qk_scale, window, num_global, blocks_per_split,
+    Hq, Lq, Lk, D, group, block_size, max_kb, qk_scale, window, num_global, blocks_per_split,
     sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, so_b, so_h, so_l,
     sc_b, sc_h, sc_q, si_b, si_h, si_q, st_b, st_h, st_q,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_TOKEN_MASK: tl.constexpr, NUM_SPLITS: tl.constexpr,
@@ -60,7 +60,9 @@ def _block_sparse_attention_kernel(
     v_base = v_ptr + b.to(tl.int64) * sv_b + hk * sv_h
 
     # Mask strides are 0 along broadcast (size-1) batch/head dims.
-    count = tl.load(counts_ptr + b * sc_b + h * sc_h + qb * sc_q)
+    # Clamped count and the kb range guard below keep a bad layout from reading out of bounds on a GPU
+    # (the op checks layouts on CPU; on CUDA a host-side check would cost a sync per decode step).
+    count = tl.minimum(tl.maximum(tl.load(counts_ptr + b * sc_b + h * sc_h + qb * sc_q), 0), max_kb)
     idx_base = idx_ptr + b * si_b + h * si_h + qb * si_q
     t_start = split * blocks_per_split
     t_end = tl.minimum(count, t_start + blocks_per_split)
@@ -72,7 +74,7 @@ def _block_sparse_attention_kernel(
         kb = tl.load(idx_base + t)
         for sub in range(0, block_size, BLOCK_N):
             offs_n = kb * block_size + sub + tl.arange(0, BLOCK_N)  # key index j
-            mask_n = (sub + tl.arange(0, BLOCK_N) < block_size) & (offs_n < Lk)
+            mask_n = (sub + tl.arange(0, BLOCK_N) < block_size) & (offs_n < Lk) & (offs_n >= 0)  # kb < 0: none
             kt = tl.load(k_base + offs_n[None, :].to(tl.int64) * sk_l + offs_d[:, None],
                          mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # (BLOCK_D, BLOCK_N)
             s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
@@ -195,7 +197,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv
     tm_strides = _mask_strides(tmask) if token_mask is not None else (0, 0, 0)
     _block_sparse_attention_kernel[(nqb * sub_m, b * hq, num_splits)](
         q, k, v, out, kv_num_blocks, kv_indices, tmask, part, ml,
-        hq, lq, lk, d, hq // hkv, block_size, scale * LOG2E, int(window), int(num_global), per_split,
+        hq, lq, lk, d, hq // hkv, block_size, max_kb, scale * LOG2E, int(window), int(num_global), per_split,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         *_mask_strides(kv_num_blocks), *_mask_strides(kv_indices), *tm_strides,

@@ -264,3 +264,47 @@ def test_opcheck():
     ]
     for name, args in cases:
         torch.library.opcheck(getattr(torch.ops.slimrt, name).default, args)
+
+
+# --- block_sparse_attention (slimrt.BlockMask) ------------------------------------------------------
+
+def _qkv(b, hq, hkv, lq, lk, d, dtype=torch.float32):
+    return (torch.randn(b, hq, lq, d).to(dtype), torch.randn(b, hkv, lk, d).to(dtype),
+            torch.randn(b, hkv, lk, d).to(dtype))
+
+
+def _attention_close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    # fp32 online softmax (exp2) vs the reference's two-pass fp32 softmax.
+    torch.testing.assert_close(out, ref, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("lq,lk,bs", [(1, 33, 16), (17, 17, 16), (33, 67, 8), (67, 67, 32)])
+def test_block_sparse_attention_masks(lq, lk, bs):
+    from slimrt import attention
+
+    q, k, v = _qkv(1, 4, 2, lq, lk, 16)
+    for mask in (attention.causal_mask(lq, lk, bs), attention.sliding_window_mask(lq, lk, 9, 2, block_size=bs),
+                 attention.full_mask(lq, lk, bs)):
+        out = slimrt.ops.block_sparse_attention(q, k, v, mask)
+        _attention_close(out, R.block_sparse_attention(q, k, v, mask.kv_num_blocks, mask.kv_indices, bs, mask.causal,
+                                                       mask.window, mask.num_global, mask.token_mask, None))
+
+
+def test_block_sparse_attention_token_mask_and_empty_rows():
+    g = torch.Generator().manual_seed(1)
+    tm = torch.rand(2, 1, 20, 27, generator=g) < 0.3
+    tm[0, 0, 5] = False  # a query with no allowed key -> zeros
+    mask = slimrt.BlockMask.from_token_mask(tm, 8)
+    q, k, v = _qkv(2, 2, 1, 20, 27, 16)
+    out = slimrt.ops.block_sparse_attention(q, k, v, mask, scale=0.3)
+    ref = R.block_sparse_attention(q, k, v, mask.kv_num_blocks, mask.kv_indices, 8, False, 0, 0, mask.token_mask, 0.3)
+    _attention_close(out, ref)
+    assert (out[0, :, 5] == 0).all()
+
+
+def test_block_sparse_attention_bad_layout_is_an_error():
+    q, k, v = _qkv(1, 1, 1, 8, 16, 16)
+    counts = torch.tensor([[[2]]], dtype=torch.int32)
+    idx = torch.tensor([[[1, 0]]], dtype=torch.int32)  # not sorted
+    with pytest.raises(ValueError, match="kv_indices"):
+        torch.ops.slimrt.block_sparse_attention(q, k, v, counts, idx, 8, False, 0, 0, None, None)
