@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, cast_out, check_device, dot_precision
+from ._common import INTERPRET, cast_out, check_device, dot_precision, mma
 
 LOG2E = 1.4426950408889634
 
@@ -38,7 +38,8 @@ def _block_sparse_attention_kernel(
     sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, so_b, so_h, so_l,
     sc_b, sc_h, sc_q, si_b, si_h, si_q, st_b, st_h, st_q,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_TOKEN_MASK: tl.constexpr, NUM_SPLITS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, SUB_M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    SUB_M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_q = tl.program_id(0)  # query block * SUB_M + sub tile
     pid_bh = tl.program_id(1)  # b * Hq + h
@@ -77,7 +78,7 @@ def _block_sparse_attention_kernel(
             mask_n = (sub + tl.arange(0, BLOCK_N) < block_size) & (offs_n < Lk) & (offs_n >= 0)  # kb < 0: none
             kt = tl.load(k_base + offs_n[None, :].to(tl.int64) * sk_l + offs_d[:, None],
                          mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # (BLOCK_D, BLOCK_N)
-            s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+            s = tl.dot(mma(q), mma(kt), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
 
             allowed = mask_m[:, None] & mask_n[None, :]
             if CAUSAL:
@@ -99,7 +100,7 @@ def _block_sparse_attention_kernel(
             l_i = l_i * alpha + tl.sum(p, axis=1)
             vt = tl.load(v_base + offs_n[:, None].to(tl.int64) * sv_l + offs_d[None, :],
                          mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
-            acc = acc * alpha[:, None] + tl.dot(cast_out(p, vt.dtype), vt, input_precision=DOT_PRECISION)
+            acc = acc * alpha[:, None] + tl.dot(mma(cast_out(p, vt.dtype)), mma(vt), input_precision=DOT_PRECISION)
             m_i = m_new
 
     if NUM_SPLITS == 1:
@@ -135,8 +136,8 @@ def _block_sparse_attention_merge_kernel(
     out = num / tl.where(den > 0.0, den, 1.0)
     bh = row // Lq
     i = row % Lq
-    tl.store(out_ptr + (bh // Hq) * so_b + (bh % Hq) * so_h + i * so_l + offs_d, cast_out(out, out_ptr.dtype.element_ty),
-             mask=offs_d < D)
+    out_row = out_ptr + (bh // Hq) * so_b + (bh % Hq) * so_h + i * so_l
+    tl.store(out_row + offs_d, cast_out(out, out_ptr.dtype.element_ty), mask=offs_d < D)
 
 
 def _mask_strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -201,7 +202,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         *_mask_strides(kv_num_blocks), *_mask_strides(kv_indices), *tm_strides,
-        CAUSAL=bool(causal), HAS_WINDOW=window > 0, HAS_TOKEN_MASK=token_mask is not None, NUM_SPLITS=num_splits, DOT_PRECISION=dot_precision(q.dtype),
+        CAUSAL=bool(causal), HAS_WINDOW=window > 0, HAS_TOKEN_MASK=token_mask is not None, NUM_SPLITS=num_splits,
+        DOT_PRECISION=dot_precision(q.dtype),
         SUB_M=sub_m, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps,
     )
     if num_splits > 1:

@@ -1,9 +1,10 @@
 """block_sparse_attention Triton kernel under the interpreter, against a dense fp64 oracle built here.
 
-The op (slimrt::block_sparse_attention) and slimrt.BlockMask live on another branch; until they are
-merged this test drives the launcher directly with the mask fields of the shared contract
-(kv_num_blocks, kv_indices, block_size, causal, window, num_global, token_mask) and computes the dense
-allowed-pairs mask itself. fp32 only (the interpreter's bf16 tl.dot is wrong); tolerance 2e-5
+Written before slimrt.BlockMask and the op were merged: it drives the launcher directly with raw
+mask fields (kv_num_blocks, kv_indices, block_size, causal, window, num_global, token_mask), random
+layouts, per-batch/per-head masks and forced split-K factors, and builds the dense allowed-pairs mask
+itself (attention_oracle.py). The op path through BlockMask is in test_triton_ops.py.
+fp32 here (bf16: test_triton_ops.py and test_triton_gpu.py); tolerance 2e-5
 relative to the output scale: fp32 online softmax vs an fp64 two-pass softmax.
 """
 

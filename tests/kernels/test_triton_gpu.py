@@ -113,7 +113,8 @@ def test_int8_weight_only_every_config():
 @pytest.mark.parametrize("m", [1, 77, 2048])
 def test_lowrank_linear_fp32(m, r):
     k, n = 2048, 1536
-    x, u, v = torch.randn(m, k, device=DEV), torch.randn(n, r, device=DEV) / r**0.5, torch.randn(r, k, device=DEV) / k**0.5
+    x = torch.randn(m, k, device=DEV)
+    u, v = torch.randn(n, r, device=DEV) / r**0.5, torch.randn(r, k, device=DEV) / k**0.5
     bias = torch.randn(n, device=DEV)
     ref = R.lowrank_linear(x, u, v, bias)
     torch.testing.assert_close(slimrt.ops.lowrank_linear(x, u, v, bias), ref, rtol=1e-5,
