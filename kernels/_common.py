@@ -14,8 +14,6 @@ import triton.language as tl
 _knobs = getattr(triton, "knobs", None)
 INTERPRET: bool = bool(_knobs.runtime.interpret) if _knobs is not None else os.environ.get("TRITON_INTERPRET") == "1"
 
-INT8_MAX = 127.0
-
 if INTERPRET:
 
     @triton.jit

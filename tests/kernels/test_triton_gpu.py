@@ -51,7 +51,7 @@ def test_quantize_per_token_exact(m, k, dtype):
 def _all_int8_configs():
     from slimrt.kernels import int8_gemm as K
 
-    return [dict(c.kwargs) for c in K.CONFIGS + K.DECODE_CONFIGS]
+    return [{**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages} for c in K.CONFIGS + K.DECODE_CONFIGS]
 
 
 @pytest.mark.parametrize("m", [1, 16, 17, 300])
@@ -105,7 +105,8 @@ def test_int8_weight_only_every_config():
     w_q, w_s = _weight(333, 1000)
     ref = R.int8_weight_only_linear(x, w_q, w_s)
     for c in K.CONFIGS:
-        y = K.int8_weight_only_linear(x, w_q, w_s, config=dict(c.kwargs))
+        y = K.int8_weight_only_linear(x, w_q, w_s, config={**c.kwargs, "num_warps": c.num_warps,
+                                                           "num_stages": c.num_stages})
         torch.testing.assert_close(y, ref, rtol=BF16_RTOL, atol=BF16_RTOL * ref.abs().max().item(), msg=str(c))
 
 
