@@ -106,7 +106,7 @@ def test_auto_policy_matches_hf_running_the_same_kernels(family, monkeypatch):
     seen = set()
 
     def forward(self, x, mode=None):
-        mode = policy.int8_mode(self, x.numel() // x.shape[-1])
+        mode = policy.kernel(self, x.numel() // x.shape[-1])
         seen.add(mode)
         return original(self, x, mode)
 
@@ -285,13 +285,34 @@ def test_minilm_int8_embed_quality(minilm):
 # ----- kernel policy and linear calls ---------------------------------------------------------------
 def test_kernel_policy_picks_by_call_shape():
     lin = Int8Linear.from_linear(nn.Linear(32, 16))
-    pol = KernelPolicy(w8a8_min_m=8, per_shape={(24, 32): 2})
-    assert [pol.int8_mode(lin, m) for m in (1, 7, 8, 100)] == ["w8", "w8", "w8a8", "w8a8"]
+    pol = KernelPolicy(w8a8_min_m=8, per_shape={(24, 32): ((1, "dense"), (2, "w8a8"))})
+    assert [pol.kernel(lin, m) for m in (1, 7, 8, 100)] == ["w8", "w8", "w8a8", "w8a8"]
     other = Int8Linear.from_linear(nn.Linear(32, 24), mode="w8")
-    assert pol.int8_mode(other, 2) == "w8a8"
-    assert KernelPolicy(mode="module").int8_mode(other, 1000) == "w8"
+    assert [pol.kernel(other, m) for m in (1, 2, 3)] == ["dense", "w8a8", "w8a8"]
+    assert KernelPolicy(mode="module").kernel(other, 1000) == "w8"
+    assert KernelPolicy.from_dict(pol.to_dict()) == pol
     with pytest.raises(ValueError, match="mode"):
         KernelPolicy(mode="fast")
+    with pytest.raises(ValueError, match="ascending"):
+        KernelPolicy(per_shape={(1, 2): ((1, "w8"), (1, "w8a8"))})
+
+
+def test_rules_from_timings_prefers_int8_unless_dense_clearly_wins():
+    from slimrt.models.policy import rules_from_timings
+
+    t = {1: {"w8": 1.0, "w8a8": 2.0, "dense": 0.95}, 4: {"w8": 3.0, "w8a8": 2.0, "dense": 2.5},
+         16: {"w8": 9.0, "w8a8": 8.0, "dense": 4.0}}
+    assert rules_from_timings(t) == ((1, "w8"), (4, "w8a8"), (16, "dense"))
+
+
+def test_tuned_policy_covers_every_int8_shape_and_runs():
+    from slimrt.models.policy import tune
+
+    model = to_int8(tiny_llama(10))
+    pol = tune(model, ms=(1, 8), reps=3)
+    assert {(64, 64), (32, 64), (128, 64), (64, 128), (300, 64)} == set(pol.per_shape)
+    rt = Runner(model, policy=pol)
+    assert len(rt.generate_ids(PROMPTS, 4)[0]) == 4
 
 
 def test_make_linear_matches_module_for_conv1d_and_int8():
@@ -305,6 +326,9 @@ def test_make_linear_matches_module_for_conv1d_and_int8():
     for m, mode in ((1, "w8"), (64, "w8a8")):
         xm = torch.randn(m, 40)
         assert torch.equal(make_linear(q, KernelPolicy(w8a8_min_m=16))(xm), q(xm, mode))
+    dense = make_linear(q, KernelPolicy(mode="dense"))(xm)
+    assert torch.allclose(dense, torch.nn.functional.linear(xm, q.dequantized_weight(), q.bias), atol=1e-5)
+    assert torch.allclose(dense, q(xm, "w8"), atol=1e-4)
 
 
 # ----- bad input -------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimrt import models
-from slimrt.models._common import Batch, KernelPolicy
+from slimrt.models._common import Batch
+from slimrt.models.policy import KernelPolicy
 from slimrt.models.bert import pool
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
@@ -116,17 +117,23 @@ def _check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, 
 class Runner:
     """Runs an HF model object (BERT, Llama or GPT-2 family, dense or with slimrt modules swapped in).
 
-    ``policy`` picks the Int8Linear kernel per call shape (see models.KernelPolicy); ``pooling``
+    ``policy`` picks the Int8Linear kernel per call shape (see models.policy): a KernelPolicy, None
+    for the default threshold rule, or "tune" to measure this model's shapes on this machine first
+    (a few seconds; ``rt.policy.to_dict()`` keeps the result). ``pooling``
     (mean, cls, max, mean_sqrt_len) and ``max_seq_length`` apply to ``embed``.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any = None, *, policy: KernelPolicy | None = None,
+    def __init__(self, model: nn.Module, tokenizer: Any = None, *, policy: KernelPolicy | str | None = None,
                  pooling: str | None = None, max_seq_length: int | None = None) -> None:
         if pooling is not None and pooling not in POOLING_MODES:
             raise ValueError(f"Runner: pooling={pooling!r} is not one of {', '.join(POOLING_MODES)}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = model.config
+        if policy == "tune":
+            policy = models.tune(model)
+        elif policy is not None and not isinstance(policy, KernelPolicy):
+            raise ValueError(f"Runner: policy={policy!r} must be a KernelPolicy, 'tune' or None")
         self.policy = policy or KernelPolicy()
         self.lean = models.build(model, self.policy)
         self.kind: str = self.lean.kind

@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from slimrt.models import bert, gpt2, llama
-from slimrt.models._common import KernelPolicy, make_linear
+from slimrt.models._common import make_linear
+from slimrt.models.policy import KernelPolicy, tune
 
 FAMILIES = {
     **{t: llama.LlamaLean for t in llama.MODEL_TYPES},
@@ -28,4 +29,4 @@ def build(model: nn.Module, policy: KernelPolicy | None = None):
     return FAMILIES[model_type](model, policy or KernelPolicy())
 
 
-__all__ = ["FAMILIES", "KernelPolicy", "build", "make_linear"]
+__all__ = ["FAMILIES", "KernelPolicy", "build", "make_linear", "tune"]

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimrt.models._common import KernelPolicy, attention, make_linear
+from slimrt.models._common import attention, make_linear
+from slimrt.models.policy import KernelPolicy
 
 MODEL_TYPES = ("bert",)
 
