@@ -252,8 +252,9 @@ class Runner:
         lengths = [len(p) for p in prompts]
         plen, b = max(lengths), len(prompts)
         max_len = plen + max_new_tokens
-        eos_ids = torch.tensor(sorted(self._eos_ids()), dtype=torch.long) if eos else None
-        pad_id = int(eos_ids[0]) if eos_ids is not None and len(eos_ids) else 0
+        known_eos = sorted(self._eos_ids()) if eos else []
+        eos_ids = torch.tensor(known_eos, dtype=torch.long) if known_eos else None
+        pad_id = known_eos[0] if known_eos else 0
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         if stats is not None:
             stats.update(prompt_tokens=sum(lengths), new_tokens=0, prefill_s=0.0, decode_s=0.0)

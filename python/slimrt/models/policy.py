@@ -28,10 +28,12 @@ from slimrt.nn.int8_linear import Int8Linear
 
 KERNELS = ("w8", "w8a8", "dense")
 
-# Crossover measured with benchmarks/bench_runner.py --kernels (AVX-512 VNNI kernels, 2 threads,
-# Llama-style shapes 768x768 .. 32000x768): w8 wins at M <= 8, w8a8 from M = 16 on. Between, the
-# two are within noise. See benchmarks/RESULTS.md.
-W8A8_MIN_M = 16
+# Measured with benchmarks/bench_runner.py --kernels on the int8 branch's kernels (Xeon, AVX-512
+# VNNI and forced AVX2, 2 threads, Llama-style shapes 256x768 .. 32000x768, see RESULTS.md):
+# at M = 1 "w8" and "w8a8" tie within ~15% (both read one byte per weight; the call is memory
+# bound), so M = 1 takes "w8", which skips the activation rounding; from M = 2 on "w8a8" is
+# faster on every shape (1.3x at M=2 .. 3x at M=16 on VNNI, 2-3x at M >= 4 on AVX2).
+W8A8_MIN_M = 2
 
 Rules = tuple[tuple[int, str], ...]  # ((m_min, kernel), ...) ascending m_min, the first m_min is 1
 
