@@ -178,12 +178,13 @@ class Runner:
                 for r, row in enumerate(rows):
                     ids[r, :len(row)] = torch.tensor(row, dtype=torch.long)
                     mask[r, :len(row)] = 1
-                out[idx] = self.embed_ids(ids, mask, normalize)
+                out[idx] = self.embed_ids(ids, mask, normalize).cpu()
         return out
 
     def embed_ids(self, input_ids: Tensor, attention_mask: Tensor, normalize: bool = True) -> Tensor:
         """input_ids, attention_mask (B, T) -> pooled (B, C) float32."""
         with torch.inference_mode():
+            input_ids, attention_mask = input_ids.to(self.lean.device), attention_mask.to(self.lean.device)
             emb = pool(self.lean.forward(input_ids, attention_mask), attention_mask, self.pooling)
             return F.normalize(emb, dim=-1) if normalize else emb
 
@@ -253,9 +254,9 @@ class Runner:
         plen, b = max(lengths), len(prompts)
         max_len = plen + max_new_tokens
         known_eos = sorted(self._eos_ids()) if eos else []
-        eos_ids = torch.tensor(known_eos, dtype=torch.long) if known_eos else None
+        eos_ids = torch.tensor(known_eos, dtype=torch.long, device=device) if known_eos else None
         pad_id = known_eos[0] if known_eos else 0
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         if stats is not None:
             stats.update(prompt_tokens=sum(lengths), new_tokens=0, prefill_s=0.0, decode_s=0.0)
         if max_new_tokens == 0:
@@ -270,7 +271,7 @@ class Runner:
             cache = lean.new_cache(b, max_len)
             step_mask = batch.decode_mask()
             logits = lean.forward(ids, pos, cache, 0, batch.prefill_mask(), not batch.padded)  # prefill
-            finished = torch.zeros(b, dtype=torch.bool)
+            finished = torch.zeros(b, dtype=torch.bool, device=device)
         t1 = time.perf_counter()
         if stats is not None:
             stats["prefill_s"] = t1 - t0
