@@ -368,13 +368,21 @@ def test_bad_input_gives_clear_errors():
 
 def test_from_checkpoint_round_trip(tmp_path):
     checkpoint = pytest.importorskip("slimrt.checkpoint")
-    save = getattr(checkpoint, "save_model", None) or getattr(checkpoint, "save", None)
-    if save is None:
-        pytest.skip("slimrt.checkpoint has no save function yet")
-    model = to_int8(tiny_llama(8))
-    save(model, tmp_path / "ckpt")
-    rt = Runner.from_checkpoint(tmp_path / "ckpt")
-    assert rt.generate_ids(PROMPTS, NEW) == Runner(model).generate_ids(PROMPTS, NEW)
+    import slimrt
+
+    tok = byte_bpe_tokenizer()
+    for i, model in enumerate([to_int8(tiny_llama(8)), to_int8(tiny_gpt2(8))]):
+        checkpoint.save(model, tmp_path / f"ckpt{i}", tokenizer=tok)
+        rt = slimrt.load(tmp_path / f"ckpt{i}")
+        assert isinstance(rt, Runner) and rt.tokenizer is not None
+        assert rt.generate_ids(PROMPTS, NEW) == Runner(model).generate_ids(PROMPTS, NEW)
+        assert rt.generate("the runner", 8) == Runner(model, tok).generate("the runner", 8)
+    bert = tiny_bert(2)
+    checkpoint.save(bert, tmp_path / "enc", tokenizer=tok)
+    rt = Runner.from_checkpoint(tmp_path / "enc")
+    assert torch.allclose(rt.embed(["héllo wörld"]), Runner(bert, tok).embed(["héllo wörld"]), atol=1e-6)
+    with pytest.raises(ValueError, match="generate needs a decoder"):
+        rt.generate("x", 2)
 
 
 # ----- CLI ---------------------------------------------------------------------------------------------

@@ -146,9 +146,15 @@ class Runner:
         from slimrt import checkpoint
 
         loaded = checkpoint.load_model(path)
+        # Pooling and max_seq_length: a sentence-transformers layout in the directory, else the
+        # compression metadata (model.slimrt_meta, stored verbatim as slimrt.json "compression").
         meta = getattr(loaded, "meta", None) or {}
-        kwargs.setdefault("pooling", read_pooling(path) or (meta.get("pooling") if isinstance(meta, dict) else None))
-        kwargs.setdefault("max_seq_length", read_max_seq_length(path))
+        extra = meta.get("compression") if isinstance(meta, dict) else None
+        extra = extra if isinstance(extra, dict) else {}
+        pooling = read_pooling(path) or extra.get("pooling")
+        max_len = read_max_seq_length(path) or extra.get("max_seq_length")
+        kwargs.setdefault("pooling", pooling if isinstance(pooling, str) else None)
+        kwargs.setdefault("max_seq_length", max_len if isinstance(max_len, int) and max_len > 0 else None)
         return cls(loaded.model, loaded.tokenizer, **kwargs)
 
     # ----- encoders -------------------------------------------------------------------------
