@@ -91,6 +91,7 @@ def bench_generate(layers: int, prompt_len: int, new: int, reps: int, batch: int
     ids = prompt.tolist()
     rt_dense, rt_int8 = Runner(dense), Runner(int8)
     rt_tuned = Runner(int8, policy=tuned)
+    rt_all8a8, rt_all8 = Runner(int8, policy=KernelPolicy(mode="w8a8")), Runner(int8, policy=KernelPolicy(mode="w8"))
 
     def hf():
         with torch.inference_mode():
@@ -100,6 +101,8 @@ def bench_generate(layers: int, prompt_len: int, new: int, reps: int, batch: int
 
     providers = {"HF generate fp32": hf, "runner fp32": lambda: rt_dense.generate_ids(ids, new, eos=False),
                  f"runner int8 (w8a8 >= M {KernelPolicy().w8a8_min_m})": lambda: rt_int8.generate_ids(ids, new, eos=False),
+                 "runner int8 w8a8 at every M": lambda: rt_all8a8.generate_ids(ids, new, eos=False),
+                 "runner int8 w8 at every M": lambda: rt_all8.generate_ids(ids, new, eos=False),
                  "runner int8 tuned": lambda: rt_tuned.generate_ids(ids, new, eos=False)}
     times = {k: [] for k in providers}
     for k, fn in providers.items():

@@ -28,11 +28,12 @@ from slimrt.nn.int8_linear import Int8Linear
 
 KERNELS = ("w8", "w8a8", "dense")
 
-# Measured with benchmarks/bench_runner.py --kernels on the int8 branch's kernels (Xeon, AVX-512
-# VNNI and forced AVX2, 2 threads, Llama-style shapes 256x768 .. 32000x768, see RESULTS.md):
-# at M = 1 "w8" and "w8a8" tie within ~15% (both read one byte per weight; the call is memory
-# bound), so M = 1 takes "w8", which skips the activation rounding; from M = 2 on "w8a8" is
-# faster on every shape (1.3x at M=2 .. 3x at M=16 on VNNI, 2-3x at M >= 4 on AVX2).
+# Measured with benchmarks/bench_runner.py on the int8 branch's kernels (Xeon, AVX-512 VNNI, 1-2
+# threads; see RESULTS.md). At M = 1 both kernels read one byte per weight: one layer timed in a
+# loop (cache-resident) gives w8a8 5-15% ahead, but in the 12-layer decode loop, where weights
+# stream from memory, w8 at M = 1 is as fast or faster end to end (1114 vs 1160 ms for 32+64
+# tokens) and skips the activation rounding, so M = 1 takes "w8". From M = 2 on "w8a8" wins on
+# every Llama-style shape (1.2x at M=2 up to 3-4x at M=16 over w8; on forced AVX2 too).
 W8A8_MIN_M = 2
 
 Rules = tuple[tuple[int, str], ...]  # ((m_min, kernel), ...) ascending m_min, the first m_min is 1
@@ -100,17 +101,31 @@ def _median_ms(fn, reps: int) -> float:
     return ts[len(ts) // 2] * 1e3
 
 
-def measure_shape(module: Int8Linear, ms: Sequence[int], reps: int = 5) -> dict[int, dict[str, float]]:
-    """Median ms of each kernel at each M for this module's shape: {M: {kernel: ms}}."""
-    w = module.dequantized_weight()
-    b = None if module.bias is None else module.bias.float()
+def measure_shape(modules: Sequence[Int8Linear], ms: Sequence[int], reps: int = 5,
+                  rotate_bytes: int = 32 << 20) -> dict[int, dict[str, float]]:
+    """Median ms per call of each kernel at each M for one layer shape: {M: {kernel: ms}}.
+
+    Each repetition calls a run of same-shape layers in turn (up to ``rotate_bytes`` of int8
+    weights), as the decode loop does: a single layer timed in a loop stays cache-resident and
+    flatters the compute-heavier kernel, while in a real model the weights stream from memory.
+    """
+    per = modules[0].w_q.numel()
+    mods = list(modules[:max(1, min(len(modules), rotate_bytes // max(per, 1)))])
+    dense = [(m.dequantized_weight(), None if m.bias is None else m.bias.float()) for m in mods]
     out: dict[int, dict[str, float]] = {}
     with torch.inference_mode():
         for m in ms:
-            x = torch.randn(m, module.in_features, device=w.device)
-            out[m] = {"w8": _median_ms(lambda: module(x, "w8"), reps),
-                      "w8a8": _median_ms(lambda: module(x, "w8a8"), reps),
-                      "dense": _median_ms(lambda: F.linear(x, w, b), reps)}
+            x = torch.randn(m, mods[0].in_features, device=mods[0].w_q.device)
+
+            def run(kernel: str) -> None:
+                if kernel == "dense":
+                    for w, b in dense:
+                        F.linear(x, w, b)
+                else:
+                    for mod in mods:
+                        mod(x, kernel)
+
+            out[m] = {k: _median_ms(lambda: run(k), reps) / len(mods) for k in KERNELS}
     return out
 
 
@@ -136,14 +151,14 @@ def tune(model: nn.Module, ms: Sequence[int] = (1, 4, 16, 64), reps: int = 5, ma
     M values whose call would exceed ``max_flop`` (2*M*N*K) are skipped for that shape (an LM head
     never sees a large M: only the last position is projected).
     """
-    shapes: dict[tuple[int, int], Int8Linear] = {}
+    shapes: dict[tuple[int, int], list[Int8Linear]] = {}
     for mod in model.modules():
         if isinstance(mod, Int8Linear):
-            shapes.setdefault((mod.out_features, mod.in_features), mod)
+            shapes.setdefault((mod.out_features, mod.in_features), []).append(mod)
     per_shape = {}
-    for (n, k), mod in shapes.items():
+    for (n, k), mods in shapes.items():
         sizes = [m for m in ms if m == min(ms) or 2 * m * n * k <= max_flop]
-        timings = measure_shape(mod, sizes, reps)
+        timings = measure_shape(mods, sizes, reps)
         per_shape[(n, k)] = rules_from_timings(timings)
         if log is not None:
             log(f"tune {n}x{k}: " + ", ".join(
