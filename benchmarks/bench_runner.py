@@ -45,7 +45,8 @@ def median_ms(fn, reps: int) -> float:
 
 def bench_kernels(ms: list[int], reps: int) -> None:
     print("\n## Int8Linear kernels vs fp32 F.linear (median ms; ratio = fp32 / kernel, >1 is faster)")
-    print(f"{'layer':14s} {'N x K':>12s} {'M':>4s} {'fp32':>8s} {'w8':>8s} {'w8a8':>8s} {'w8 x':>6s} {'w8a8 x':>7s}  best")
+    print(f"{'layer':14s} {'N x K':>12s} {'M':>4s} {'fp32':>8s} {'w8':>8s} {'w8a8':>8s} "
+          f"{'w8 x':>6s} {'w8a8 x':>7s}  best")
     torch.manual_seed(0)
     with torch.inference_mode():
         for name, (n, k) in LLAMA_SHAPES.items():
@@ -100,7 +101,8 @@ def bench_generate(layers: int, prompt_len: int, new: int, reps: int, batch: int
         assert out.shape[1] == prompt_len + new
 
     providers = {"HF generate fp32": hf, "runner fp32": lambda: rt_dense.generate_ids(ids, new, eos=False),
-                 f"runner int8 (w8a8 >= M {KernelPolicy().w8a8_min_m})": lambda: rt_int8.generate_ids(ids, new, eos=False),
+                 f"runner int8 (w8a8 >= M {KernelPolicy().w8a8_min_m})":
+                     lambda: rt_int8.generate_ids(ids, new, eos=False),
                  "runner int8 w8a8 at every M": lambda: rt_all8a8.generate_ids(ids, new, eos=False),
                  "runner int8 w8 at every M": lambda: rt_all8.generate_ids(ids, new, eos=False),
                  "runner int8 tuned": lambda: rt_tuned.generate_ids(ids, new, eos=False)}
@@ -181,7 +183,8 @@ def main() -> None:
     print(f"# bench_runner  {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     if a.kernels or everything:
-        bench_kernels([1, 2, 4, 8, 16, 32] if a.quick else [1, 2, 4, 8, 16, 32, 64, 128], a.reps or (5 if a.quick else 20))
+        bench_kernels([1, 2, 4, 8, 16, 32] if a.quick else [1, 2, 4, 8, 16, 32, 64, 128],
+                      a.reps or (5 if a.quick else 20))
     if a.generate or everything:
         bench_generate(2 if a.quick else 12, 32, 16 if a.quick else 64, a.reps or (2 if a.quick else 3), a.batch)
     if a.embed or everything:

@@ -20,7 +20,8 @@ def build(model: nn.Module, policy: KernelPolicy | None = None):
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in FAMILIES:
-        raise ValueError(f"Runner: model_type={model_type!r} is not supported; supported: {', '.join(sorted(FAMILIES))}")
+        raise ValueError(f"Runner: model_type={model_type!r} is not supported; "
+                         f"supported: {', '.join(sorted(FAMILIES))}")
     if model_type in ("llama", "mistral", "qwen2", "qwen3") and not hasattr(model, "lm_head"):
         raise ValueError(f"Runner: a {model_type} model needs its LM head (a *ForCausalLM class), "
                          f"got {type(model).__name__}")

@@ -31,9 +31,10 @@ KERNELS = ("w8", "w8a8", "dense")
 # Measured with benchmarks/bench_runner.py on the int8 branch's kernels (Xeon, AVX-512 VNNI, 1-2
 # threads; see RESULTS.md). At M = 1 both kernels read one byte per weight: one layer timed in a
 # loop (cache-resident) gives w8a8 5-15% ahead, but in the 12-layer decode loop, where weights
-# stream from memory, w8 at M = 1 is as fast or faster end to end (1114 vs 1160 ms for 32+64
-# tokens) and skips the activation rounding, so M = 1 takes "w8". From M = 2 on "w8a8" wins on
-# every Llama-style shape (1.2x at M=2 up to 3-4x at M=16 over w8; on forced AVX2 too).
+# stream from memory, the two tie end to end (w8 vs w8a8 at M = 1: 1114 vs 1160 ms and 994 vs
+# 970 ms in two runs of 32+64 tokens), so M = 1 takes "w8", which skips the activation rounding
+# at no measurable cost. From M = 2 on "w8a8" wins on every Llama-style shape (1.2x at M=2 up to
+# 3-4x at M=16 over w8; on forced AVX2 too).
 W8A8_MIN_M = 2
 
 Rules = tuple[tuple[int, str], ...]  # ((m_min, kernel), ...) ascending m_min, the first m_min is 1
@@ -129,18 +130,24 @@ def measure_shape(modules: Sequence[Int8Linear], ms: Sequence[int], reps: int = 
     return out
 
 
-def rules_from_timings(timings: Mapping[int, Mapping[str, float]], dense_margin: float = 0.9) -> Rules:
-    """The fastest kernel per measured M as rules; dense only if it beats both int8 kernels by
-    ``1 - dense_margin`` (it costs a 4-byte copy of the weight). M between two measured points
-    takes the kernel of the lower one."""
+def rules_from_timings(timings: Mapping[int, Mapping[str, float]], margin: float = 0.9) -> Rules:
+    """Rules from measured {M: {kernel: ms}}: the fastest int8 kernel per M, with hysteresis.
+
+    Going from one measured M to the next keeps the previous kernel unless another is faster by
+    ``1 - margin`` (near-ties are noise, and a flip-flopping table is worse than either kernel);
+    dense is taken only if it beats both int8 kernels by that margin (it costs a 4-byte copy of
+    the weight). M between two measured points takes the kernel of the lower one.
+    """
     rules: list[tuple[int, str]] = []
-    for i, m in enumerate(sorted(timings)):
+    for m in sorted(timings):
         t = timings[m]
         best = min(("w8", "w8a8"), key=lambda k: t[k])
-        if t["dense"] < dense_margin * t[best]:
+        if rules and rules[-1][1] in ("w8", "w8a8") and t[best] >= margin * t[rules[-1][1]]:
+            best = rules[-1][1]
+        if t["dense"] < margin * t[best]:
             best = "dense"
         if not rules or rules[-1][1] != best:
-            rules.append((1 if i == 0 else m, best))
+            rules.append((1 if not rules else m, best))
     return tuple(rules)
 
 
