@@ -22,7 +22,10 @@ class Int8Linear(nn.Module):
     ``forward(x, mode=None)`` lets a runner choose per call shape; the default is the module's mode.
 
     State: w_q (N, K) int8, w_scale (N,) float32, bias (N,) float or None. A packed copy of w_q for
-    the device's kernel is made once (non-persistent: never written to a checkpoint).
+    the device's kernel is made once (non-persistent: never written to a checkpoint); on CPU it is the
+    ISA-independent VNNI layout of csrc/int8_gemm/int8_gemm.h (16-column panels x 4-deep k groups +
+    column sums), so one packed module serves every SLIMRT_ISA path.
+
     Optional ``smooth`` (K,) float32 (SmoothQuant-style migration, made by slimrt.compress): x is
     multiplied by it before quantization and W was divided by it before quantizing, so
     y = (x * smooth) @ (W / smooth).T: activation outlier channels shrink, the weight absorbs them.
