@@ -40,7 +40,18 @@ from slimrt.runner import Runner  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- quality_distill:begin -->", "<!-- quality_distill:end -->"
-RECIPES = ("w8a8", "lowrank-0.5", "lowrank-0.5+w8")
+RECIPES = ("w8a8", "lowrank-0.5", "lowrank-0.5+w8", "prune heads 50%")
+
+
+def recipe_for(name: str):
+    """The recipe behind a table row name, or None when its method is not registered here."""
+    from slimrt.compress import METHODS
+
+    if name == "prune heads 50%":
+        if "prune_heads" not in METHODS:
+            return None
+        return slimrt.Recipe(methods=("prune_heads",), params={"prune_heads": {"fraction": 0.5}})
+    return PRESETS.get(name)
 
 
 def embed_timed(model, tok, ids, mask, batch_size: int) -> tuple[torch.Tensor, float]:
@@ -70,9 +81,7 @@ def write_results(rows: list[dict], info: dict, args: argparse.Namespace, second
     body = [[r["model"], r["stage"], f"{r['params_M']:.2f}", f"{r['MB']:.1f}", f"{r['sent_s']:.1f}",
              f"{r['speed_vs_fp32']:.2f}", f"{r['cos_min']:.4f}", f"{r['cos_mean']:.4f}", f"{r['top5']:.3f}"]
             for r in rows]
-    missing = [r for r in RECIPES if r not in PRESETS]
-    if not any(n.startswith("prune") for n in PRESETS):
-        missing.append("prune heads 50%")
+    missing = [r for r in RECIPES if recipe_for(r) is None]
     text = "\n".join([
         BEGIN,
         "## Quality and distillation (MiniLM, benchmarks/bench_quality_distill.py)",
@@ -126,10 +135,11 @@ def main() -> None:
     ref_emb, fp32_rate = embed_timed(teacher, tok, ids, mask, 16)
     rows = [row("fp32", "reference", teacher, ref_emb, tok, ids, mask, fp32_rate)]
     variants = []
-    for name in RECIPES + tuple(sorted(n for n in PRESETS if n.startswith("prune"))):
-        if name in PRESETS:
-            variants.append((name, lambda name=name: slimrt.compress(
-                load_hf(src)[0], name, calibration=[calib[i:i + 8] for i in range(0, 64, 8)], tokenizer=tok,
+    for name in RECIPES:
+        recipe = recipe_for(name)
+        if recipe is not None:  # calibration: 64 calibration paragraphs (whitened low-rank, pruning scores)
+            variants.append((name, lambda recipe=recipe: slimrt.compress(
+                load_hf(src)[0], recipe, calibration=[calib[i:i + 8] for i in range(0, 64, 8)], tokenizer=tok,
                 progress=False), args.lr))
     variants.append(("3-layer student", lambda: drop_layers(teacher, "every-other"), args.student_lr))
     for name, build, lr in variants:
