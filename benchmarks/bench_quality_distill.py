@@ -145,7 +145,7 @@ def main() -> None:
     for name, build, lr in variants:
         t0 = time.perf_counter()
         model = build()
-        rows.append(row(name, "compressed", model, ref_emb, tok, ids, mask, fp32_rate))
+        rows.append(row(name, "before distill", model, ref_emb, tok, ids, mask, fp32_rate))
         rec = slimrt.distill(model, teacher, calib, steps=args.steps, lr=lr, seed=0, tokenizer=tok,
                              batch_size=args.batch_size, max_tokens=args.distill_tokens)
         rows.append(row(name, f"+ distill {args.steps}", model, ref_emb, tok, ids, mask, fp32_rate))
