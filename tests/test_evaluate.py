@@ -196,7 +196,7 @@ def test_cli_compress_gate_refuses_rank1(hf_dir, tmp_path, capsys):
 
     if "lowrank" not in METHODS:
         pytest.skip("the lowrank compressor is not on this branch yet")
-    bad = _recipe_file(tmp_path, {"methods": ["lowrank"], "params": {"lowrank": {"rank": 1, "method": "plain"}}})
+    bad = _recipe_file(tmp_path, {"methods": ["lowrank"], "params": {"lowrank": {"rank": 1, "method": "svd"}}})
     out = tmp_path / "ck"
     assert _compress(hf_dir, out, bad, "--min-cosine", "0.9") == 3
     assert not out.exists()
