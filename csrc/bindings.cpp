@@ -80,6 +80,15 @@ PYBIND11_MODULE(_C, m) {
                    ptr<const int8_t>(b_packed), ptr<const float>(b_scale), ptr<const float>(bias), ptr<void>(out),
                    static_cast<OutType>(out_dt), ldc, M, N, K, nt);
   });
+  // int8_w8a8_linear: quantize_per_token(x) then int8_gemm, in one call (the W8A8 decode path).
+  m.def("int8_w8a8_linear", [](uintptr_t x, int x_dt, int64_t ldx, uintptr_t b, int64_t ldb, uintptr_t b_packed,
+                               uintptr_t b_scale, uintptr_t bias, uintptr_t out, int out_dt, int64_t ldc, int64_t M,
+                               int64_t N, int64_t K, int nt) {
+    py::gil_scoped_release nogil;
+    int8_w8a8_linear(ptr<const void>(x), static_cast<DType>(x_dt), ldx, ptr<const int8_t>(b), ldb,
+                     ptr<const int8_t>(b_packed), ptr<const float>(b_scale), ptr<const float>(bias), ptr<void>(out),
+                     static_cast<OutType>(out_dt), ldc, M, N, K, nt);
+  });
   // probe_int8_peak: int8 ops/s of a register-only vpdpbusd loop on num_threads threads.
   m.def("probe_int8_peak", [](int nt, double seconds) {
     py::gil_scoped_release nogil;

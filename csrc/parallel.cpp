@@ -88,11 +88,14 @@ class Pool {
         if (stop_) return;
         seen = generation_;
         task = task_;
+        // Woken after the run it was woken for had already finished: touching next_ now could
+        // steal an index from the next run (which would then wait for it forever).
+        if (task == nullptr) continue;
         active_.fetch_add(1, std::memory_order_acq_rel);
       }
       for (;;) {
         int i = next_.fetch_add(1);
-        if (task == nullptr || i >= ntasks_) break;
+        if (i >= ntasks_) break;
         try {
           (*task)(i);
         } catch (...) {

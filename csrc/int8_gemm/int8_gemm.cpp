@@ -143,4 +143,15 @@ void int8_w8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, int
     avx2::int8_w8_linear_packed(x, x_dt, ldx, b_packed, b_scale, bias, out, out_dt, ldc, M, N, K, num_threads);
 }
 
+void int8_w8a8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, int64_t ldb, const int8_t* b_packed,
+                      const float* b_scale, const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M,
+                      int64_t N, int64_t K, int num_threads) {
+  check_common("int8_linear", M, N, K);
+  SLIMRT_CHECK(out_dt != OutType::I32, "int8_linear: the output is float");
+  std::vector<int8_t> q(static_cast<size_t>(M * K));  // (M, K) per-token int8 activations
+  std::vector<float> scale(static_cast<size_t>(M));
+  if (K > 0) quantize_per_token(x, x_dt, M, K, ldx, q.data(), scale.data(), num_threads);
+  int8_gemm(q.data(), K, b, ldb, b_packed, scale.data(), b_scale, bias, out, out_dt, ldc, M, N, K, num_threads);
+}
+
 }  // namespace slimrt

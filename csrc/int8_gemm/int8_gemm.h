@@ -52,6 +52,12 @@ void int8_w8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, int
                     const float* b_scale, const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M,
                     int64_t N, int64_t K, int num_threads);
 
+// int8_w8a8_linear: quantize_per_token(x) into a scratch buffer, then int8_gemm: one call from
+// Python on the decode path instead of two plus two tensor allocations.
+void int8_w8a8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, int64_t ldb, const int8_t* b_packed,
+                      const float* b_scale, const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M,
+                      int64_t N, int64_t K, int num_threads);
+
 // Per-ISA paths. The scalar path reads b unpacked; the vector paths read the packed layout.
 namespace ref {
 void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t ldx, int8_t* q,

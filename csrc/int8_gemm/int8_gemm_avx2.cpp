@@ -139,7 +139,7 @@ void int8_gemm_packed(const int8_t* a, int64_t lda, const int8_t* packed, const 
   }
   Gemm g{a16.data(), k_pad, k_pad / 4, packed + kPackHeader, a_scale, b_scale, bias, out, out_dt, ldc, N};
   const int64_t n8 = div_up(N, 8);
-  const int64_t mb = std::min<int64_t>(round_up(M, kMR), 64);
+  const int64_t mb = round_up(div_up(M, div_up(M, 64)), kMR);  // equal-height row blocks
   const int64_t m_blocks = div_up(M, mb);
   parallel_for(n8 * m_blocks, num_threads, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {

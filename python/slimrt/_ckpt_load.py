@@ -139,6 +139,12 @@ def _swap_modules(model: nn.Module, modules: dict[str, Any]) -> dict[str, nn.Mod
         except Exception as e:  # hostile configs land here: the constructor rejects them, we name the layer
             raise CheckpointError(f"{M.META_NAME}: field 'modules.{name}.config' does not build a "
                                   f"{entry['type']}: {type(e).__name__}: {e}") from None
+        old = parent._modules[leaf]
+        for attr in ("in_features", "out_features"):  # the layer it replaces fixes its interface
+            a, b = getattr(old, attr, None), getattr(new, attr, None)
+            if isinstance(a, int) and isinstance(b, int) and a != b:
+                raise CheckpointError(f"{M.META_NAME}: field 'modules.{name}.config' gives {attr}={b} but the "
+                                      f"model's layer '{name}' has {attr}={a}")
         setattr(parent, leaf, new)
         swapped[name] = new
     from slimrt._skeleton import SlimrtPlaceholder
@@ -239,7 +245,10 @@ def assemble(meta: dict[str, Any], tensors: dict[str, torch.Tensor],
         src = model.get_submodule(src_mod)
         _set_tensor(model, alias, src._parameters.get(src_leaf, src._buffers.get(src_leaf)))
     for name, mod in model.named_modules():
-        if hasattr(mod, "repack") and any(b.device.type == "meta" for b in mod.buffers(recurse=False)):
+        # Rebuild derived state (packed weights): Int8Linear does it in its load_state_dict post hook;
+        # modules without such a hook, or still holding meta buffers, are repacked here.
+        if callable(getattr(mod, "repack", None)) and (not mod._load_state_dict_post_hooks
+                                                       or any(b.device.type == "meta" for b in mod.buffers())):
             mod.repack()
         check = getattr(mod, "slimrt_validate", None)  # module-specific invariants (e.g. sparse layouts)
         if callable(check):

@@ -178,6 +178,8 @@ def validate(meta: dict[str, Any]) -> dict[str, Any]:
     if entropy not in (None, "zstd"):
         raise CheckpointError(f"{META_NAME}: field 'entropy' is {entropy!r}, not null or 'zstd'")
     encoded = _field(meta, "encoded", dict, "", optional=True) or {}
+    if encoded and entropy is None:
+        raise CheckpointError(f"{META_NAME}: field 'encoded' lists entropy-coded tensors but 'entropy' is null")
     for name, spec in encoded.items():
         where = f"encoded.{name}"
         if not isinstance(spec, dict):

@@ -24,6 +24,7 @@ from slimrt.errors import CheckpointError
 FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                 "float64": torch.float64}
 MAX_DEPTH = 8  # nested nn.Sequential levels accepted when loading
+_ATTN = ("eager", "sdpa")  # attention implementations restored on load (others need extra kernels)
 
 
 class SlimrtPlaceholder(nn.Identity):
@@ -91,6 +92,8 @@ def describe_model(model: nn.Module, slimrt_types: tuple[type, ...]) -> dict[str
         section: dict[str, Any] = {"kind": "hf", "architecture": arch,
                                    "config": json.loads(model.config.to_json_string(use_diff=False)),
                                    "dtype": _dtype_name(model.dtype)}
+        attn = getattr(model.config, "_attn_implementation", None)  # eager vs sdpa changes the last bits
+        section["attn_implementation"] = attn if attn in _ATTN else None
         gen = getattr(model, "generation_config", None)
         section["generation_config"] = json.loads(gen.to_json_string(use_diff=False)) if gen is not None else None
         return section
@@ -230,11 +233,14 @@ def _build_hf(section: dict[str, Any], n_tensors: int) -> tuple[nn.Module, Any]:
         cfg["use_pretrained_backbone"] = False  # building the skeleton must never fetch weights
     try:
         config = cls.config_class.from_dict(cfg)
+        attn = section.get("attn_implementation")
+        kwargs = {"attn_implementation": attn} if attn in _ATTN else {}
         with torch.device("meta"):
-            model = cls._from_config(config, dtype=dtype)
+            model = cls._from_config(config, dtype=dtype, **kwargs)
     except Exception as e:  # a config that transformers rejects is a bad checkpoint, named as such
         raise CheckpointError(f"slimrt.json: field 'model.config' does not build a {arch}: "
                               f"{type(e).__name__}: {e}") from None
+    _apply_resized(model, cfg.get("slimrt_resized"))
     gen = section.get("generation_config")
     if isinstance(gen, dict) and getattr(model, "generation_config", None) is not None:
         try:
@@ -242,3 +248,36 @@ def _build_hf(section: dict[str, Any], n_tensors: int) -> tuple[nn.Module, Any]:
         except Exception as e:
             raise CheckpointError(f"slimrt.json: field 'model.generation_config' is invalid: {e}") from None
     return model, config
+
+
+# ---- structured pruning (slimrt.compress.prune) ----
+
+def _apply_resized(model: nn.Module, resized: Any) -> None:
+    """Shrinks the skeleton's pruned nn.Linear layers to the shapes recorded in the config's
+    ``slimrt_resized`` {layer name: [out_features, in_features]}. Only existing nn.Linear layers can
+    be named and they can only shrink, so a hostile entry cannot allocate or reach anything else."""
+    if resized is None:
+        return
+    where = "model.config.slimrt_resized"
+    if not isinstance(resized, dict):
+        raise CheckpointError(f"slimrt.json: field '{where}' must be an object {{layer: [out, in]}}")
+    for name, shape in sorted(resized.items()):
+        if not (isinstance(shape, list) and len(shape) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
+            raise CheckpointError(f"slimrt.json: field '{where}.{name}' must be [out_features, in_features] with "
+                                  f"positive integers, got {shape!r}")
+        parent_name, _, leaf = name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_name)
+        except AttributeError:
+            parent = None
+        old = None if parent is None else parent._modules.get(leaf)
+        if type(old) is not nn.Linear:
+            raise CheckpointError(f"slimrt.json: field '{where}' names {name!r}, which is not an nn.Linear layer "
+                                  "of the model")
+        out_f, in_f = shape
+        if out_f > old.out_features or in_f > old.in_features:
+            raise CheckpointError(f"slimrt.json: field '{where}.{name}' is {shape}, larger than the layer's "
+                                  f"[{old.out_features}, {old.in_features}]; pruning only shrinks layers")
+        with torch.device("meta"):
+            parent._modules[leaf] = nn.Linear(in_f, out_f, bias=old.bias is not None, dtype=old.weight.dtype)

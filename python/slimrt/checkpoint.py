@@ -30,6 +30,7 @@ its message becomes a CheckpointError naming the layer (e.g. block-sparse layout
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -37,7 +38,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -69,10 +70,24 @@ class LoadedCheckpoint:
     meta: dict[str, Any]
 
 
+@contextlib.contextmanager
+def _located(root: str) -> Iterator[None]:
+    """Puts the checkpoint directory into error messages that name only a file inside it."""
+    try:
+        yield
+    except CheckpointError as e:
+        msg = str(e)
+        if root in msg:
+            raise
+        raise CheckpointError(os.path.join(root, msg) if msg.startswith((M.META_NAME, M.TENSORS_NAME))
+                              else f"{root}: {msg}") from None
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The validated slimrt.json of a checkpoint (no tensor is read)."""
     root = check_directory(path)
-    return M.loads(read_file(root, M.META_NAME, M.META_CAP))
+    with _located(root):
+        return M.loads(read_file(root, M.META_NAME, M.META_CAP))
 
 
 def load_model(path: str | os.PathLike, model: nn.Module | None = None,
@@ -83,21 +98,22 @@ def load_model(path: str | os.PathLike, model: nn.Module | None = None,
     place). The returned model is in eval mode on ``device``, with ``model.slimrt_meta`` restored.
     """
     root = check_directory(path)
-    meta = M.loads(read_file(root, M.META_NAME, M.META_CAP))
-    tensors = read_model_tensors(root, meta)
-    other_files = {}
-    for name, digest in sorted(meta["files"].items()):
-        if name != M.TENSORS_NAME:
-            data = read_file(root, name, 1 << 31)
-            if hashlib.sha256(data).hexdigest() != digest:
-                raise CheckpointError(f"{name} in {root}: sha256 checksum mismatch (corrupt or modified file)")
-            other_files[name] = data
-    model, config = assemble(meta, tensors, model)
-    model.eval()
-    if torch.device(device).type != "cpu":
-        model.to(device)
-    model.slimrt_meta = meta.get("compression")
-    tokenizer = _load_tokenizer(meta, other_files) if meta.get("tokenizer") else None
+    with _located(root):
+        meta = M.loads(read_file(root, M.META_NAME, M.META_CAP))
+        tensors = read_model_tensors(root, meta)
+        other_files = {}
+        for name, digest in sorted(meta["files"].items()):
+            if name != M.TENSORS_NAME:
+                data = read_file(root, name, 1 << 31)
+                if hashlib.sha256(data).hexdigest() != digest:
+                    raise CheckpointError(f"{name} in {root}: sha256 checksum mismatch (corrupt or modified file)")
+                other_files[name] = data
+        model, config = assemble(meta, tensors, model)
+        model.eval()
+        if torch.device(device).type != "cpu":
+            model.to(device)
+        model.slimrt_meta = meta.get("compression")
+        tokenizer = _load_tokenizer(meta, other_files) if meta.get("tokenizer") else None
     return LoadedCheckpoint(model=model, tokenizer=tokenizer, config=config, meta=meta)
 
 
@@ -158,7 +174,7 @@ def nonpersistent_buffers(model: nn.Module, slim: dict[str, nn.Module]) -> list[
 
 
 def _collect_tensors(model: nn.Module, slim: dict[str, nn.Module]) -> tuple[dict[str, torch.Tensor], list, list]:
-    """(tensors to store, tied [stored, alias] pairs, names of stored non-persistent buffers)."""
+    """(tensors to store, tied [stored, alias] pairs, names of the non-persistent buffers saved)."""
     named = list(model.state_dict().items())
     buffers = nonpersistent_buffers(model, slim)
     tensors: dict[str, torch.Tensor] = {}
@@ -184,7 +200,7 @@ def _collect_tensors(model: nn.Module, slim: dict[str, nn.Module]) -> tuple[dict
             t = t.contiguous().clone()  # views and partial overlaps are stored as independent copies
         storages.add(t.untyped_storage().data_ptr())
         tensors[name] = t
-    return tensors, tied, [n for n, _ in buffers if n in tensors]
+    return tensors, tied, [n for n, _ in buffers]
 
 
 def _encode_zstd(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
@@ -205,6 +221,8 @@ def _encode_zstd(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
 
 
 def _fsync_path(path: str, directory: bool = False) -> None:
+    if directory and not hasattr(os, "O_DIRECTORY"):
+        return  # Windows cannot open (or fsync) a directory
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
         os.fsync(fd)
@@ -261,13 +279,28 @@ def _commit(tmp: str, target: str) -> None:
     _fsync_path(parent, directory=True)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask is racy with threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _check_target(target: str, overwrite: bool) -> None:
     if not os.path.lexists(target):
         return
     if not overwrite:
         raise CheckpointExistsError(f"save: {target} already exists; pass overwrite=True to replace it")
     if os.path.islink(target) or not os.path.isdir(target):
-        raise CheckpointExistsError(f"save: {target} exists and is not a directory; refusing to replace it")
+        raise CheckpointExistsError(f"save: {target} exists and is a symlink or not a directory; "
+                                    "refusing to replace it")
     if os.listdir(target) and not os.path.isfile(os.path.join(target, M.META_NAME)):
         raise CheckpointExistsError(f"save: {target} is a non-empty directory without {M.META_NAME}; "
                                     "refusing to replace something that is not a slimrt checkpoint")
@@ -312,11 +345,13 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
+        umask = _umask()
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a checkpoint gets the usual permissions
         files: dict[str, str] = {}
         if tokenizer is not None:
+            if not callable(getattr(tokenizer, "save_pretrained", None)):
+                raise TypeError(f"save: tokenizer must be a transformers tokenizer (with save_pretrained), "
+                                f"got {type(tokenizer).__name__}")
             tokenizer.save_pretrained(tmp)
             names = sorted(str(p.relative_to(tmp).as_posix()) for p in Path(tmp).rglob("*") if p.is_file())
             for name in names:

@@ -3,7 +3,7 @@
 A calibration iterable yields batches of one of these kinds:
   - a token id tensor (B, T) or (T,): called as ``model(batch)`` (input_ids is the first argument
     of every HF model; a plain nn.Module gets its input tensor the same way);
-  - a dict of tensors, e.g. {"input_ids": ..., "attention_mask": ...}: called as ``model(**batch)``;
+  - a dict of tensors (or a tokenizer's BatchEncoding), e.g. {"input_ids": ..., "attention_mask": ...}: called as ``model(**batch)``;
   - a string or a list of strings: tokenized with ``tokenizer`` (required) and called as a dict.
 Padding tokens are seen by the hooks like any other token: their activations are real values the
 layers produce, and a max over them only makes the statistics slightly more conservative.
@@ -11,7 +11,7 @@ layers produce, and a max over them only makes the statistics slightly more cons
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -37,7 +37,7 @@ def _batch_inputs(batch: Any, tokenizer: Any, device: torch.device) -> list[tupl
         return [((), {k: v.to(device) for k, v in enc.items()})]
     if isinstance(batch, Tensor):
         return [((batch.to(device),), {})]
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):  # a dict or a tokenizer's BatchEncoding
         return [((), {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()})]
     raise ValueError(f"compress: a calibration batch must be a token id tensor, a dict of tensors, a string or "
                      f"a list of strings; got {type(batch).__name__}")

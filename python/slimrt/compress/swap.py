@@ -46,6 +46,15 @@ class Context:
     params: dict[str, Any]
     # Per module name: max |x| over every calibration token, per input channel, (K,) float32.
     act_amax: dict[str, Tensor] = field(default_factory=dict)
+    # For structural methods (pruning), which change several sibling layers and gather their own
+    # statistics: the model being compressed, the calibration data (or None), and a scratch dict
+    # the method may fill once and reuse across its convert() calls.
+    model: nn.Module | None = None
+    calibration: Iterable[Any] | None = None
+    tokenizer: Any = None
+    # Whatever a method's ``prepare`` computed for all its layers at once (e.g. lowrank's model-wide
+    # rank plan), keyed by method name.
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,10 @@ class Method:
     convert: Callable[[str, nn.Module, Context], tuple[nn.Module, dict[str, Any]]]
     params: dict[str, tuple[type, Any, Callable[[Any], str | None] | None]] = field(default_factory=dict)
     needs_calibration: Callable[["Recipe"], bool] = lambda recipe: False
+    # Optional: prepare(model, todo, ctx, calibration, tokenizer, progress) runs once before the layers
+    # are converted, for methods that decide across layers (lowrank spreads one parameter budget)
+    # or need statistics other than act_amax (lowrank's input Gram matrices).
+    prepare: Callable[..., None] | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -184,16 +197,21 @@ def swap(model: nn.Module, recipe: "Recipe", calibration: Iterable[Any] | None =
 
     rows: list[dict[str, Any]] = []
     fallbacks: dict[str, str] = {}
+    if calibration is not None and not any(METHODS[m].needs_calibration(recipe) for m in recipe.methods):
+        log.info("calibration data is not used by this recipe (%s)", ", ".join(recipe.methods))
     for method_name in recipe.methods:
         method = METHODS[method_name]
         todo = candidates(model, recipe, method)
-        ctx = Context(recipe=recipe, params=dict(recipe.params.get(method_name, {})))
+        ctx = Context(recipe=recipe, params=dict(recipe.params.get(method_name, {})), model=model,
+                      calibration=calibration, tokenizer=tokenizer)
         if method.needs_calibration(recipe) and todo:
             if calibration is None:
                 raise ValueError(f"compress: method {method_name!r} with this recipe needs calibration data "
                                  "(smoothquant=True); pass calibration=[batches]")
             ctx.act_amax = calib.collect_input_amax(model, [m for _, m in todo], [n for n, _ in todo],
                                                     calibration, tokenizer, progress=progress)
+        if method.prepare is not None and todo:
+            method.prepare(model, todo, ctx, calibration, tokenizer, progress)
         shared = _shared_params(model)
         bar = tqdm(todo, desc=f"slimrt {method_name}", unit="layer", disable=not progress, leave=False)
         for name, module in bar:

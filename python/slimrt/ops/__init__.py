@@ -54,6 +54,11 @@ def backend() -> dict[str, str]:
 
 _register()
 
+# Resolved OpOverloads for the int8 decode path: calling ``torch.ops.slimrt.x.default`` skips the
+# overload-packet lookup (a few us per call; see the overhead table of benchmarks/bench_int8_gemm.py).
+_INT8_LINEAR = torch.ops.slimrt.int8_linear.default
+_INT8_WEIGHT_ONLY_LINEAR = torch.ops.slimrt.int8_weight_only_linear.default
+
 
 def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
     """x (..., K) float -> (x_q (..., K) int8, x_scale (...) float32). See reference.quantize_per_token."""
@@ -79,13 +84,13 @@ def int8_pack_weight(w_q: Tensor) -> Tensor:
 def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None = None,
                 w_packed: Tensor | None = None) -> Tensor:
     """W8A8 linear with dynamic per-token activation quantization. See reference.int8_linear."""
-    return torch.ops.slimrt.int8_linear(x, w_q, w_scale, bias, w_packed)
+    return _INT8_LINEAR(x, w_q, w_scale, bias, w_packed)
 
 
 def int8_weight_only_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None = None,
                             w_packed: Tensor | None = None) -> Tensor:
     """Float activations times int8 weights dequantized on the fly. See reference.int8_weight_only_linear."""
-    return torch.ops.slimrt.int8_weight_only_linear(x, w_q, w_scale, bias, w_packed)
+    return _INT8_WEIGHT_ONLY_LINEAR(x, w_q, w_scale, bias, w_packed)
 
 
 def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:

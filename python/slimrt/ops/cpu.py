@@ -120,31 +120,43 @@ def _bias32(bias: Tensor | None) -> Tensor | None:
     return _vec(bias) if bias.dtype == torch.float32 else bias.float().contiguous()
 
 
+_ACT = (torch.float32, torch.bfloat16)
+
+
+def _linear_args_ok(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, n: int, k: int) -> bool:
+    """True for the common well-formed call (one pass of cheap attribute reads); any other call goes
+    through reference._check_linear, which raises the one-sentence error or accepts it."""
+    return (x.dtype in _ACT and w_q.dtype == torch.int8 and w_scale.dtype == torch.float32 and x.dim() >= 1
+            and x.shape[-1] == k and w_scale.shape == (n,) and x.is_cpu and w_q.is_cpu and w_scale.is_cpu
+            and not x.requires_grad
+            and (bias is None or (bias.dtype == torch.float32 and bias.shape == (n,) and bias.is_cpu
+                                  and not bias.requires_grad)))
+
+
 def _linear(op: str, x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Tensor | None,
             weight_only: bool) -> Tensor:
-    reference._check_linear(op, x, w_q, w_scale, bias)
-    k = x.shape[-1]
-    n = w_q.shape[0]
-    packed = _packed_ptr(op, w_packed, n, k)
+    # Decode-path budget: every line here costs ~0.1-1 us, about what the kernel itself takes at M = 1.
+    if w_q.dim() != 2 or not _linear_args_ok(x, w_q, w_scale, bias, w_q.shape[0], w_q.shape[1]):
+        reference._check_linear(op, x, w_q, w_scale, bias)
+    n, k = w_q.shape
+    if w_packed is not None and w_packed.dtype == torch.int8 and w_packed.is_cpu and w_packed.is_contiguous() \
+            and w_packed.numel() == packed_size(n, k):
+        packed = w_packed.data_ptr()  # the common case, checked in one pass; C++ checks the header
+    else:
+        packed = _packed_ptr(op, w_packed, n, k)
     x2 = x if x.dim() == 2 else x.reshape(math.prod(x.shape[:-1]), k)  # (M, K)
-    x2 = _mat(x2)
+    if not x2.is_contiguous():
+        x2 = _mat(x2)
+    w2 = w_q if w_q.is_contiguous() else _mat(w_q)
     m = x2.shape[0]
     out = torch.empty((m, n), dtype=x.dtype)
     if m and n:
-        ext = _native.load()
-        nt = torch.get_num_threads()
-        w2 = _mat(w_q)
         b32 = _bias32(bias)
-        if weight_only:
-            ext.int8_w8_linear(x2.data_ptr(), _DT[x.dtype], _ld(x2), w2.data_ptr(), _ld(w2), packed,
-                               _vec(w_scale).data_ptr(), _ptr(b32), out.data_ptr(), _OUT_DT[x.dtype], n, m, n, k, nt)
-        else:
-            x_q = torch.empty((m, k), dtype=torch.int8)  # (M, K) per-token int8 activations
-            x_s = torch.empty((m,), dtype=torch.float32)
-            if k:
-                ext.quantize_per_token(x2.data_ptr(), _DT[x.dtype], m, k, _ld(x2), x_q.data_ptr(), x_s.data_ptr(), nt)
-            ext.int8_gemm(x_q.data_ptr(), k, w2.data_ptr(), _ld(w2), packed, x_s.data_ptr(), _vec(w_scale).data_ptr(),
-                          _ptr(b32), out.data_ptr(), _OUT_DT[x.dtype], n, m, n, k, nt)
+        ws = _vec(w_scale)  # bound to a name: a temporary copy must outlive the C call
+        ext = _native.load()
+        fn = ext.int8_w8_linear if weight_only else ext.int8_w8a8_linear
+        fn(x2.data_ptr(), _DT[x.dtype], _ld(x2), w2.data_ptr(), _ld(w2), packed, ws.data_ptr(),
+           0 if b32 is None else b32.data_ptr(), out.data_ptr(), _OUT_DT[x.dtype], n, m, n, k, torch.get_num_threads())
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
 
 
