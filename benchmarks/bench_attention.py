@@ -7,20 +7,15 @@ the ratio is SDPA time / slimrt time (> 1: slimrt faster). SDPA always does the 
 so the 10% rows measure how much skipping blocks buys; the 100% rows measure the kernel itself.
 Rate = useful GFLOP/s = 4 * Hq * allowed_pairs * D / time.
 
-    python benchmarks/bench_attention.py [--quick] [--reps N] [--csv out.csv]
+    python benchmarks/bench_attention.py [--quick] [--reps N] [--threads N] [--csv out.csv]
+    slimrt bench attention --quick
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,36 +23,10 @@ import torch.nn.functional as F
 import slimrt
 from slimrt.attention import causal_mask, full_mask, sliding_window_mask
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Csv, machine_info, machine_str, markdown_table, time_fn, time_interleaved  # noqa: E402
+
 HQ, D, BLOCK = 8, 64, 64
-
-
-def timeit(fn, reps: int) -> float:
-    """Median wall time of fn() in ms, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cpus, {torch.get_num_threads()} threads, isa={slimrt.info()['isa']}"
-
-
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def make_mask(mode: str, density: int, length: int):
@@ -90,28 +59,36 @@ def run_case(mode: str, hkv: int, length: int, density: int, reps: int) -> dict:
 
     with torch.inference_mode():
         err = (sdpa() - ours()).abs().max().item()
-        t_sdpa = timeit(sdpa, reps)
-        t_ours = timeit(ours, reps)
-    flop = 4 * HQ * pairs * D
-    return {"mode": mode, "hkv": hkv, "L": length, "density": density, "real_density": pairs / (lq * length),
-            "sdpa_ms": t_sdpa, "slimrt_ms": t_ours, "ratio": t_sdpa / t_ours,
-            "slimrt_gflops": flop / t_ours / 1e6, "max_abs_diff": err}
+        if mode == "prefill":  # round-robin: noise on a shared machine hits both providers alike
+            t = time_interleaved({"sdpa": sdpa, "slimrt": ours}, warmup=1, reps=reps, max_s=10.0)
+        else:
+            # Decode calls take microseconds: alternating providers lets each one's idle worker
+            # threads fall asleep between its calls, so each call would time a thread wake-up
+            # (tens of ms on an overloaded machine). Each provider runs back to back instead.
+            t = {"sdpa": time_fn(sdpa, warmup=3, reps=reps), "slimrt": time_fn(ours, warmup=3, reps=reps)}
+    flop = 4 * HQ * pairs * D  # QK^T and PV over the allowed pairs only
+    return {"mode": mode, "hkv": hkv, "L": length, "lq": lq, "density": density, "real_density": pairs / (lq * length),
+            "sdpa_ms": t["sdpa"], "slimrt_ms": t["slimrt"], "ratio": t["sdpa"] / t["slimrt"],
+            "flop": flop, "max_abs_diff": err}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="L in {512, 2048} and fewer repetitions")
     ap.add_argument("--reps", type=int, default=None)
-    ap.add_argument("--csv", default=None, help="also write rows to this CSV file")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for both providers")
+    ap.add_argument("--csv", default=None, help="append rows to this CSV (default benchmarks/out/attention.csv)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     lengths = [512, 2048] if args.quick else [512, 2048, 8192]
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    info = machine()
-    print(f"# bench_attention  {date}  git {git_sha()}  torch {torch.__version__}")
-    print(f"# {info}")
-    print("| mode | Hkv | L | density (token) | SDPA ms | slimrt ms | speedup | slimrt GFLOP/s | max abs diff |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    rows = []
+    info = machine_info()
+    print(f"bench_attention  {info['date']}  git {info['git_sha']}  torch {info['torch']}")
+    print(machine_str(info), flush=True)
+    csv = Csv(args.csv or Path(__file__).resolve().parent / "out" / "attention.csv", info)
+    header = ["mode", "Hkv", "L", "density (token)", "SDPA ms", "slimrt ms", "speedup", "slimrt GFLOP/s",
+              "max abs diff"]
+    rows, table = [], []
     for mode in ("prefill", "decode"):
         for hkv in (8, 2):
             for length in lengths:
@@ -121,23 +98,17 @@ def main(argv: list[str] | None = None) -> int:
                         reps *= 10
                     r = run_case(mode, hkv, length, density, reps)
                     rows.append(r)
-                    print(f"| {mode} | {hkv} | {length} | {density}% ({r['real_density']:.0%}) | {r['sdpa_ms']:.3f} "
-                          f"| {r['slimrt_ms']:.3f} | {r['ratio']:.2f}x | {r['slimrt_gflops']:.1f} "
-                          f"| {r['max_abs_diff']:.1e} |", flush=True)
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["kernel", "provider", "shape", "dtype", "p50_ms", "rate", "ratio",
-                                              "quality", "machine", "versions", "git_sha", "date"])
-            w.writeheader()
-            for r in rows:
-                shape = f"{r['mode']} B=1 Hq={HQ} Hkv={r['hkv']} L={r['L']} D={D} density={r['density']}%"
-                for prov, ms in (("torch_sdpa", r["sdpa_ms"]), ("slimrt", r["slimrt_ms"])):
-                    w.writerow({"kernel": "block_sparse_attention", "provider": prov, "shape": shape,
-                                "dtype": "float32", "p50_ms": f"{ms:.4f}",
-                                "rate": f"{4 * HQ * r['real_density'] * (r['L'] if r['mode'] == 'prefill' else 1) * r['L'] * D / ms / 1e6:.2f} GFLOP/s",
-                                "ratio": f"{r['sdpa_ms'] / ms:.3f}", "quality": f"max_abs_diff={r['max_abs_diff']:.2e}",
-                                "machine": info, "versions": f"torch {torch.__version__}, slimrt {slimrt.__version__}",
-                                "git_sha": git_sha(), "date": date})
+                    table.append([mode, hkv, length, f"{density}% ({r['real_density']:.0%})", f"{r['sdpa_ms']:.3f}",
+                                  f"{r['slimrt_ms']:.3f}", f"{r['ratio']:.2f}x",
+                                  f"{r['flop'] / r['slimrt_ms'] / 1e6:.1f}", f"{r['max_abs_diff']:.1e}"])
+                    print(" | ".join(str(c) for c in table[-1]), flush=True)
+                    shape = f"{mode} B=1 Hq={HQ} Hkv={hkv} L={length} D={D} density={density}%"
+                    for prov, ms in (("torch_sdpa", r["sdpa_ms"]), ("slimrt", r["slimrt_ms"])):
+                        csv.row(kernel="block_sparse_attention", provider=prov, shape=shape, dtype="float32",
+                                p50_ms=ms, rate=f"{r['flop'] / ms / 1e6:.2f} GFLOP/s", ratio=r["sdpa_ms"] / ms,
+                                quality=f"max_abs_diff={r['max_abs_diff']:.2e}")
+    print()
+    print(markdown_table(header, table))
     bad = [r for r in rows if r["max_abs_diff"] > 1e-3]
     if bad:
         print(f"ERROR: slimrt and SDPA disagree on {len(bad)} cases", file=sys.stderr)

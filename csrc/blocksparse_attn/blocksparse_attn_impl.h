@@ -48,8 +48,8 @@ struct Work {
 
 // Threads worth waking for `flop` of work: about 0.5 MFLOP (tens of microseconds) per thread, so
 // a short decode step does not pay a pool wake-up that costs more than the step.
-inline int threads_for(double flop, int num_threads) {
-  return static_cast<int>(std::max(1.0, std::min<double>(num_threads, flop / 5e5)));
+inline int threads_for(double flop, int num_threads, double per_thread = 5e5) {
+  return static_cast<int>(std::max(1.0, std::min<double>(num_threads, flop / per_thread)));
 }
 
 // S (RT x CC*W) = Q (RT x D) . Kt (D x CC*W), Kt with row stride ldk.
@@ -134,9 +134,40 @@ inline void micro_pv(const float* p, int64_t n, const float* v, int64_t ldv, flo
     for (int c = 0; c < DC; ++c) Vec::store(o + r * ldo + c * W, acc[r][c]);
 }
 
+// One row (decode without a GQA group): two accumulator sets over even/odd keys, so the FMA
+// chain per output vector is half as long (latency, not throughput, bounds a single row).
+template <int DC>
+inline void micro_pv_1row(const float* p, int64_t n, const float* v, int64_t ldv, float* o, float alpha) {
+  VT acc0[DC], acc1[DC];
+  for (int c = 0; c < DC; ++c) acc0[c] = Vec::mul(Vec::load(o + c * W), Vec::set1(alpha)), acc1[c] = Vec::zero();
+  int64_t j = 0;
+  for (; j + 2 <= n; j += 2) {
+    const VT p0 = Vec::set1(p[j]), p1 = Vec::set1(p[j + 1]);
+    for (int c = 0; c < DC; ++c) {
+      acc0[c] = Vec::fma(p0, Vec::load(v + j * ldv + c * W), acc0[c]);
+      acc1[c] = Vec::fma(p1, Vec::load(v + (j + 1) * ldv + c * W), acc1[c]);
+    }
+  }
+  if (j < n) {
+    const VT p0 = Vec::set1(p[j]);
+    for (int c = 0; c < DC; ++c) acc0[c] = Vec::fma(p0, Vec::load(v + j * ldv + c * W), acc0[c]);
+  }
+  for (int c = 0; c < DC; ++c) Vec::store(o + c * W, Vec::add(acc0[c], acc1[c]));
+}
+
 template <int RT>
 inline void pv_rows(const float* p, int64_t n, const float* v, int64_t ldv, float* o, int64_t Dp, const float* alpha) {
   int64_t d = 0;
+  if (RT == 1) {
+    for (; d + 4 * W <= Dp; d += 4 * W) micro_pv_1row<4>(p, n, v + d, ldv, o + d, alpha[0]);
+    switch ((Dp - d) / W) {
+      case 3: micro_pv_1row<3>(p, n, v + d, ldv, o + d, alpha[0]); break;
+      case 2: micro_pv_1row<2>(p, n, v + d, ldv, o + d, alpha[0]); break;
+      case 1: micro_pv_1row<1>(p, n, v + d, ldv, o + d, alpha[0]); break;
+      default: break;
+    }
+    return;
+  }
   for (; d + 4 * W <= Dp; d += 4 * W) micro_pv<RT, 4>(p, n, v + d, ldv, o + d, Dp, alpha);
   switch ((Dp - d) / W) {
     case 3: micro_pv<RT, 3>(p, n, v + d, ldv, o + d, Dp, alpha); break;
@@ -274,29 +305,60 @@ void prefill(const BsaArgs& a, int num_threads) {
   const TE* v = static_cast<const TE*>(a.v);
   // K^T packed once per (b, kv head): kt[(b * Hkv + hk) * D * Lkp + d * Lkp + j], fp32, zero tail.
   // Costs Lk * D per kv head, against Lq * listed * D * 2 FMAs of attention work.
-  // Both buffers are fully written below (tails included), so they start uninitialised.
-  std::unique_ptr<float[]> kt(new float[a.B * a.Hkv * D * Lkp]);
   // V needs its own fp32 copy only for bf16 or a D that is not a multiple of W.
   const bool v_direct = std::is_same<TE, float>::value && D == Dp;
-  std::unique_ptr<float[]> vp(v_direct ? nullptr : new float[a.B * a.Hkv * a.Lk * Dp]);
+  // Both buffers are fully written below (tails included). They live in a per-calling-thread cache
+  // that only grows: a fresh multi-MB allocation per call costs page faults comparable to the
+  // packing itself. The cache holds the largest K (and V) seen, in fp32.
+  const int64_t kt_size = a.B * a.Hkv * D * Lkp, vp_size = v_direct ? 0 : a.B * a.Hkv * a.Lk * Dp;
+  thread_local std::unique_ptr<float[]> cache;
+  thread_local int64_t cache_size = 0;
+  if (cache_size < kt_size + vp_size) {
+    cache.reset();
+    cache.reset(new float[kt_size + vp_size]);
+    cache_size = kt_size + vp_size;
+  }
+  float* const kt = cache.get();
+  float* const vp = kt + kt_size;
   constexpr int64_t PK = 256;  // keys per packing task
   const int64_t npk = div_up(a.Lk, PK);
-  dynamic_for(a.B * a.Hkv * npk, threads_for(8.0 * a.B * a.Hkv * a.Lk * D, num_threads), [&](int64_t t) {
+  // Pack only the 256-key chunks some listed block touches, so a very sparse mask does not pay
+  // for packing the whole cache (work stays proportional to the listed blocks). Columns of an
+  // unpacked neighbour read past a block's end land in S's tail, which is set to -inf.
+  std::vector<uint8_t> used(static_cast<size_t>(a.B * a.Hkv * npk), 0);
+  for (int64_t b = 0; b < a.B; ++b)
+    for (int64_t h = 0; h < a.Hq; ++h)
+      for (int64_t qb = 0; qb < nqb; ++qb) {
+        const int32_t cnt = a.kv_num_blocks[b * a.sn[0] + h * a.sn[1] + qb * a.sn[2]];
+        const int32_t* idx = a.kv_indices + b * a.si[0] + h * a.si[1] + qb * a.si[2];
+        uint8_t* u = used.data() + (b * a.Hkv + h / group) * npk;
+        for (int32_t c = 0; c < cnt; ++c) {
+          const int64_t j0 = static_cast<int64_t>(idx[c]) * bs, j1 = std::min(a.Lk, j0 + bs);
+          for (int64_t ch = j0 / PK; ch <= (j1 - 1) / PK; ++ch) u[ch] = 1;
+        }
+      }
+  std::vector<int64_t> pack_tasks;
+  for (int64_t t = 0; t < a.B * a.Hkv * npk; ++t)
+    if (used[t]) pack_tasks.push_back(t);
+  const double pack_work = 8.0 * static_cast<double>(pack_tasks.size()) * PK * D;
+  dynamic_for(static_cast<int64_t>(pack_tasks.size()), threads_for(pack_work, num_threads), [&](int64_t i) {
+    const int64_t t = pack_tasks[i];
     const int64_t c = t % npk, bh = t / npk, b = bh / a.Hkv, hk = bh % a.Hkv;
     const int64_t j0 = c * PK, j1 = std::min(a.Lk, j0 + PK);
-    float* dst = kt.get() + bh * D * Lkp;
+    float* dst = kt + bh * D * Lkp;
     const TE* src = k + b * a.sk[0] + hk * a.sk[1];
+    const int64_t ldk = a.sk[2], ldt = Lkp;  // locals: the stores below cannot alias them
     // Transpose in 16-key strips: 16 rows read along d, 16 contiguous floats written per d.
     for (int64_t js = j0; js < j1; js += 16) {
       const int64_t je = std::min(j1, js + 16);
       for (int64_t d = 0; d < D; ++d)
-        for (int64_t j = js; j < je; ++j) dst[d * Lkp + j] = ldf(src + j * a.sk[2] + d);
+        for (int64_t j = js; j < je; ++j) dst[d * ldt + j] = ldf(src + j * ldk + d);
     }
     if (j1 == a.Lk)
       for (int64_t d = 0; d < D; ++d) std::fill(dst + d * Lkp + a.Lk, dst + (d + 1) * Lkp, 0.f);
     if (!v_direct) {
       const TE* vs = v + b * a.sv[0] + hk * a.sv[1];
-      float* vd = vp.get() + bh * a.Lk * Dp;
+      float* vd = vp + bh * a.Lk * Dp;
       for (int64_t j = j0; j < j1; ++j) {
         for (int64_t d = 0; d < D; ++d) vd[j * Dp + d] = ldf(vs + j * a.sv[2] + d);
         for (int64_t d = D; d < Dp; ++d) vd[j * Dp + d] = 0.f;
@@ -333,7 +395,7 @@ void prefill(const BsaArgs& a, int num_threads) {
       w.reset(R);
       const int32_t cnt = a.kv_num_blocks[b * a.sn[0] + h * a.sn[1] + qb * a.sn[2]];
       const int32_t* idx = a.kv_indices + b * a.si[0] + h * a.si[1] + qb * a.si[2];
-      const float* ktb = kt.get() + (b * a.Hkv + hk) * D * Lkp;
+      const float* ktb = kt + (b * a.Hkv + hk) * D * Lkp;
       for (int32_t c = 0; c < cnt; ++c) {
         const int64_t kb0 = static_cast<int64_t>(idx[c]) * bs, kb1 = std::min(a.Lk, kb0 + bs);
         for (int64_t j0 = kb0; j0 < kb1; j0 += KC) {
@@ -343,7 +405,7 @@ void prefill(const BsaArgs& a, int num_threads) {
           if (v_direct)
             pv(w, R, n, reinterpret_cast<const float*>(v + b * a.sv[0] + hk * a.sv[1] + j0 * a.sv[2]), a.sv[2]);
           else
-            pv(w, R, n, vp.get() + ((b * a.Hkv + hk) * a.Lk + j0) * Dp, Dp);
+            pv(w, R, n, vp + ((b * a.Hkv + hk) * a.Lk + j0) * Dp, Dp);
         }
       }
       write_out(w, R, orows);
@@ -370,7 +432,9 @@ void decode(const BsaArgs& a, int num_threads) {
     max_units = std::max<int64_t>(max_units, a.kv_num_blocks[b * a.sn[0] + h * a.sn[1]] * cpb);
   }
   // Enough segments for about two per thread, each at least 4 units (512 keys) long.
-  num_threads = threads_for(4.0 * R * ngroups * max_units * KC * D, num_threads);
+  // Decode streams K/V once (memory-bound): a second thread pays off from ~2 MFLOP (a 512-key
+  // cache over 8 heads), below that the pool wake-up costs more than it saves.
+  num_threads = threads_for(4.0 * R * ngroups * max_units * KC * D, num_threads, 2e6);
   int64_t nseg = num_threads == 1 ? 1 : std::max<int64_t>(1, std::min(div_up(2 * num_threads, ngroups), max_units / 4));
   const int64_t ntasks = ngroups * nseg;
   std::vector<float> pm, pl, po;

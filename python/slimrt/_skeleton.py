@@ -240,6 +240,7 @@ def _build_hf(section: dict[str, Any], n_tensors: int) -> tuple[nn.Module, Any]:
     except Exception as e:  # a config that transformers rejects is a bad checkpoint, named as such
         raise CheckpointError(f"slimrt.json: field 'model.config' does not build a {arch}: "
                               f"{type(e).__name__}: {e}") from None
+    _apply_resized(model, cfg.get("slimrt_resized"))
     gen = section.get("generation_config")
     if isinstance(gen, dict) and getattr(model, "generation_config", None) is not None:
         try:
@@ -247,3 +248,36 @@ def _build_hf(section: dict[str, Any], n_tensors: int) -> tuple[nn.Module, Any]:
         except Exception as e:
             raise CheckpointError(f"slimrt.json: field 'model.generation_config' is invalid: {e}") from None
     return model, config
+
+
+# ---- structured pruning (slimrt.compress.prune) ----
+
+def _apply_resized(model: nn.Module, resized: Any) -> None:
+    """Shrinks the skeleton's pruned nn.Linear layers to the shapes recorded in the config's
+    ``slimrt_resized`` {layer name: [out_features, in_features]}. Only existing nn.Linear layers can
+    be named and they can only shrink, so a hostile entry cannot allocate or reach anything else."""
+    if resized is None:
+        return
+    where = "model.config.slimrt_resized"
+    if not isinstance(resized, dict):
+        raise CheckpointError(f"slimrt.json: field '{where}' must be an object {{layer: [out, in]}}")
+    for name, shape in sorted(resized.items()):
+        if not (isinstance(shape, list) and len(shape) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
+            raise CheckpointError(f"slimrt.json: field '{where}.{name}' must be [out_features, in_features] with "
+                                  f"positive integers, got {shape!r}")
+        parent_name, _, leaf = name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_name)
+        except AttributeError:
+            parent = None
+        old = None if parent is None else parent._modules.get(leaf)
+        if type(old) is not nn.Linear:
+            raise CheckpointError(f"slimrt.json: field '{where}' names {name!r}, which is not an nn.Linear layer "
+                                  "of the model")
+        out_f, in_f = shape
+        if out_f > old.out_features or in_f > old.in_features:
+            raise CheckpointError(f"slimrt.json: field '{where}.{name}' is {shape}, larger than the layer's "
+                                  f"[{old.out_features}, {old.in_features}]; pruning only shrinks layers")
+        with torch.device("meta"):
+            parent._modules[leaf] = nn.Linear(in_f, out_f, bias=old.bias is not None, dtype=old.weight.dtype)

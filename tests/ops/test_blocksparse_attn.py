@@ -380,3 +380,41 @@ def test_opcheck():
 
 def test_import_exports():
     assert slimrt.BlockMask is BlockMask and slimrt.attention.causal_mask is causal_mask
+
+
+def test_concurrent_calls_match_serial():
+    """Several Python threads in the kernel at once (each with its own packing scratch) give the
+    serial results."""
+    import threading
+
+    cases = [rand_qkv(1, 4, 2, lq, 150, 32, seed=20 + lq) for lq in (1, 40, 70, 130)]
+    masks = [sliding_window_mask(c[0].shape[2], 150, 30, block_size=16) for c in cases]
+    serial = [slimrt.ops.block_sparse_attention(*c, m) for c, m in zip(cases, masks)]
+    results: dict[int, list] = {}
+
+    def work(i):
+        results[i] = [slimrt.ops.block_sparse_attention(*cases[i], masks[i]) for _ in range(5)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, want in enumerate(serial):
+        for got in results[i]:
+            assert torch.allclose(got, want, atol=1e-6), f"case {i}: {worst(got, want)}"
+
+
+def test_sparse_mask_packs_only_listed_chunks(isa):
+    """Only the key chunks a listed block touches are packed; a block ending on a chunk boundary
+    (keys 232..239, chunk 1 unpacked) must not pick up the unpacked neighbour."""
+    lq, lk, bs = 40, 600, 8
+    blocks = torch.zeros(5, 75, dtype=torch.bool)
+    blocks[0, 29] = True   # keys 232..239, the end of chunk 0
+    blocks[1, [2, 70]] = True
+    blocks[3, 74] = True   # the last, short block (keys 592..599)
+    mask = BlockMask.from_dense(blocks, bs, seq_lengths=(lq, lk))
+    q, k, v = rand_qkv(1, 2, 1, lq, lk, 24, seed=30)
+    got = attend(isa, q, k, v, mask)
+    want = oracle(q, k, v, mask.to_dense(lq, lk))
+    assert torch.allclose(got.double(), want, atol=2e-5), worst(got, want)

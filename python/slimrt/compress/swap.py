@@ -46,6 +46,12 @@ class Context:
     params: dict[str, Any]
     # Per module name: max |x| over every calibration token, per input channel, (K,) float32.
     act_amax: dict[str, Tensor] = field(default_factory=dict)
+    # For structural methods (pruning), which change several sibling layers and gather their own
+    # statistics: the model being compressed, the calibration data (or None), and a scratch dict
+    # the method may fill once and reuse across its convert() calls.
+    model: nn.Module | None = None
+    calibration: Iterable[Any] | None = None
+    tokenizer: Any = None
     # Whatever a method's ``prepare`` computed for all its layers at once (e.g. lowrank's model-wide
     # rank plan), keyed by method name.
     state: dict[str, Any] = field(default_factory=dict)
@@ -196,7 +202,8 @@ def swap(model: nn.Module, recipe: "Recipe", calibration: Iterable[Any] | None =
     for method_name in recipe.methods:
         method = METHODS[method_name]
         todo = candidates(model, recipe, method)
-        ctx = Context(recipe=recipe, params=dict(recipe.params.get(method_name, {})))
+        ctx = Context(recipe=recipe, params=dict(recipe.params.get(method_name, {})), model=model,
+                      calibration=calibration, tokenizer=tokenizer)
         if method.needs_calibration(recipe) and todo:
             if calibration is None:
                 raise ValueError(f"compress: method {method_name!r} with this recipe needs calibration data "

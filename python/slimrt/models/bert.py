@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimrt.models._common import KernelPolicy, attention, make_linear
+from slimrt.models._common import attention, make_linear
+from slimrt.models.policy import KernelPolicy
 
 MODEL_TYPES = ("bert",)
 
@@ -30,7 +31,7 @@ class BertLean:
         self.max_positions = int(cfg.max_position_embeddings)
         self.n_heads = cfg.num_attention_heads
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
-        self.dtype = self.word.dtype
+        self.dtype, self.device = self.word.dtype, self.word.device
         self.layers = []
         for layer in bert.encoder.layer:
             sa, so = layer.attention.self, layer.attention.output
@@ -51,10 +52,10 @@ class BertLean:
         # Key-padding mask (B, 1, 1, T); None when nothing is padded lets SDPA take its fastest path.
         mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
         for q_lin, k_lin, v_lin, o_lin, ln1, fc1, act, fc2, ln2 in self.layers:
-            q = q_lin(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-            k = k_lin(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-            v = v_lin(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-            o = attention(q, k, v, mask, False).transpose(1, 2).reshape(b, t, c)
+            q = q_lin(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+            k = k_lin(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+            v = v_lin(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+            o = attention(q, k, v, mask, False).transpose(1, 2).reshape(b, t, -1)  # -1: pruned heads
             x = F.layer_norm(o_lin(o) + x, (c,), ln1[0], ln1[1], ln1[2])
             x = F.layer_norm(fc2(act(fc1(x))) + x, (c,), ln2[0], ln2[1], ln2[2])
         return x

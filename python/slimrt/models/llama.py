@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimrt.models._common import Batch, KernelPolicy, KVCache, attention, make_linear
+from slimrt.models._common import Batch, KVCache, attention, make_linear
+from slimrt.models.policy import KernelPolicy
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -32,11 +33,6 @@ def _rope_inv_freq(config) -> tuple[Tensor, float]:
         raise ValueError(f"Runner: unknown rope_type={rope_type!r} in the model config")
     inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
     return inv_freq.float(), float(scaling)
-
-
-def _rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
 
 
 class LlamaLean:
@@ -68,23 +64,30 @@ class LlamaLean:
                 make_linear(mlp.up_proj, policy), make_linear(mlp.down_proj, policy), mlp.act_fn,
             ))
         self.lm_head = make_linear(model.lm_head, policy)
+        # KV heads per layer: prune_heads may leave different counts in different layers.
+        self.kv_heads = [layer.self_attn.k_proj.out_features // self.head_dim for layer in base.layers]
         self.inv_freq, self.rope_scaling = _rope_inv_freq(cfg)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        return KVCache(len(self.layers), batch, self.n_kv, max_len, self.head_dim, self.dtype, self.embed.device)
+        return KVCache(len(self.layers), batch, self.kv_heads, max_len, self.head_dim, self.dtype, self.embed.device)
 
     def prepare(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """cos, sin (B, 1, max_len, D) for every slot of the call, computed once (fp32 like HF)."""
+        """cos, signed sin (B, 1, max_len, D) for every slot of the call, computed once (fp32 like HF).
+
+        rotate_half(x) * sin == roll(x, D/2) * cat(-sin, sin) bit for bit, one kernel fewer per call.
+        """
         freqs = batch.positions.float().unsqueeze(-1) * self.inv_freq.to(batch.positions.device)  # (B, L, D/2)
-        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # (B, 1, L, D)
-        cos, sin = emb.cos() * self.rope_scaling, emb.sin() * self.rope_scaling
+        cos = torch.cat((freqs.cos(), freqs.cos()), dim=-1).unsqueeze(1) * self.rope_scaling  # (B, 1, L, D)
+        sin = freqs.sin() * self.rope_scaling
+        sin = torch.cat((-sin, sin), dim=-1).unsqueeze(1)
         return cos.to(self.dtype), sin.to(self.dtype)
 
     def _rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         rot = cos.shape[-1]
         if rot == x.shape[-1]:
-            return x * cos + _rotate_half(x) * sin
-        return torch.cat((x[..., :rot] * cos + _rotate_half(x[..., :rot]) * sin, x[..., rot:]), dim=-1)
+            return x * cos + x.roll(rot // 2, dims=-1) * sin
+        xr = x[..., :rot]
+        return torch.cat((xr * cos + xr.roll(rot // 2, dims=-1) * sin, x[..., rot:]), dim=-1)
 
     def forward(self, ids: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache, start: int,
                 mask: Tensor | None, causal: bool) -> Tensor:
@@ -95,9 +98,9 @@ class LlamaLean:
         c = x.shape[-1]
         for i, (ln1, q_proj, k_proj, v_proj, o_proj, qk_norm, ln2, gate, up, down, act) in enumerate(self.layers):
             h = F.rms_norm(x, (c,), ln1, self.eps)
-            q = q_proj(h).view(b, t, self.n_heads, self.head_dim)
-            k = k_proj(h).view(b, t, self.n_kv, self.head_dim)
-            v = v_proj(h).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+            q = q_proj(h).view(b, t, -1, self.head_dim)  # -1: per-layer head counts (pruning)
+            k = k_proj(h).view(b, t, -1, self.head_dim)
+            v = v_proj(h).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
             if qk_norm is not None:  # Qwen3: RMSNorm over each head before RoPE
                 q = F.rms_norm(q, (self.head_dim,), qk_norm[0], self.eps)
                 k = F.rms_norm(k, (self.head_dim,), qk_norm[1], self.eps)
@@ -105,7 +108,7 @@ class LlamaLean:
             k = self._rope(k.transpose(1, 2), cos, sin)
             k_all, v_all = cache.update(i, start, k, v)  # (B, Hkv, start+T, D)
             o = attention(q, k_all, v_all, mask, causal)  # (B, H, T, D)
-            x = x + o_proj(o.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+            x = x + o_proj(o.transpose(1, 2).reshape(b, t, -1))
             h = F.rms_norm(x, (c,), ln2, self.eps)
             x = x + down(act(gate(h)) * up(h))
         h = F.rms_norm(x[:, -1], (c,), self.norm_w, self.eps)  # only the last position is sampled
