@@ -294,7 +294,8 @@ def _prepare(model: nn.Module, todo: list[tuple[str, nn.Module]], ctx: Context, 
     if p["method"] != "svd":
         if calibration is None:
             raise ValueError(f"compress: lowrank method {p['method']!r} weights the SVD by activations and needs "
-                             "calibration data (calibration=[batches]); or set params lowrank.method='svd'")
+                             "calibration data (calibration=[batches], or --calibration FILE on the command line); "
+                             "or set params lowrank.method='svd'")
         grams = collect_input_gram(model, [m for _, m in todo], [n for n, _ in todo], calibration, tokenizer,
                                    progress)
     decs: dict[str, Decomposition] = {}
