@@ -2,26 +2,23 @@
 
 For each (K, N) in {(768, 3072), (3072, 768), (4096, 4096)}, rank R in {K/8, K/4, K/2} and rows M in
 {1, 32, 512}, in one process with one thread count and the same inputs:
-  torch_dense      F.linear(x, W)                      W (N, K) fp32, 2 M N K FLOPs
-  torch_two        F.linear(F.linear(x, v), u)         2 M R (N + K) FLOPs, h written to memory
-  slimrt_lowrank   slimrt.ops.lowrank_linear(x, u, v)  fused, factors in the kernel layout (as LowRankLinear stores them)
+  torch_dense          F.linear(x, W)                      W (N, K) fp32, 2 M N K FLOPs
+  torch_two            F.linear(F.linear(x, v), u)         2 M R (N + K) FLOPs, h written to memory
+  slimrt_lowrank       slimrt.ops.lowrank_linear(x, u, v)  fused, factors as LowRankLinear stores them
   slimrt_lowrank_int8  LowRankLinear(quantized=True, w8a8): two int8 linears
 Napkin bound: the FLOP ratio N K / (R (N + K)) is the most a rank-R factorization can gain over dense.
 Targets: slimrt_lowrank >= 1.0x torch_two (median over rows) and, for M >= 32, speedup over dense
->= 80% of the FLOP ratio. Prints median ms, GFLOP/s and ratios; writes a fixed-schema CSV.
+>= 80% of the FLOP ratio. Prints median ms, GFLOP/s and ratios; appends rows to the fixed-schema CSV
+(benchmarks/common.py) and, with --results, writes its table into RESULTS.md.
 
-    python benchmarks/bench_lowrank.py [--quick] [--csv PATH] [--markdown PATH]
+    python benchmarks/bench_lowrank.py [--quick] [--threads N] [--clock wall|thread] [--results benchmarks/RESULTS.md]
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -32,41 +29,33 @@ import torch.nn.functional as F
 import slimrt
 from slimrt.nn import LowRankLinear
 
-COLUMNS = ["kernel", "provider", "shape", "dtype", "p50_ms", "rate", "ratio", "quality", "machine", "versions",
-           "git_sha", "date"]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import Csv, machine_info, machine_str, versions_str  # noqa: E402
+
+START, END = "<!-- bench_lowrank:start -->", "<!-- bench_lowrank:end -->"
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cpus, {torch.get_num_threads()} threads, isa={slimrt.info().get('isa')}"
+def write_section(path: str, start: str, end: str, text: str) -> None:
+    """Replaces (or appends) one script's marked section of RESULTS.md, leaving the rest alone."""
+    old = open(path, encoding="utf-8").read() if os.path.exists(path) else "# slimrt results\n"
+    block = f"{start}\n{text.rstrip()}\n{end}\n"
+    if start in old and end in old:
+        new = old[:old.index(start)] + block + old[old.index(end) + len(end):].lstrip("\n")
+    else:
+        new = old.rstrip("\n") + "\n\n" + block
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(new)
 
 
-def clock_note(clock: str) -> str:
-    return "thread CPU time" if clock == "thread" else "wall time"
-
-
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, min_sample_s: float,
-                     clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
-    """Median seconds per call of each fn. Samples of the providers are interleaved round by round, so
-    load from other processes hits all of them alike; each sample repeats a call until min_sample_s.
-    clock=time.thread_time (with one thread) counts only this thread's CPU time: steadier on a shared
-    machine, since time spent descheduled is not counted."""
+def time_batched(fns: dict[str, Callable[[], object]], reps: int, min_sample_s: float,
+                 clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median seconds per call of each fn, providers interleaved round by round (as common.time_interleaved),
+    but each sample repeats a call until min_sample_s so microsecond calls are measurable, and the clock is
+    selectable: time.thread_time (with one thread) counts only this thread's CPU time, which stays steady on
+    a shared machine where wall time includes being descheduled."""
     inner = {}
     for name, fn in fns.items():
-        fn()  # warm up (allocations, packing, page faults)
+        fn()  # warm up (allocations, page faults)
         t0 = clock()
         fn()
         one = max(clock() - t0, 1e-7)
@@ -78,7 +67,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, min_sample
             for _ in range(inner[name]):
                 fn()
             samples[name].append((clock() - t0) / inner[name])
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -88,13 +77,15 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI-size run: two shapes, one rank, fewer repetitions")
-    ap.add_argument("--csv", default=os.path.join(os.path.dirname(__file__), "out", "bench_lowrank.csv"))
-    ap.add_argument("--markdown", default=None, help="also write the summary table (markdown) to this file")
+    ap.add_argument("--csv", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "lowrank.csv"))
+    ap.add_argument("--results", default=None,
+                    help="write the summary table into this markdown file (e.g. benchmarks/RESULTS.md), "
+                         "replacing this script's previous section")
     ap.add_argument("--int8-max-gmac", type=float, default=None,
                     help="skip the int8-factor provider above this many GMAC per call (default: 0.3 quick, no limit)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
-                    help="wall: perf_counter; thread: this thread's CPU time (needs --threads 1; for noisy shared machines)")
+                    help="wall: perf_counter; thread: this thread's CPU time (needs --threads 1; for shared machines)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,23 +99,24 @@ def main(argv: list[str] | None = None) -> int:
     reps, min_sample = (5, 0.005) if args.quick else (11, 0.02)
     int8_max = args.int8_max_gmac if args.int8_max_gmac is not None else (0.3 if args.quick else float("inf"))
 
-    meta = {"machine": f"{machine()}, {clock_note(args.clock)}", "versions": f"slimrt {slimrt.__version__}, torch {torch.__version__}",
-            "git_sha": git_sha(), "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    print(f"# {meta['machine']} | {meta['versions']} | {meta['git_sha']} | {meta['date']}")
-    hdr = (f"{'K':>5} {'N':>5} {'R':>5} {'M':>4} | {'dense ms':>9} {'two ms':>9} {'fused ms':>9} {'int8 ms':>9} | "
-           f"{'GFLOP/s':>8} {'vs two':>7} {'vs dense':>8} {'FLOP bnd':>8} {'of bnd':>6} {'int8 vs dense':>13}")
-    print(hdr)
-    rows, summary = [], []
+    info = machine_info()
+    mach = f"{machine_str(info)}, {'thread CPU time' if args.clock == 'thread' else 'wall time'}"
+    print(f"# {mach} | {versions_str(info)} | {info['git_sha']} | {info['date']}")
+    csv_out = Csv(args.csv, info)
+    print(f"{'K':>5} {'N':>5} {'R':>5} {'M':>4} | {'dense ms':>9} {'two ms':>9} {'fused ms':>9} {'int8 ms':>9} | "
+          f"{'GFLOP/s':>8} {'vs two':>7} {'vs dense':>8} {'FLOP bnd':>8} {'of bnd':>6} {'int8 vs dense':>13}")
+    summary = []
     torch.manual_seed(0)
     with torch.inference_mode():
         for k, n in shapes:
             lin = torch.nn.Linear(k, n, bias=False)
+            w = lin.weight
             for div in rank_divs:
                 r = k // div
                 mod = LowRankLinear.from_linear(lin, rank=r)
                 u_rm, v_rm = mod.u.contiguous(), mod.v.contiguous()  # row-major copies for torch
                 qmod = LowRankLinear.from_linear(lin, rank=r, quantized=True)
-                w = lin.weight
+                bound = n * k / (r * (n + k))
                 for m in ms:
                     x = torch.randn(m, k)
                     fns = {
@@ -132,36 +124,30 @@ def main(argv: list[str] | None = None) -> int:
                         "torch_two": lambda: F.linear(F.linear(x, v_rm), u_rm),
                         "slimrt_lowrank": lambda: slimrt.ops.lowrank_linear(x, mod.u, mod.v),
                     }
-                    gmac = m * r * (n + k) / 1e9
-                    if gmac <= int8_max:
+                    if m * r * (n + k) / 1e9 <= int8_max:
                         fns["slimrt_lowrank_int8"] = lambda: qmod(x)
-                    t = time_interleaved(fns, reps, min_sample, clock)
-                    y_two = F.linear(F.linear(x, v_rm), u_rm)
-                    quality = {"torch_dense": float("nan"), "torch_two": 0.0,
-                               "slimrt_lowrank": rel_err(slimrt.ops.lowrank_linear(x, mod.u, mod.v), y_two)}
-                    if "slimrt_lowrank_int8" in t:
-                        quality["slimrt_lowrank_int8"] = rel_err(qmod(x), y_two)
-                    bound = n * k / (r * (n + k))
-                    flops = {"torch_dense": 2 * m * n * k}
-                    for p in ("torch_two", "slimrt_lowrank", "slimrt_lowrank_int8"):
-                        flops[p] = 2 * m * r * (n + k)
+                    t = time_batched(fns, reps, min_sample, clock)
+                    y_two = fns["torch_two"]()
+                    quality = {p: rel_err(fn(), y_two) for p, fn in fns.items() if p != "torch_dense"}
+                    flops = {p: 2 * m * r * (n + k) for p in fns}
+                    flops["torch_dense"] = 2 * m * n * k
                     for p, sec in t.items():
-                        rows.append({"kernel": "lowrank_linear", "provider": p, "shape": f"M={m} K={k} N={n} R={r}",
-                                     "dtype": "float32" if p != "slimrt_lowrank_int8" else "int8-factors",
-                                     "p50_ms": f"{sec * 1e3:.4f}", "rate": f"{flops[p] / sec / 1e9:.2f} GFLOP/s",
-                                     "ratio": f"{t['torch_dense'] / sec:.3f}x vs torch_dense",
-                                     "quality": f"rel_err_vs_torch_two={quality[p]:.2e}", **meta})
-                    vs_two = t["torch_two"] / t["slimrt_lowrank"]
-                    vs_dense = t["torch_dense"] / t["slimrt_lowrank"]
+                        csv_out.row(kernel="lowrank_linear", provider=p, shape=f"M={m} K={k} N={n} R={r}",
+                                    dtype="int8-factors" if p == "slimrt_lowrank_int8" else "float32",
+                                    p50_ms=sec * 1e3, rate=f"{flops[p] / sec / 1e9:.2f} GFLOP/s",
+                                    ratio=f"{t['torch_dense'] / sec:.3f}x vs torch_dense",
+                                    quality="" if p == "torch_dense" else f"rel_err_vs_torch_two={quality[p]:.2e}")
                     i8 = t.get("slimrt_lowrank_int8")
-                    summary.append({"K": k, "N": n, "R": r, "M": m, "dense": t["torch_dense"], "two": t["torch_two"],
-                                    "fused": t["slimrt_lowrank"], "int8": i8, "vs_two": vs_two, "vs_dense": vs_dense,
-                                    "bound": bound, "gflops": flops["slimrt_lowrank"] / t["slimrt_lowrank"] / 1e9})
+                    s = {"K": k, "N": n, "R": r, "M": m, "dense": t["torch_dense"], "two": t["torch_two"],
+                         "fused": t["slimrt_lowrank"], "int8": i8, "vs_two": t["torch_two"] / t["slimrt_lowrank"],
+                         "vs_dense": t["torch_dense"] / t["slimrt_lowrank"], "bound": bound,
+                         "gflops": flops["slimrt_lowrank"] / t["slimrt_lowrank"] / 1e9}
+                    summary.append(s)
                     i8s = f"{i8 * 1e3:9.3f}" if i8 else f"{'skip':>9}"
-                    i8r = f"{t['torch_dense'] / i8:12.2f}x" if i8 else f"{'':>13}"
-                    print(f"{k:5d} {n:5d} {r:5d} {m:4d} | {t['torch_dense'] * 1e3:9.3f} {t['torch_two'] * 1e3:9.3f} "
-                          f"{t['slimrt_lowrank'] * 1e3:9.3f} {i8s} | {summary[-1]['gflops']:8.1f} {vs_two:6.2f}x "
-                          f"{vs_dense:7.2f}x {bound:7.2f}x {vs_dense / bound:5.0%} {i8r}", flush=True)
+                    i8r = f"{t['torch_dense'] / i8:12.2f}x" if i8 else ""
+                    print(f"{k:5d} {n:5d} {r:5d} {m:4d} | {s['dense'] * 1e3:9.3f} {s['two'] * 1e3:9.3f} "
+                          f"{s['fused'] * 1e3:9.3f} {i8s} | {s['gflops']:8.1f} {s['vs_two']:6.2f}x "
+                          f"{s['vs_dense']:7.2f}x {bound:7.2f}x {s['vs_dense'] / bound:5.0%} {i8r}", flush=True)
 
     med_two = statistics.median(s["vs_two"] for s in summary)
     big = [s for s in summary if s["M"] >= 32]
@@ -169,27 +155,23 @@ def main(argv: list[str] | None = None) -> int:
     verdict = (f"median fused/two-matmul speedup {med_two:.2f}x (target >= 1.0x); "
                f"speedup over dense >= 80% of the FLOP ratio in {met}/{len(big)} cases with M >= 32")
     print(verdict)
-
-    os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
-    with open(args.csv, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=COLUMNS)
-        wr.writeheader()
-        wr.writerows(rows)
-    print(f"wrote {args.csv}")
-    if args.markdown:
+    print(f"appended to {args.csv}")
+    if args.results:
         lines = [f"### lowrank_linear (benchmarks/bench_lowrank.py{' --quick' if args.quick else ''})", "",
-                 f"{meta['machine']}; {meta['versions']}; git {meta['git_sha']}; {meta['date']}", "",
-                 "| K | N | R | M | dense ms | two matmuls ms | fused ms | int8 factors ms | fused vs two | "
-                 "fused vs dense | FLOP ratio | of bound |", "|" + "---|" * 12]
+                 f"{mach}; {versions_str(info)}; git {info['git_sha']}; {info['date']}. fp32; dense and two = "
+                 "torch F.linear; fused = slimrt.ops.lowrank_linear on the factors as LowRankLinear stores them; "
+                 "int8 = LowRankLinear(quantized=True, w8a8).", "",
+                 "| K | N | R | M | dense ms | two matmuls ms | fused ms | int8 factors ms | fused GFLOP/s | "
+                 "fused vs two | fused vs dense | FLOP ratio | of bound |", "|" + "---|" * 13]
         for s in summary:
             i8 = f"{s['int8'] * 1e3:.3f}" if s["int8"] else "skipped"
-            lines.append(f"| {s['K']} | {s['N']} | {s['R']} | {s['M']} | {s['dense'] * 1e3:.3f} | {s['two'] * 1e3:.3f} | "
-                         f"{s['fused'] * 1e3:.3f} | {i8} | {s['vs_two']:.2f}x | {s['vs_dense']:.2f}x | "
-                         f"{s['bound']:.2f}x | {s['vs_dense'] / s['bound']:.0%} |")
+            lines.append(f"| {s['K']} | {s['N']} | {s['R']} | {s['M']} | {s['dense'] * 1e3:.3f} | "
+                         f"{s['two'] * 1e3:.3f} | {s['fused'] * 1e3:.3f} | {i8} | {s['gflops']:.1f} | "
+                         f"{s['vs_two']:.2f}x | {s['vs_dense']:.2f}x | {s['bound']:.2f}x | "
+                         f"{s['vs_dense'] / s['bound']:.0%} |")
         lines += ["", verdict, ""]
-        with open(args.markdown, "w") as f:
-            f.write("\n".join(lines))
-        print(f"wrote {args.markdown}")
+        write_section(args.results, START, END, "\n".join(lines))
+        print(f"wrote {args.results}")
     return 0
 
 

@@ -14,8 +14,6 @@ import triton.language as tl
 _knobs = getattr(triton, "knobs", None)
 INTERPRET: bool = bool(_knobs.runtime.interpret) if _knobs is not None else os.environ.get("TRITON_INTERPRET") == "1"
 
-INT8_MAX = 127.0
-
 if INTERPRET:
 
     @triton.jit
@@ -53,6 +51,34 @@ else:
     def cast_out(y, dtype: tl.constexpr):
         """fp32 tile -> output dtype (cvt.rn: round to nearest even, as torch's .to())."""
         return y.to(dtype)
+
+
+if INTERPRET:
+
+    @triton.jit
+    def mma(x):
+        """A tl.dot operand. The interpreter multiplies bf16 tiles as raw 16-bit integers (garbage), so
+        bf16 goes in as fp32 there: exact, and the same products a GPU's bf16 MMA accumulates in fp32."""
+        if x.dtype == tl.bfloat16:
+            return x.to(tl.float32)
+        return x
+
+    @triton.jit
+    def int8_operand(w, dtype: tl.constexpr):
+        """An int8 weight tile as a tl.dot operand (fp32 here: the interpreter's int8 -> bf16 cast is wrong)."""
+        return w.to(tl.float32)
+
+else:
+
+    @triton.jit
+    def mma(x):
+        """A tl.dot operand, as is (bf16 runs on the tensor cores)."""
+        return x
+
+    @triton.jit
+    def int8_operand(w, dtype: tl.constexpr):
+        """An int8 weight tile as a tl.dot operand of dtype (exact: |w| <= 127 fits bf16's 8-bit mantissa)."""
+        return w.to(dtype)
 
 
 @triton.jit

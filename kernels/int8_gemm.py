@@ -141,7 +141,8 @@ def int8_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None = N
               config: dict | None = None) -> torch.Tensor:
     """(a (M, K) int8 @ b (N, K) int8 .T) * a_scale * b_scale (+ bias, activation) -> (M, N) out_dtype.
 
-    out_dtype int32 returns the raw accumulator (no scales). config forces one tile config (tests).
+    out_dtype int32 returns the raw accumulator (no scales). config forces one tile config (tests): the
+    BLOCK_* / GROUP_M meta-parameters, optionally with num_warps and num_stages.
     Arguments are checked by the op layer (slimrt.ops); this launcher trusts them.
     """
     check_device("int8_gemm", a, b, a_scale, b_scale, bias)

@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    INTERPRET, apply_activation, autotune, cast_out, check_activation, check_device, dot_precision, rows,
+    INTERPRET, apply_activation, autotune, cast_out, check_activation, check_device, dot_precision, int8_operand, mma,
+    rows,
 )
 
 CONFIGS = [
@@ -56,7 +57,8 @@ def _int8_weight_only_linear_kernel(
         mask_k = kk < K
         x = tl.load(x_rows + kk[None, :] * stride_xk, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         w = tl.load(w_cols + kk[:, None] * stride_wk, mask=mask_k[:, None] & mask_n[None, :], other=0)
-        acc = tl.dot(x, w.to(x.dtype), acc, input_precision=DOT_PRECISION)  # (BM, BK) @ (BK, BN) -> fp32
+        # (BM, BK) @ (BK, BN) -> fp32
+        acc = tl.dot(mma(x), int8_operand(w, x.dtype), acc, input_precision=DOT_PRECISION)
 
     y = acc * tl.load(w_scale_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
     if HAS_BIAS:

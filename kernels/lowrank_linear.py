@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, cast_out, check_device, dot_precision, rows
+from ._common import INTERPRET, cast_out, check_device, dot_precision, mma, rows
 
 MAX_FUSED_RANK = 256
 
@@ -48,7 +48,7 @@ def _lowrank_linear_kernel(
         mask_k = kk < K
         x = tl.load(x_rows + kk[None, :] * stride_xk, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         v = tl.load(v_cols + kk[:, None] * stride_vk, mask=mask_k[:, None] & mask_r[None, :], other=0.0)
-        h = tl.dot(x, v, h, input_precision=DOT_PRECISION)
+        h = tl.dot(mma(x), mma(v), h, input_precision=DOT_PRECISION)
     h_in = cast_out(h, u_ptr.dtype.element_ty)
 
     # Stage 2: for each N tile of this program's share, y = h @ u_tile.T (+ bias).
@@ -58,7 +58,7 @@ def _lowrank_linear_kernel(
         mask_n = offs_n < N
         u = tl.load(u_ptr + offs_n.to(tl.int64)[None, :] * stride_un + offs_r[:, None] * stride_ur,
                     mask=mask_r[:, None] & mask_n[None, :], other=0.0)  # (BLOCK_R, BLOCK_N)
-        y = tl.dot(h_in, u, input_precision=DOT_PRECISION)
+        y = tl.dot(mma(h_in), mma(u), input_precision=DOT_PRECISION)
         if HAS_BIAS:
             y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :] * stride_on
@@ -87,7 +87,7 @@ def _lowrank_stage_kernel(
         mask_k = kk < K
         a = tl.load(a_rows + kk[None, :] * stride_ak, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         b = tl.load(b_cols + kk[:, None] * stride_bk, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(a.to(b.dtype), b, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(mma(a.to(b.dtype)), mma(b), acc, input_precision=DOT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :] * stride_on

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INT8_MAX, INTERPRET, check_device, rint, rows
+from ._common import INTERPRET, check_device, rint, rows
 
 # One program reads a (BLOCK_M, K) slab once when K <= MAX_ONE_PASS_K (the row stays in registers);
 # longer rows take a second, mostly L2-resident, read.

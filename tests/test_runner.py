@@ -106,7 +106,7 @@ def test_auto_policy_matches_hf_running_the_same_kernels(family, monkeypatch):
     seen = set()
 
     def forward(self, x, mode=None):
-        mode = policy.int8_mode(self, x.numel() // x.shape[-1])
+        mode = policy.kernel(self, x.numel() // x.shape[-1])
         seen.add(mode)
         return original(self, x, mode)
 
@@ -205,7 +205,7 @@ def test_stream_yields_the_text_of_generate(family):
         assert "".join(pieces) == text
         assert len(pieces) > 1
     texts = rt.generate(["the runner", "héllo wörld streams"], max_new_tokens=20)
-    assert texts == [rt.generate("the runner", max_new_tokens=20), rt.generate("héllo wörld streams", max_new_tokens=20)]
+    assert texts == [rt.generate(p, max_new_tokens=20) for p in ("the runner", "héllo wörld streams")]
 
 
 # ----- encoders -------------------------------------------------------------------------------------
@@ -285,13 +285,37 @@ def test_minilm_int8_embed_quality(minilm):
 # ----- kernel policy and linear calls ---------------------------------------------------------------
 def test_kernel_policy_picks_by_call_shape():
     lin = Int8Linear.from_linear(nn.Linear(32, 16))
-    pol = KernelPolicy(w8a8_min_m=8, per_shape={(24, 32): 2})
-    assert [pol.int8_mode(lin, m) for m in (1, 7, 8, 100)] == ["w8", "w8", "w8a8", "w8a8"]
+    pol = KernelPolicy(w8a8_min_m=8, per_shape={(24, 32): ((1, "dense"), (2, "w8a8"))})
+    assert [pol.kernel(lin, m) for m in (1, 7, 8, 100)] == ["w8", "w8", "w8a8", "w8a8"]
     other = Int8Linear.from_linear(nn.Linear(32, 24), mode="w8")
-    assert pol.int8_mode(other, 2) == "w8a8"
-    assert KernelPolicy(mode="module").int8_mode(other, 1000) == "w8"
+    assert [pol.kernel(other, m) for m in (1, 2, 3)] == ["dense", "w8a8", "w8a8"]
+    assert KernelPolicy(mode="module").kernel(other, 1000) == "w8"
+    assert KernelPolicy.from_dict(pol.to_dict()) == pol
     with pytest.raises(ValueError, match="mode"):
         KernelPolicy(mode="fast")
+    with pytest.raises(ValueError, match="ascending"):
+        KernelPolicy(per_shape={(1, 2): ((1, "w8"), (1, "w8a8"))})
+
+
+def test_rules_from_timings_prefers_int8_unless_dense_clearly_wins():
+    from slimrt.models.policy import rules_from_timings
+
+    t = {1: {"w8": 1.0, "w8a8": 2.0, "dense": 0.95}, 4: {"w8": 3.0, "w8a8": 2.0, "dense": 2.5},
+         16: {"w8": 9.0, "w8a8": 8.0, "dense": 4.0}}
+    assert rules_from_timings(t) == ((1, "w8"), (4, "w8a8"), (16, "dense"))
+    near_tie = {1: {"w8": 1.0, "w8a8": 1.05, "dense": 2.0}, 4: {"w8": 1.0, "w8a8": 0.95, "dense": 2.0},
+                16: {"w8": 3.0, "w8a8": 1.0, "dense": 2.0}}
+    assert rules_from_timings(near_tie) == ((1, "w8"), (16, "w8a8"))
+
+
+def test_tuned_policy_covers_every_int8_shape_and_runs():
+    from slimrt.models.policy import tune
+
+    model = to_int8(tiny_llama(10))
+    pol = tune(model, ms=(1, 8), reps=3)
+    assert {(64, 64), (32, 64), (128, 64), (64, 128), (300, 64)} == set(pol.per_shape)
+    rt = Runner(model, policy=pol)
+    assert len(rt.generate_ids(PROMPTS, 4)[0]) == 4
 
 
 def test_make_linear_matches_module_for_conv1d_and_int8():
@@ -305,6 +329,9 @@ def test_make_linear_matches_module_for_conv1d_and_int8():
     for m, mode in ((1, "w8"), (64, "w8a8")):
         xm = torch.randn(m, 40)
         assert torch.equal(make_linear(q, KernelPolicy(w8a8_min_m=16))(xm), q(xm, mode))
+    dense = make_linear(q, KernelPolicy(mode="dense"))(xm)
+    assert torch.allclose(dense, torch.nn.functional.linear(xm, q.dequantized_weight(), q.bias), atol=1e-5)
+    assert torch.allclose(dense, q(xm, "w8"), atol=1e-4)
 
 
 # ----- bad input -------------------------------------------------------------------------------------
@@ -344,13 +371,21 @@ def test_bad_input_gives_clear_errors():
 
 def test_from_checkpoint_round_trip(tmp_path):
     checkpoint = pytest.importorskip("slimrt.checkpoint")
-    save = getattr(checkpoint, "save_model", None) or getattr(checkpoint, "save", None)
-    if save is None:
-        pytest.skip("slimrt.checkpoint has no save function yet")
-    model = to_int8(tiny_llama(8))
-    save(model, tmp_path / "ckpt")
-    rt = Runner.from_checkpoint(tmp_path / "ckpt")
-    assert rt.generate_ids(PROMPTS, NEW) == Runner(model).generate_ids(PROMPTS, NEW)
+    import slimrt
+
+    tok = byte_bpe_tokenizer()
+    for i, model in enumerate([to_int8(tiny_llama(8)), to_int8(tiny_gpt2(8))]):
+        checkpoint.save(model, tmp_path / f"ckpt{i}", tokenizer=tok)
+        rt = slimrt.load(tmp_path / f"ckpt{i}")
+        assert isinstance(rt, Runner) and rt.tokenizer is not None
+        assert rt.generate_ids(PROMPTS, NEW) == Runner(model).generate_ids(PROMPTS, NEW)
+        assert rt.generate("the runner", 8) == Runner(model, tok).generate("the runner", 8)
+    bert = tiny_bert(2)
+    checkpoint.save(bert, tmp_path / "enc", tokenizer=tok)
+    rt = Runner.from_checkpoint(tmp_path / "enc")
+    assert torch.allclose(rt.embed(["héllo wörld"]), Runner(bert, tok).embed(["héllo wörld"]), atol=1e-6)
+    with pytest.raises(ValueError, match="generate needs a decoder"):
+        rt.generate("x", 2)
 
 
 # ----- CLI ---------------------------------------------------------------------------------------------

@@ -9,6 +9,11 @@
 // spills accumulators of the intrinsic form (~2.5x slower), see objdump of this file.
 #include <immintrin.h>
 
+// gcc 12's own avx512fintrin.h trips -Wmaybe-uninitialized on its _mm512_undefined_* helpers
+// (masked loads, reductions): a false positive inside the header, silenced for this file only.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -60,8 +65,8 @@ inline void store_out(void* out, OutType dt, int64_t off, __mmask16 m, __m512 v)
 }
 
 struct Gemm {
-  const uint8_t* au;  // (M, k_pad) a + 128
-  int64_t k_pad, kq;
+  const uint8_t* au;  // (M, k_pad) a + 128, row stride lda_u
+  int64_t lda_u, k_pad, kq;
   const int8_t* panels;
   const int32_t* comp;
   const float *a_scale, *b_scale, *bias;
@@ -83,7 +88,7 @@ void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < NB; ++j)
       acc[r][j] = first ? _mm512_setzero_si512() : _mm512_loadu_si512(cbuf + r * 64 + j * 16);
-  const uint8_t* a = g.au + m0 * g.k_pad + q0 * 4;
+  const uint8_t* a = g.au + m0 * g.lda_u + q0 * 4;
   const int8_t* b = g.panels + p0 * kPanel * g.k_pad + q0 * 64;
   const int64_t ps = kPanel * g.k_pad;
   for (int64_t q = 0; q < nq; ++q, a += 4, b += 64) {
@@ -94,7 +99,7 @@ void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t
     if (prefetch)
       for (int j = 0; j < NB; ++j) _mm_prefetch(reinterpret_cast<const char*>(b + j * ps + kKcq * 64), _MM_HINT_T0);
     for (int r = 0; r < MR; ++r) {
-      const __m512i av = _mm512_set1_epi32(load32(a + r * g.k_pad));
+      const __m512i av = _mm512_set1_epi32(load32(a + r * g.lda_u));
       for (int j = 0; j < NB; ++j) acc[r][j] = dpbusd(acc[r][j], av, bv[j]);
     }
   }
@@ -139,8 +144,11 @@ void int8_gemm_packed(const int8_t* a, int64_t lda, const int8_t* packed, const 
   int64_t hdr[5];
   std::memcpy(hdr, packed, sizeof(hdr));
   const int64_t n_pad = hdr[3], k_pad = hdr[4];
-  // a (M, K) int8 -> au (M, k_pad) u8 = a + 128 (xor 0x80); the pad multiplies zero weights.
-  std::vector<uint8_t> au(static_cast<size_t>(M * k_pad));
+  // a (M, K) int8 -> au (M, k_pad) u8 = a + 128 (xor 0x80); the pad multiplies zero weights. The row
+  // stride is k_pad rounded to 64 plus 64 bytes: with K = 4096 the 6 rows of a tile would otherwise
+  // sit 4 KiB apart and all map to one L1 set (4 KiB aliasing).
+  const int64_t lda_u = round_up(k_pad, 64) + 64;
+  std::vector<uint8_t> au(static_cast<size_t>(M * lda_u));
   parallel_for(M, num_threads, [&](int64_t m0, int64_t m1) {
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
     for (int64_t m = m0; m < m1; ++m)
@@ -149,30 +157,39 @@ void int8_gemm_packed(const int8_t* a, int64_t lda, const int8_t* packed, const 
         const __mmask64 mk = n <= 0 ? 0 : (n >= 64 ? ~__mmask64(0) : (__mmask64(1) << n) - 1);
         const __mmask64 mst = k_pad - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (k_pad - k)) - 1;
         const __m512i v = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, a + m * lda + k), flip);
-        _mm512_mask_storeu_epi8(au.data() + m * k_pad + k, mst, v);
+        _mm512_mask_storeu_epi8(au.data() + m * lda_u + k, mst, v);
       }
   }, std::max<int64_t>(1, 32768 / std::max<int64_t>(k_pad, 1)));
 
-  Gemm g{au.data(), k_pad, k_pad / 4, packed + kPackHeader,
+  Gemm g{au.data(), lda_u, k_pad, k_pad / 4, packed + kPackHeader,
          reinterpret_cast<const int32_t*>(packed + kPackHeader + n_pad * k_pad),
          a_scale, b_scale, bias, out, out_dt, ldc, N};
   const int64_t panels = n_pad / kPanel;
   const int64_t n_tiles = div_up(panels, kNB);
-  // Work item = (row block of up to 96 rows, 64-column tile), row-block major: a thread's
-  // consecutive items share the row block's activations (<= 96 x K bytes, in L2) and stream weights.
-  // Blocks of equal height (M = 128 -> 66 + 62, not 96 + 32) so the threads' shares stay even.
-  const int64_t mb = round_up(div_up(M, div_up(M, 96)), kMR);
-  const int64_t m_blocks = div_up(M, mb);
-  parallel_for(n_tiles * m_blocks, num_threads, [&](int64_t i0, int64_t i1) {
-    std::vector<int32_t> cbuf(static_cast<size_t>(mb * 64));
+  // Work item = (64-column tile, row chunk), column-tile major. A row chunk is all of M unless there
+  // are too few column tiles to feed the threads: then each weight slab is read from memory exactly
+  // once (the weight is the big operand: 45 MB at 4096 x 11008, > L3), while the activations, M x K,
+  // are re-read from L2/L3 per tile. Within an item each 256-deep k block of the slab (16 KiB) stays
+  // in L1 while every row tile passes over it; partial sums live in cbuf between k blocks.
+  int64_t m_chunks = 1;
+  if (n_tiles < 2 * num_threads) m_chunks = std::min(div_up(M, kMR), div_up(2 * num_threads, n_tiles));
+  const int64_t mc = round_up(div_up(M, m_chunks), kMR);
+  m_chunks = div_up(M, mc);
+  parallel_for(n_tiles * m_chunks, num_threads, [&](int64_t i0, int64_t i1) {
+    std::vector<int32_t> cbuf(static_cast<size_t>(mc * 64));
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t mbi = i / n_tiles, nt = i % n_tiles;
+      const int64_t nt = i / m_chunks, mci = i % m_chunks;
       const int64_t p0 = nt * kNB, nb = std::min<int64_t>(kNB, panels - p0);
-      const int64_t m_beg = mbi * mb, m_end = std::min(M, m_beg + mb);
+      const int64_t m_beg = mci * mc, m_end = std::min(M, m_beg + mc);
       for (int64_t q0 = 0; q0 < g.kq; q0 += kKcq) {
         const int64_t nq = std::min(kKcq, g.kq - q0);
         for (int64_t m0 = m_beg; m0 < m_end; m0 += kMR) {
           const int64_t mr = std::min<int64_t>(kMR, m_end - m0);
+          // The next row tile's activations for this k block (6 rows x 256 bytes) toward L1: the rows
+          // are k_pad apart, which hardware prefetchers do not follow. Prefetches never fault.
+          for (int64_t r = 0; r < kMR; ++r)
+            for (int64_t c = 0; c < kKcq * 4; c += 64)
+              _mm_prefetch(reinterpret_cast<const char*>(g.au + (m0 + kMR + r) * lda_u + q0 * 4 + c), _MM_HINT_T0);
           kTiles[mr - 1][nb - 1](g, m0, p0, q0, nq, cbuf.data() + (m0 - m_beg) * 64, q0 == 0, q0 + nq >= g.kq,
                                  m0 == m_beg);
         }

@@ -28,3 +28,12 @@ from slimrt.errors import CheckpointError, SlimrtError  # noqa: E402
 from slimrt.checkpoint import save  # noqa: E402
 
 __all__ += ["attention", "BlockMask"]
+
+# ---- quality (issue 8) ----: slimrt.evaluate(compressed, reference, data) -> dict; slimrt.distill(...)
+# Eager like compress (the function shadows its module); both import only torch at this point.
+from slimrt.evaluate import evaluate, QualityGateError  # noqa: E402
+
+__all__ += ["evaluate", "QualityGateError"]
+from slimrt.distill import distill  # noqa: E402
+
+__all__ += ["distill"]

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimrt import models
-from slimrt.models._common import Batch, KernelPolicy
+from slimrt.models._common import Batch
+from slimrt.models.policy import KernelPolicy
 from slimrt.models.bert import pool
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
@@ -116,17 +117,23 @@ def _check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, 
 class Runner:
     """Runs an HF model object (BERT, Llama or GPT-2 family, dense or with slimrt modules swapped in).
 
-    ``policy`` picks the Int8Linear kernel per call shape (see models.KernelPolicy); ``pooling``
+    ``policy`` picks the Int8Linear kernel per call shape (see models.policy): a KernelPolicy, None
+    for the default threshold rule, or "tune" to measure this model's shapes on this machine first
+    (a few seconds; ``rt.policy.to_dict()`` keeps the result). ``pooling``
     (mean, cls, max, mean_sqrt_len) and ``max_seq_length`` apply to ``embed``.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any = None, *, policy: KernelPolicy | None = None,
+    def __init__(self, model: nn.Module, tokenizer: Any = None, *, policy: KernelPolicy | str | None = None,
                  pooling: str | None = None, max_seq_length: int | None = None) -> None:
         if pooling is not None and pooling not in POOLING_MODES:
             raise ValueError(f"Runner: pooling={pooling!r} is not one of {', '.join(POOLING_MODES)}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = model.config
+        if policy == "tune":
+            policy = models.tune(model)
+        elif policy is not None and not isinstance(policy, KernelPolicy):
+            raise ValueError(f"Runner: policy={policy!r} must be a KernelPolicy, 'tune' or None")
         self.policy = policy or KernelPolicy()
         self.lean = models.build(model, self.policy)
         self.kind: str = self.lean.kind
@@ -139,9 +146,15 @@ class Runner:
         from slimrt import checkpoint
 
         loaded = checkpoint.load_model(path)
+        # Pooling and max_seq_length: a sentence-transformers layout in the directory, else the
+        # compression metadata (model.slimrt_meta, stored verbatim as slimrt.json "compression").
         meta = getattr(loaded, "meta", None) or {}
-        kwargs.setdefault("pooling", read_pooling(path) or (meta.get("pooling") if isinstance(meta, dict) else None))
-        kwargs.setdefault("max_seq_length", read_max_seq_length(path))
+        extra = meta.get("compression") if isinstance(meta, dict) else None
+        extra = extra if isinstance(extra, dict) else {}
+        pooling = read_pooling(path) or extra.get("pooling")
+        max_len = read_max_seq_length(path) or extra.get("max_seq_length")
+        kwargs.setdefault("pooling", pooling if isinstance(pooling, str) else None)
+        kwargs.setdefault("max_seq_length", max_len if isinstance(max_len, int) and max_len > 0 else None)
         return cls(loaded.model, loaded.tokenizer, **kwargs)
 
     # ----- encoders -------------------------------------------------------------------------
@@ -171,12 +184,13 @@ class Runner:
                 for r, row in enumerate(rows):
                     ids[r, :len(row)] = torch.tensor(row, dtype=torch.long)
                     mask[r, :len(row)] = 1
-                out[idx] = self.embed_ids(ids, mask, normalize)
+                out[idx] = self.embed_ids(ids, mask, normalize).cpu()
         return out
 
     def embed_ids(self, input_ids: Tensor, attention_mask: Tensor, normalize: bool = True) -> Tensor:
         """input_ids, attention_mask (B, T) -> pooled (B, C) float32."""
         with torch.inference_mode():
+            input_ids, attention_mask = input_ids.to(self.lean.device), attention_mask.to(self.lean.device)
             emb = pool(self.lean.forward(input_ids, attention_mask), attention_mask, self.pooling)
             return F.normalize(emb, dim=-1) if normalize else emb
 
@@ -245,9 +259,10 @@ class Runner:
         lengths = [len(p) for p in prompts]
         plen, b = max(lengths), len(prompts)
         max_len = plen + max_new_tokens
-        eos_ids = torch.tensor(sorted(self._eos_ids()), dtype=torch.long) if eos else None
-        pad_id = int(eos_ids[0]) if eos_ids is not None and len(eos_ids) else 0
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        known_eos = sorted(self._eos_ids()) if eos else []
+        eos_ids = torch.tensor(known_eos, dtype=torch.long, device=device) if known_eos else None
+        pad_id = known_eos[0] if known_eos else 0
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         if stats is not None:
             stats.update(prompt_tokens=sum(lengths), new_tokens=0, prefill_s=0.0, decode_s=0.0)
         if max_new_tokens == 0:
@@ -262,7 +277,7 @@ class Runner:
             cache = lean.new_cache(b, max_len)
             step_mask = batch.decode_mask()
             logits = lean.forward(ids, pos, cache, 0, batch.prefill_mask(), not batch.padded)  # prefill
-            finished = torch.zeros(b, dtype=torch.bool)
+            finished = torch.zeros(b, dtype=torch.bool, device=device)
         t1 = time.perf_counter()
         if stats is not None:
             stats["prefill_s"] = t1 - t0

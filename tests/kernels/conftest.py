@@ -2,4 +2,5 @@
 # TRITON_INTERPRET=1, set by test_triton_suite.py's subprocess); elsewhere they are not even listed.
 from triton_env import UNDER_INTERPRETER
 
-collect_ignore = [] if UNDER_INTERPRETER else ["test_triton_ops.py", "test_triton_kernels.py"]
+INTERPRETER_ONLY = ["test_triton_ops.py", "test_triton_kernels.py", "test_triton_attention.py"]
+collect_ignore = [] if UNDER_INTERPRETER else INTERPRETER_ONLY

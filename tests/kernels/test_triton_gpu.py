@@ -51,7 +51,7 @@ def test_quantize_per_token_exact(m, k, dtype):
 def _all_int8_configs():
     from slimrt.kernels import int8_gemm as K
 
-    return [dict(c.kwargs) for c in K.CONFIGS + K.DECODE_CONFIGS]
+    return [{**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages} for c in K.CONFIGS + K.DECODE_CONFIGS]
 
 
 @pytest.mark.parametrize("m", [1, 16, 17, 300])
@@ -105,7 +105,8 @@ def test_int8_weight_only_every_config():
     w_q, w_s = _weight(333, 1000)
     ref = R.int8_weight_only_linear(x, w_q, w_s)
     for c in K.CONFIGS:
-        y = K.int8_weight_only_linear(x, w_q, w_s, config=dict(c.kwargs))
+        y = K.int8_weight_only_linear(x, w_q, w_s, config={**c.kwargs, "num_warps": c.num_warps,
+                                                           "num_stages": c.num_stages})
         torch.testing.assert_close(y, ref, rtol=BF16_RTOL, atol=BF16_RTOL * ref.abs().max().item(), msg=str(c))
 
 
@@ -113,7 +114,8 @@ def test_int8_weight_only_every_config():
 @pytest.mark.parametrize("m", [1, 77, 2048])
 def test_lowrank_linear_fp32(m, r):
     k, n = 2048, 1536
-    x, u, v = torch.randn(m, k, device=DEV), torch.randn(n, r, device=DEV) / r**0.5, torch.randn(r, k, device=DEV) / k**0.5
+    x = torch.randn(m, k, device=DEV)
+    u, v = torch.randn(n, r, device=DEV) / r**0.5, torch.randn(r, k, device=DEV) / k**0.5
     bias = torch.randn(n, device=DEV)
     ref = R.lowrank_linear(x, u, v, bias)
     torch.testing.assert_close(slimrt.ops.lowrank_linear(x, u, v, bias), ref, rtol=1e-5,
@@ -140,3 +142,47 @@ def test_noncontiguous_inputs_on_gpu():
                                rtol=1e-6, atol=1e-5)
     a, b = _int8(91, 40).T, _int8(70, 182)[:, ::2]
     assert torch.equal(slimrt.ops.int8_gemm(a, b, None, None, torch.int32), R.int8_gemm(a, b, None, None, torch.int32))
+
+
+# --- block_sparse_attention (op registration follows the attention branch's merge) ----------------
+
+def _attention_case(b, hq, hkv, lq, lk, d, bs, density, dtype, causal=True, seed=0):
+    from attention_oracle import dense_allowed, random_layout
+
+    g = torch.Generator().manual_seed(seed)
+    counts, idx, blocks = random_layout(1, hq, lq, lk, bs, density, g, keep_diagonal=lq == lk)
+    allowed = dense_allowed(blocks, bs, lq, lk, causal, 0, 0, None).to(DEV)
+    q = torch.randn(b, hq, lq, d, device=DEV).to(dtype)
+    k = torch.randn(b, hkv, lk, d, device=DEV).to(dtype)
+    v = torch.randn(b, hkv, lk, d, device=DEV).to(dtype)
+    return q, k, v, counts.to(DEV), idx.to(DEV), allowed
+
+
+@pytest.mark.parametrize("lq,lk,density", [(2048, 2048, 0.1), (2048, 2048, 0.5), (1, 8192, 0.5), (333, 1000, 0.3)])
+def test_block_sparse_attention_bf16_within_2x_sdpa_error(lq, lk, density):
+    from attention_oracle import oracle
+    from slimrt.kernels.block_sparse_attention import block_sparse_attention
+
+    q, k, v, counts, idx, allowed = _attention_case(1, 8, 2, lq, lk, 128, 128, density, torch.bfloat16)
+    ref = oracle(q, k, v, allowed, 1 / 128**0.5)
+    out = block_sparse_attention(q, k, v, counts, idx, 128, causal=True)
+    nonempty = allowed.any(-1).expand(ref.shape[:-1])  # SDPA gives NaN on empty rows; the kernel zeros
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1),
+                                                            attn_mask=allowed)
+    torch_err = (sdpa.double() - ref)[nonempty].abs().max().item()
+    err = (out.double() - ref)[nonempty].abs().max().item()
+    assert err <= 2 * torch_err + 1e-6, f"slimrt {err:.3e} vs SDPA bf16 {torch_err:.3e}"
+    assert (out[~nonempty] == 0).all()
+
+
+@pytest.mark.parametrize("lq,lk", [(1024, 1024), (1, 4096), (77, 1000)])
+def test_block_sparse_attention_fp32(lq, lk):
+    from attention_oracle import oracle
+    from slimrt.kernels.block_sparse_attention import block_sparse_attention
+
+    q, k, v, counts, idx, allowed = _attention_case(2, 4, 4, lq, lk, 64, 64, 0.4, torch.float32)
+    ref = oracle(q, k, v, allowed, 1 / 8)
+    for splits in (None, 1, 5):
+        out = block_sparse_attention(q, k, v, counts, idx, 64, causal=True, num_splits=splits)
+        err = (out.double() - ref).abs().max().item()
+        assert err <= 2e-5 * max(1.0, ref.abs().max().item()), f"splits={splits}: max error {err:.3e}"

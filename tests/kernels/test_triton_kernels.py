@@ -95,3 +95,21 @@ def test_lowrank_n_split_covers_every_tile(K):
     x, u, v = torch.randn(3, 20), torch.randn(70, 9), torch.randn(9, 20)
     torch.testing.assert_close(K.lowrank_linear.lowrank_linear(x, u, v), R.lowrank_linear(x, u, v),
                                rtol=1e-5, atol=1e-4)
+
+
+def test_gpu_benchmark_script_runs(capsys):
+    # benchmarks/bench_gpu.py --smoke: every section at toy sizes on CPU tensors (timings meaningless),
+    # so the GPU benchmark cannot rot while no GPU runs it.
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    bench = sys.modules["bench_gpu"] = importlib.util.module_from_spec(spec)  # dataclasses look the module up
+    spec.loader.exec_module(bench)
+    assert bench.main(["--smoke"]) == 0
+    table = capsys.readouterr().out
+    for provider in ("slimrt int8_gemm", "slimrt weight-only int8", "slimrt lowrank_linear (fused)",
+                     "slimrt lowrank_linear (two launches)", "slimrt block_sparse_attention", "SDPA boolean mask"):
+        assert provider in table, table

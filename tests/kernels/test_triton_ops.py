@@ -5,7 +5,9 @@ registered the Triton kernels for the CPU key. Oracle: slimrt.ops.reference. Tol
 exact; float outputs of the int8 ops exact too (the interpreter evaluates the epilogue in the
 reference's order in fp32, with no FMA contraction); fp32 GEMMs (weight-only, low-rank) differ from
 the reference only in summation order: rtol 1e-5 plus atol 1e-5 x the output's scale.
-bf16 tl.dot is wrong in the interpreter, so bf16 weight-only/low-rank are covered in test_triton_gpu.py.
+The interpreter multiplies bf16 tl.dot operands as raw integers, so under it the kernels feed bf16
+tiles to tl.dot as fp32 (kernels/_common.mma: exact products, fp32 accumulation, as a GPU's bf16 MMA);
+the bf16 tests here check everything around the dot (loads, casts, epilogues), the GPU tests the MMA.
 """
 
 import pytest
@@ -202,7 +204,8 @@ def test_int8_weight_only_linear_fp32(m, n, k):
     x = torch.randn(m, k)
     w_q, w_s = _weight(n, k)
     bias = torch.randn(n)
-    assert_close_fp32(slimrt.ops.int8_weight_only_linear(x, w_q, w_s, bias), R.int8_weight_only_linear(x, w_q, w_s, bias))
+    assert_close_fp32(slimrt.ops.int8_weight_only_linear(x, w_q, w_s, bias),
+                      R.int8_weight_only_linear(x, w_q, w_s, bias))
 
 
 def test_linear_noncontiguous():
@@ -264,3 +267,84 @@ def test_opcheck():
     ]
     for name, args in cases:
         torch.library.opcheck(getattr(torch.ops.slimrt, name).default, args)
+
+
+# --- block_sparse_attention (slimrt.BlockMask) ------------------------------------------------------
+
+def _qkv(b, hq, hkv, lq, lk, d, dtype=torch.float32):
+    return (torch.randn(b, hq, lq, d).to(dtype), torch.randn(b, hkv, lk, d).to(dtype),
+            torch.randn(b, hkv, lk, d).to(dtype))
+
+
+def _attention_close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    # fp32 online softmax (exp2) vs the reference's two-pass fp32 softmax.
+    torch.testing.assert_close(out, ref, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("lq,lk,bs", [(1, 33, 16), (17, 17, 16), (33, 67, 8), (67, 67, 32)])
+def test_block_sparse_attention_masks(lq, lk, bs):
+    from slimrt import attention
+
+    q, k, v = _qkv(1, 4, 2, lq, lk, 16)
+    for mask in (attention.causal_mask(lq, lk, bs), attention.sliding_window_mask(lq, lk, 9, 2, block_size=bs),
+                 attention.full_mask(lq, lk, bs)):
+        out = slimrt.ops.block_sparse_attention(q, k, v, mask)
+        _attention_close(out, R.block_sparse_attention(q, k, v, mask.kv_num_blocks, mask.kv_indices, bs, mask.causal,
+                                                       mask.window, mask.num_global, mask.token_mask, None))
+
+
+def test_block_sparse_attention_token_mask_and_empty_rows():
+    g = torch.Generator().manual_seed(1)
+    tm = torch.rand(2, 1, 20, 27, generator=g) < 0.3
+    tm[0, 0, 5] = False  # a query with no allowed key -> zeros
+    mask = slimrt.BlockMask.from_token_mask(tm, 8)
+    q, k, v = _qkv(2, 2, 1, 20, 27, 16)
+    out = slimrt.ops.block_sparse_attention(q, k, v, mask, scale=0.3)
+    ref = R.block_sparse_attention(q, k, v, mask.kv_num_blocks, mask.kv_indices, 8, False, 0, 0, mask.token_mask, 0.3)
+    _attention_close(out, ref)
+    assert (out[0, :, 5] == 0).all()
+
+
+def test_block_sparse_attention_bad_layout_is_an_error():
+    q, k, v = _qkv(1, 1, 1, 8, 16, 16)
+    counts = torch.tensor([[[2]]], dtype=torch.int32)
+    idx = torch.tensor([[[1, 0]]], dtype=torch.int32)  # not sorted
+    with pytest.raises(ValueError, match="kv_indices"):
+        torch.ops.slimrt.block_sparse_attention(q, k, v, counts, idx, 8, False, 0, 0, None, None)
+
+
+# --- bf16 through the float GEMMs and attention (see the module docstring) -------------------------
+
+@pytest.mark.parametrize("m", [1, 17])
+def test_int8_weight_only_linear_bf16(m):
+    x = torch.randn(m, 67).bfloat16()
+    w_q, w_s = _weight(33, 67)
+    bias = torch.randn(33).bfloat16()
+    ref = R.int8_weight_only_linear(x, w_q, w_s, bias)
+    # fp32 sums in another order, then one bf16 rounding each: at most 1 bf16 ulp apart.
+    torch.testing.assert_close(slimrt.ops.int8_weight_only_linear(x, w_q, w_s, bias), ref, rtol=2**-7, atol=1e-5)
+
+
+@pytest.mark.parametrize("r", [7, 300])
+def test_lowrank_linear_bf16_within_2x_torch_error(r):
+    x = torch.randn(17, 67).bfloat16()
+    u, v = (torch.randn(33, r) / r**0.5).bfloat16(), (torch.randn(r, 67) / 8).bfloat16()
+    oracle = (x.double() @ v.double().T) @ u.double().T
+    torch_err = ((x @ v.T) @ u.T).double().sub(oracle).abs().max().item()
+    err = slimrt.ops.lowrank_linear(x, u, v, None).double().sub(oracle).abs().max().item()
+    assert err <= 2 * torch_err + 1e-6, f"slimrt {err:.3e} vs torch bf16 {torch_err:.3e}"
+
+
+def test_block_sparse_attention_bf16_within_2x_torch_error():
+    from slimrt import attention
+
+    q, k, v = _qkv(1, 4, 2, 40, 67, 32, torch.bfloat16)
+    mask = attention.sliding_window_mask(40, 67, 20, 3, block_size=16)
+    allowed = mask.to_dense(40, 67)
+    kd, vd = k.double().repeat_interleave(2, 1), v.double().repeat_interleave(2, 1)
+    oracle = torch.nn.functional.scaled_dot_product_attention(q.double(), kd, vd, attn_mask=allowed)
+    torch_bf16 = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=allowed)
+    torch_err = (torch_bf16.double() - oracle).abs().max().item()
+    err = (slimrt.ops.block_sparse_attention(q, k, v, mask).double() - oracle).abs().max().item()
+    assert err <= 2 * torch_err + 1e-6, f"slimrt {err:.3e} vs torch bf16 {torch_err:.3e}"

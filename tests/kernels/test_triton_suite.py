@@ -76,8 +76,8 @@ def test_a_namespace_dir_named_triton_is_not_triton(monkeypatch):
 @needs_triton
 @not_in_subprocess
 def test_backend_triton_without_interpreter_is_a_clear_error():
-    r = _python("import torch, slimrt; print(slimrt.ops.backend()['cpu']); slimrt.ops.quantize_per_token(torch.ones(2, 3))",
-                SLIMRT_BACKEND="triton")
+    code = "import torch, slimrt; print(slimrt.ops.backend()['cpu']); slimrt.ops.quantize_per_token(torch.ones(2, 3))"
+    r = _python(code, SLIMRT_BACKEND="triton")
     assert r.returncode != 0 and r.stdout.strip() == "triton", r.stdout + r.stderr
     assert "TRITON_INTERPRET=1" in r.stderr.splitlines()[-1], r.stderr
 
@@ -91,5 +91,6 @@ def test_backend_triton_without_triton_is_a_clear_error():
     r = _python(code, SLIMRT_BACKEND="triton", TRITON_INTERPRET="1")
     assert r.returncode != 0 and "pip install triton" in r.stderr.splitlines()[-1], r.stderr
     # The default backend keeps working without triton.
-    r = _python(code.replace("slimrt.ops.int8_gemm", "print(slimrt.ops.int8_gemm").replace("torch.int32)", "torch.int32).sum().item())"))
+    code = code.replace("slimrt.ops.int8_gemm", "print(slimrt.ops.int8_gemm")
+    r = _python(code.replace("torch.int32)", "torch.int32).sum().item())"))
     assert r.returncode == 0 and r.stdout.strip() == "12", r.stdout + r.stderr

@@ -379,3 +379,39 @@ def test_int8linear_concurrent_calls_match_serial():
         for i, (y, y8) in enumerate(outs):
             want, want8 = serial[i % len(xs)]
             assert torch.equal(y, want) and torch.equal(y8, want8), f"thread {t} call {i} differs from serial"
+
+
+# ---- machine probes -------------------------------------------------------------------------------
+
+def test_probes_report_positive_rates_and_refuse_the_scalar_path():
+    ext = _native.load()
+    before = ext.active_isa()
+    if before == "avx512":
+        assert ext.probe_int8_peak(1, 0.01) > 1e9
+    assert ext.probe_read_bandwidth(8 << 20, 1, 1) > 1e8
+    try:
+        ext.set_isa("scalar")
+        with pytest.raises(ValueError, match="probe_int8_peak: needs the avx512"):
+            ext.probe_int8_peak(1, 0.01)
+        with pytest.raises(ValueError, match="probe_read_bandwidth"):
+            ext.probe_read_bandwidth(8 << 20, 1, 1)
+    finally:
+        ext.set_isa(before)
+    with pytest.raises(ValueError, match="nbytes >= 1 MiB"):
+        ext.probe_read_bandwidth(1024, 1, 1)
+
+
+def test_back_to_back_parallel_calls_stay_correct():
+    # Many short parallel runs in a row exercise the thread pool's hand-over between runs (a worker
+    # waking late must neither run a finished run's task nor steal an index of the next run).
+    torch.manual_seed(2)
+    w = _rand_i8(130, 64)
+    s = torch.rand(130) + 0.1
+    wp = ops.int8_pack_weight(w)
+    xs = [torch.randn(m, 64) for m in (1, 12, 40)]
+    want = [R.int8_linear(x, w, s, None) for x in xs]
+    for i in range(1500):
+        j = i % 3
+        y = ops.int8_linear(xs[j], w, s, None, wp)
+        if i % 100 < 3:
+            _assert_equal(y, want[j], f"call {i}")

@@ -199,3 +199,11 @@ def test_random_shapes(m, k, r, n, bf16):
         _assert_bf16_close(y, reference.lowrank_linear(x, u, v, b))
     else:
         _assert_fp32_close(y, x, u, v, b)
+
+
+def test_requires_grad_is_refused_outside_no_grad():
+    x, u, v, b = _factors(3, 17, 7, 33, torch.float32)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        slimrt.ops.lowrank_linear(x.requires_grad_(), u, v, b)
+    with torch.no_grad():
+        assert slimrt.ops.lowrank_linear(x, u, v, b).shape == (3, 33)

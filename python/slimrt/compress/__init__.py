@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from slimrt.compress import int8  # noqa: F401  (registers "w8a8" and "w8")
+from slimrt.compress import lowrank  # noqa: F401  (registers "lowrank")
 from slimrt.compress import prune  # noqa: F401  (registers "prune_heads" and "prune_ffn")
 from slimrt.compress.report import report
 from slimrt.compress.swap import METHODS, Fallback, Method, model_size, register

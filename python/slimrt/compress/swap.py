@@ -52,6 +52,8 @@ class Context:
     model: nn.Module | None = None
     calibration: Iterable[Any] | None = None
     tokenizer: Any = None
+    # Whatever a method's ``prepare`` computed for all its layers at once (e.g. lowrank's model-wide
+    # rank plan), keyed by method name.
     state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,6 +74,10 @@ class Method:
     convert: Callable[[str, nn.Module, Context], tuple[nn.Module, dict[str, Any]]]
     params: dict[str, tuple[type, Any, Callable[[Any], str | None] | None]] = field(default_factory=dict)
     needs_calibration: Callable[["Recipe"], bool] = lambda recipe: False
+    # Optional: prepare(model, todo, ctx, calibration, tokenizer, progress) runs once before the layers
+    # are converted, for methods that decide across layers (lowrank spreads one parameter budget)
+    # or need statistics other than act_amax (lowrank's input Gram matrices).
+    prepare: Callable[..., None] | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -204,6 +210,8 @@ def swap(model: nn.Module, recipe: "Recipe", calibration: Iterable[Any] | None =
                                  "(smoothquant=True); pass calibration=[batches]")
             ctx.act_amax = calib.collect_input_amax(model, [m for _, m in todo], [n for n, _ in todo],
                                                     calibration, tokenizer, progress=progress)
+        if method.prepare is not None and todo:
+            method.prepare(model, todo, ctx, calibration, tokenizer, progress)
         shared = _shared_params(model)
         bar = tqdm(todo, desc=f"slimrt {method_name}", unit="layer", disable=not progress, leave=False)
         for name, module in bar:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from slimrt.models import bert, gpt2, llama
-from slimrt.models._common import KernelPolicy, make_linear
+from slimrt.models._common import make_linear
+from slimrt.models.policy import KernelPolicy, tune
 
 FAMILIES = {
     **{t: llama.LlamaLean for t in llama.MODEL_TYPES},
@@ -19,7 +20,8 @@ def build(model: nn.Module, policy: KernelPolicy | None = None):
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in FAMILIES:
-        raise ValueError(f"Runner: model_type={model_type!r} is not supported; supported: {', '.join(sorted(FAMILIES))}")
+        raise ValueError(f"Runner: model_type={model_type!r} is not supported; "
+                         f"supported: {', '.join(sorted(FAMILIES))}")
     if model_type in ("llama", "mistral", "qwen2", "qwen3") and not hasattr(model, "lm_head"):
         raise ValueError(f"Runner: a {model_type} model needs its LM head (a *ForCausalLM class), "
                          f"got {type(model).__name__}")
@@ -28,4 +30,4 @@ def build(model: nn.Module, policy: KernelPolicy | None = None):
     return FAMILIES[model_type](model, policy or KernelPolicy())
 
 
-__all__ = ["FAMILIES", "KernelPolicy", "build", "make_linear"]
+__all__ = ["FAMILIES", "KernelPolicy", "build", "make_linear", "tune"]

@@ -8,51 +8,17 @@ Python per call. For ``Int8Linear`` the kernel is chosen per call from the row c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from slimrt.models.policy import KernelPolicy
 from slimrt.nn.int8_linear import Int8Linear
 
 Linear = Callable[[Tensor], Tensor]
-
-# The measured crossover on the dev box (AVX-512 VNNI, 2 threads, benchmarks/bench_runner.py
-# --kernels): at M = 1..8 the weight-only kernel reads 4x fewer weight bytes than fp32 and the
-# per-token activation quantization of W8A8 is pure overhead; from M ~ 16 on the int8 GEMM's
-# higher arithmetic rate wins. Per-shape thresholds from KernelPolicy.tune() override this.
-W8A8_MIN_M = 16
-
-
-@dataclass(frozen=True)
-class KernelPolicy:
-    """Which Int8Linear kernel runs for a call with M rows (M = batch * tokens).
-
-    ``mode``: "auto" picks "w8a8" when M >= the threshold for the layer's (out, in) shape
-    (``per_shape``, else ``w8a8_min_m``) and "w8" below it; "module" keeps each module's own mode
-    (what Hugging Face's forward would run); "w8a8" / "w8" force one kernel everywhere.
-    """
-
-    mode: str = "auto"
-    w8a8_min_m: int = W8A8_MIN_M
-    per_shape: Mapping[tuple[int, int], int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("auto", "module", "w8a8", "w8"):
-            raise ValueError(f"KernelPolicy: mode={self.mode!r} is not one of auto, module, w8a8, w8")
-        if self.w8a8_min_m < 1:
-            raise ValueError(f"KernelPolicy: w8a8_min_m={self.w8a8_min_m} must be >= 1")
-
-    def int8_mode(self, module: Int8Linear, m: int) -> str:
-        if self.mode == "module":
-            return module.mode
-        if self.mode != "auto":
-            return self.mode
-        thr = self.per_shape.get((module.out_features, module.in_features), self.w8a8_min_m)
-        return "w8a8" if m >= thr else "w8"
-
 
 def make_linear(module: nn.Module, policy: KernelPolicy) -> Linear:
     """A ``y = f(x)`` for any linear-like module, x (..., K) -> y (..., N)."""
@@ -64,11 +30,36 @@ def make_linear(module: nn.Module, policy: KernelPolicy) -> Linear:
         w, b, n = module.weight, module.bias, module.nf
         return lambda x: torch.addmm(b, x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], n)
     if isinstance(module, Int8Linear):
-        fwd, pick = module.forward, policy.int8_mode
-        return lambda x: fwd(x, pick(module, x.numel() // max(x.shape[-1], 1)))
+        return _int8_linear(module, policy.rules(module))
     if not callable(module):
         raise TypeError(f"make_linear: {type(module).__name__} is not callable like a linear layer")
     return module
+
+
+def _int8_linear(module: Int8Linear, rules: tuple[tuple[int, str], ...]) -> Linear:
+    fwd = module.forward
+    if len(rules) == 1 and rules[0][1] != "dense":
+        mode = rules[0][1]
+        return lambda x: fwd(x, mode)
+    dense_w = dense_b = None
+    if any(k == "dense" for _, k in rules):
+        # The dense kernel multiplies by the dequantized weight (the same math as "w8"): 4 bytes per
+        # weight kept beside the int8 copy, only for layers where measurement found it fastest.
+        dense_w = module.dequantized_weight()
+        dense_b = None if module.bias is None else module.bias.float()
+    first, rest = rules[0][1], rules[1:]
+
+    def call(x: Tensor) -> Tensor:
+        m = x.numel() // max(x.shape[-1], 1)
+        kernel = first
+        for m_min, k in rest:
+            if m >= m_min:
+                kernel = k
+        if kernel == "dense":
+            return F.linear(x, dense_w.to(x.dtype), None if dense_b is None else dense_b.to(x.dtype))
+        return fwd(x, kernel)
+
+    return call
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimrt.models._common import KernelPolicy, attention, make_linear
+from slimrt.models._common import attention, make_linear
+from slimrt.models.policy import KernelPolicy
 
 MODEL_TYPES = ("bert",)
 
@@ -30,7 +31,7 @@ class BertLean:
         self.max_positions = int(cfg.max_position_embeddings)
         self.n_heads = cfg.num_attention_heads
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
-        self.dtype = self.word.dtype
+        self.dtype, self.device = self.word.dtype, self.word.device
         self.layers = []
         for layer in bert.encoder.layer:
             sa, so = layer.attention.self, layer.attention.output

@@ -7,7 +7,8 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimrt.models._common import Batch, KernelPolicy, KVCache, attention, make_linear
+from slimrt.models._common import Batch, KVCache, attention, make_linear
+from slimrt.models.policy import KernelPolicy
 
 MODEL_TYPES = ("gpt2",)
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from slimrt import ops
+from slimrt.nn import _train
 
 MODES = ("w8a8", "w8")
 
@@ -21,12 +22,21 @@ class Int8Linear(nn.Module):
     ``forward(x, mode=None)`` lets a runner choose per call shape; the default is the module's mode.
 
     State: w_q (N, K) int8, w_scale (N,) float32, bias (N,) float or None. A packed copy of w_q for
-    the device's kernel is made once (non-persistent: never written to a checkpoint).
+    the device's kernel is made once (non-persistent: never written to a checkpoint); on CPU it is the
+    ISA-independent VNNI layout of csrc/int8_gemm/int8_gemm.h (16-column panels x 4-deep k groups +
+    column sums), so one packed module serves every SLIMRT_ISA path.
+
     Optional ``smooth`` (K,) float32 (SmoothQuant-style migration, made by slimrt.compress): x is
     multiplied by it before quantization and W was divided by it before quantizing, so
     y = (x * smooth) @ (W / smooth).T: activation outlier channels shrink, the weight absorbs them.
     It costs one elementwise multiply of x per call; ``slimrt_config()["smooth"]`` says it exists.
+
+    Training (slimrt.distill): when autograd is on and x or a ``TRAINABLE`` tensor requires grad,
+    forward runs the same function in plain PyTorch (see nn/_train.py): w_q stays fixed, w_scale,
+    bias and smooth train, and the w8a8 activation rounding passes gradients straight through.
     """
+
+    TRAINABLE = ("w_scale", "bias", "smooth")
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "w8a8",
                  device: Any = None, bias_dtype: torch.dtype = torch.float32, smooth: bool = False) -> None:
@@ -121,6 +131,8 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor, mode: str | None = None) -> Tensor:
         mode = mode or self.mode
+        if torch.is_grad_enabled() and _train.needs_grad(x, self):  # training (slimrt.distill) only
+            return self._forward_differentiable(x, mode)
         buf = self._buffers  # one dict instead of four nn.Module.__getattr__ walks: this is the decode path
         smooth = buf.get("smooth")
         if smooth is not None:
@@ -130,6 +142,18 @@ class Int8Linear(nn.Module):
         if mode == "w8":
             return ops.int8_weight_only_linear(x, buf["w_q"], buf["w_scale"], buf.get("bias"), buf["w_packed"])
         raise ValueError(f"Int8Linear: mode={mode!r} is not one of {MODES}")
+
+    def _forward_differentiable(self, x: Tensor, mode: str) -> Tensor:
+        """The kernels' function in plain fp32 PyTorch, differentiable in x and the TRAINABLE tensors."""
+        if mode not in MODES:
+            raise ValueError(f"Int8Linear: mode={mode!r} is not one of {MODES}")
+        xf = x.float()
+        if self.smooth is not None:
+            xf = xf * self.smooth
+        if mode == "w8a8":
+            xf = _train.fake_quant_per_token(xf)
+        bias = None if self.bias is None else self.bias.float()
+        return nn.functional.linear(xf, _train.dequant(self.w_q, self.w_scale), bias).to(x.dtype)
 
     def dequantized_weight(self) -> Tensor:
         """(N, K) float32 weight this module multiplies by (x's own space: the smoothing folded back)."""

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from slimrt import ops
+from slimrt.nn import _train
 
 FACTOR_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 INT8_MODES = ("w8a8", "w8")
@@ -50,7 +51,14 @@ class LowRankLinear(nn.Module):
     another float dtype are cast to it and the output cast back). quantized=True stores u_q/v_q int8
     with u_scale (N,) / v_scale (R,) fp32 and runs two int8 linears, mode "w8a8" (activations
     quantized per token) or "w8" (weight-only). State keys: u, v (or u_q, u_scale, v_q, v_scale), bias.
+
+    Training (slimrt.distill): when autograd is on and x or a ``TRAINABLE`` tensor requires grad,
+    forward runs the same function in plain PyTorch (nn/_train.py): float factors u, v train;
+    int8 factors stay fixed while u_scale, v_scale train (w8a8 activation rounding passes gradients
+    straight through); the bias trains in both.
     """
+
+    TRAINABLE = ("u", "v", "u_scale", "v_scale", "bias")
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
                  factor_dtype: torch.dtype = torch.float32, quantized: bool = False, mode: str = "w8a8",
@@ -209,6 +217,8 @@ class LowRankLinear(nn.Module):
 
     # ---- compute -----------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
+        if _train.needs_grad(x, self):
+            return self._forward_differentiable(x)
         if self.quantized:
             lin = ops.int8_linear if self.mode == "w8a8" else ops.int8_weight_only_linear
             h = lin(x, self.v_q, self.v_scale, None, self.v_packed)  # (..., R) in x.dtype
@@ -216,6 +226,17 @@ class LowRankLinear(nn.Module):
         if x.dtype != self.factor_dtype:
             return ops.lowrank_linear(x.to(self.factor_dtype), self.u, self.v, self.bias).to(x.dtype)
         return ops.lowrank_linear(x, self.u, self.v, self.bias)
+
+    def _forward_differentiable(self, x: Tensor) -> Tensor:
+        """The kernels' function in plain PyTorch, differentiable in x and the TRAINABLE tensors."""
+        bias = None if self.bias is None else self.bias.float()
+        if self.quantized:
+            fq = _train.fake_quant_per_token if self.mode == "w8a8" else (lambda t: t)
+            h = nn.functional.linear(fq(x.float()), _train.dequant(self.v_q, self.v_scale))  # (..., R)
+            return nn.functional.linear(fq(h), _train.dequant(self.u_q, self.u_scale), bias).to(x.dtype)
+        xf = x.to(self.factor_dtype)
+        y = nn.functional.linear(nn.functional.linear(xf, self.v), self.u)  # (..., R) -> (..., N)
+        return (y.float() + bias if bias is not None else y).to(x.dtype)
 
     def weight(self) -> Tensor:
         """(N, K) float32 weight this module multiplies by (for quality checks; never stored)."""

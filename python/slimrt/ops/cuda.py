@@ -105,28 +105,26 @@ def int8_weight_only_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tenso
         return mod.int8_weight_only_linear(x, w_q, w_scale, bias)
 
 
-def _check_lowrank(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> None:
-    """The argument checks of reference.lowrank_linear (which runs them inline)."""
-    op = "lowrank_linear"
-    _check.dtype(op, "x", x, _check.FLOAT_ACT_DTYPES)
-    _check.min_ndim(op, "x", x, 1)
-    _check.dtype(op, "u", u, (x.dtype,))
-    _check.dtype(op, "v", v, (x.dtype,))
-    _check.ndim(op, "u", u, 2)
-    _check.ndim(op, "v", v, 2)
-    if v.shape[1] != x.shape[-1]:
-        raise ValueError(f"{op}: v is (R, K) = {tuple(v.shape)} but x has K = {x.shape[-1]}")
-    if u.shape[1] != v.shape[0]:
-        raise ValueError(f"{op}: u is (N, R) = {tuple(u.shape)} but v has R = {v.shape[0]}")
-    _check.bias(op, bias, u.shape[0])
-    _check.same_device(op, x=x, u=u, v=v, bias=bias)
-
-
 def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
-    _check_lowrank(x, u, v, bias)
+    reference._check_lowrank(x, u, v, bias)
     mod = _kernels("lowrank_linear")
     with _launch_on("lowrank_linear", mod, x):
         return mod.lowrank_linear(x, u, v, bias)
+
+
+def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, kv_num_blocks: Tensor, kv_indices: Tensor,
+                           block_size: int, causal: bool, window: int, num_global: int, token_mask: Tensor | None,
+                           scale: float | None) -> Tensor:
+    # Layout contents (counts, index range, order): checked on the host for CPU tensors, as the native
+    # kernel does. On CUDA that check would cost a device sync per call (per decode step); BlockMask
+    # validates its layout when built, and the kernel clamps counts and skips out-of-range blocks, so a
+    # raw bad layout cannot read out of bounds.
+    reference._check_attention(q, k, v, kv_num_blocks, kv_indices, block_size, causal, window, num_global,
+                               token_mask, scale, check_layout=q.device.type != "cuda")
+    mod = _kernels("block_sparse_attention")
+    with _launch_on("block_sparse_attention", mod, q):
+        return mod.block_sparse_attention(q, k, v, kv_num_blocks, kv_indices, block_size, causal, window,
+                                          num_global, token_mask, scale)
 
 
 # op name -> Triton implementation. quantize_per_channel and int8_pack_weight have none: they run
@@ -137,6 +135,7 @@ KERNELS = {
     "int8_linear": int8_linear,
     "int8_weight_only_linear": int8_weight_only_linear,
     "lowrank_linear": lowrank_linear,
+    "block_sparse_attention": block_sparse_attention,
 }
 
 

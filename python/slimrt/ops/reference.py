@@ -178,6 +178,7 @@ def _check_lowrank(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> None
         raise ValueError(f"{op}: u is (N, R) = {tuple(u.shape)} but v has R = {v.shape[0]}")
     _check.bias(op, bias, u.shape[0])
     _check.same_device(op, x=x, u=u, v=v, bias=bias)
+    _check.no_grad_needed(op, x=x, u=u, v=v, bias=bias)
 
 
 # ---- block-sparse attention (issue 6) ----

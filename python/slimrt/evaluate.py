@@ -1,0 +1,238 @@
+"""slimrt.evaluate(compressed, reference, data) -> dict: what compression cost, measured on text.
+
+Encoders are compared on their sentence embeddings (slimrt.metrics: cosine min/mean/p5/p50,
+top-k retrieval agreement, Spearman correlation of pairwise similarities); decoders on their
+next-token distributions at every position (KL(P_ref || P_cmp), top-1 agreement) and on the
+perplexity of the text under each model. Both models see the same token ids: the text is
+tokenized once, with the reference's tokenizer when it has one.
+
+The quality gate (``gate``) turns those numbers into accept/refuse for ``slimrt compress
+--min-cosine / --max-kl``; ``QualityGateError`` carries the one-line reason.
+
+Note: ``slimrt.evaluate`` is this module's function (exported eagerly by slimrt/__init__), so
+import the other names with ``from slimrt.evaluate import gate``, not ``import slimrt.evaluate as m``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from slimrt import metrics
+from slimrt.errors import SlimrtError
+
+DEFAULT_TEXTS = 128  # eval paragraphs used when data is None (of 565; the split is disjoint from calibration)
+DEFAULT_MAX_TOKENS = 128  # per text; MiniLM's sentence-transformers config truncates at 256
+RETRIEVAL_K = 5
+
+
+class QualityGateError(SlimrtError):
+    """A compressed model missed a quality threshold (``slimrt compress`` exits with code 3)."""
+
+
+def default_texts(n: int = DEFAULT_TEXTS) -> list[str]:
+    """The first n paragraphs of the evaluation split of pydoc_data.topics (never calibration)."""
+    from slimrt.data import pydoc_paragraphs
+
+    return pydoc_paragraphs("eval")[:n]
+
+
+def as_runner(obj: Any, tokenizer: Any = None, pooling: str | None = None):
+    """A slimrt.Runner from a Runner, an HF model object, a slimrt checkpoint dir or an HF model dir."""
+    from slimrt.models import KernelPolicy
+    from slimrt.runner import Runner
+
+    # Each Int8Linear runs its own mode (what the recipe asked for), not the runner's per-shape
+    # choice, so the numbers do not depend on batch size; a Runner passed in keeps its policy.
+    policy = KernelPolicy(mode="module")
+    if isinstance(obj, Runner):
+        return obj
+    if isinstance(obj, nn.Module):
+        return Runner(obj, tokenizer, pooling=pooling, policy=policy)
+    if isinstance(obj, (str, os.PathLike)):
+        path = os.fspath(obj)
+        if os.path.isfile(os.path.join(path, "slimrt.json")):
+            return Runner.from_checkpoint(path, policy=policy)
+        from slimrt.runner import read_max_seq_length, read_pooling
+
+        model, tok = load_hf(path)
+        return Runner(model, tok, pooling=read_pooling(path), max_seq_length=read_max_seq_length(path),
+                      policy=policy)
+    raise TypeError(f"evaluate: expected a slimrt.Runner, an nn.Module or a model directory, got {type(obj).__name__}")
+
+
+def load_hf(src: str | os.PathLike) -> tuple[nn.Module, Any]:
+    """(model in eval mode, tokenizer or None) from a local Hugging Face model directory, offline.
+
+    Only a model class defined by transformers itself is instantiated (config.json is input, never
+    code to run); other architectures fall back to AutoModel / AutoModelForCausalLM.
+    """
+    src = os.fspath(src)
+    if not os.path.isfile(os.path.join(src, "config.json")):
+        raise ValueError(f"{src!r} is neither a slimrt checkpoint (slimrt.json) nor a Hugging Face model "
+                         "directory (config.json)")
+    import transformers
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(src, local_files_only=True)
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        cls = AutoModel
+    model = cls.from_pretrained(src, local_files_only=True).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+    except (OSError, ValueError):  # a model directory without tokenizer files is legal
+        tokenizer = None
+    return model, tokenizer
+
+
+def _tokenize(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> tuple[Tensor, Tensor]:
+    """Right-padded ids and mask (B, T); padding ids are 0 (never attended or scored)."""
+    rows = tokenizer(list(texts), truncation=True, max_length=max_tokens)["input_ids"]
+    ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, row in enumerate(rows):
+        ids[r, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[r, :len(row)] = 1
+    return ids, mask
+
+
+def _batches(ids: Tensor, mask: Tensor, batch_size: int):
+    for s in range(0, ids.shape[0], batch_size):
+        m = mask[s:s + batch_size]
+        t = int(m.sum(1).max())  # trim the padding this batch does not need
+        yield ids[s:s + batch_size, :t], m[:, :t]
+
+
+def _embeddings(runner, ids: Tensor, mask: Tensor, batch_size: int) -> Tensor:
+    return torch.cat([runner.embed_ids(i, m, normalize=False) for i, m in _batches(ids, mask, batch_size)])
+
+
+def _logits(runner, ids: Tensor, mask: Tensor, batch_size: int) -> list[Tensor]:
+    """Full next-token logits (B, T, V) float32 per batch, from the HF forward (slimrt modules inside)."""
+    out = []
+    with torch.inference_mode():
+        for i, m in _batches(ids, mask, batch_size):
+            out.append(runner.model(input_ids=i, attention_mask=m).logits.float())
+    return out
+
+
+def evaluate(compressed: Any, reference: Any, data: Sequence[str] | None = None, kind: str | None = None, *,
+             tokenizer: Any = None, max_tokens: int = DEFAULT_MAX_TOKENS, batch_size: int = 16,
+             k: int = RETRIEVAL_K) -> dict[str, Any]:
+    """Compares ``compressed`` with ``reference`` on ``data`` and returns the metrics as a dict.
+
+    compressed, reference: slimrt.Runner, HF model objects (wrapped in a Runner), or paths to a slimrt
+    checkpoint / HF model directory. data: list of strings (default: ``default_texts()``, evaluation
+    paragraphs disjoint from calibration). kind: "encoder" or "decoder" (default: the model's kind).
+    Encoder keys: cos_min, cos_mean, cos_p5, cos_p50, retrieval_top{k}, spearman.
+    Decoder keys: kl, top1, ppl_compressed, ppl_reference, ppl_ratio. Both: kind, texts, tokens.
+    """
+    ref_rt = as_runner(reference, tokenizer)
+    cmp_rt = as_runner(compressed, tokenizer, pooling=ref_rt.pooling)  # a bare model pools like its reference
+    kind = kind or ref_rt.kind
+    if kind not in ("encoder", "decoder"):
+        raise ValueError(f"evaluate: kind={kind!r} is not 'encoder' or 'decoder'")
+    if cmp_rt.kind != kind or ref_rt.kind != kind:
+        raise ValueError(f"evaluate: kind={kind!r} but the compressed model is a {cmp_rt.kind} and the reference "
+                         f"a {ref_rt.kind}")
+    texts = default_texts() if data is None else list(data)
+    if not texts or not all(isinstance(t, str) and t for t in texts):
+        raise ValueError("evaluate: data must be a non-empty list of non-empty strings")
+    tok = ref_rt.tokenizer or cmp_rt.tokenizer or tokenizer
+    if tok is None:
+        raise ValueError("evaluate: neither model has a tokenizer; pass tokenizer=")
+    if max_tokens < 2:
+        raise ValueError(f"evaluate: max_tokens={max_tokens} must be >= 2")
+    max_tokens = min(max_tokens, ref_rt.max_seq_length, cmp_rt.max_seq_length)
+    ids, mask = _tokenize(tok, texts, max_tokens)
+    out: dict[str, Any] = {"kind": kind, "texts": len(texts), "tokens": int(mask.sum()), "max_tokens": max_tokens}
+    if kind == "encoder":
+        ref, cmp = _embeddings(ref_rt, ids, mask, batch_size), _embeddings(cmp_rt, ids, mask, batch_size)
+        out.update(metrics.cosine_stats(ref, cmp))
+        if len(texts) > k:
+            out[f"retrieval_top{k}"] = metrics.retrieval_agreement(ref, cmp, k)
+        if len(texts) > 2:
+            out["spearman"] = metrics.similarity_spearman(ref, cmp)
+        return out
+    ref_l, cmp_l = _logits(ref_rt, ids, mask, batch_size), _logits(cmp_rt, ids, mask, batch_size)
+    # Per batch, weighted by the positions scored, so padding never counts.
+    kl = top1 = nll_ref = nll_cmp = 0.0
+    n_pos = n_next = 0
+    for (i, m), r, c in zip(_batches(ids, mask, batch_size), ref_l, cmp_l):
+        n, nn_ = int(m.sum()), int(m[:, 1:].sum())
+        kl += metrics.kl_divergence(r, c, m) * n
+        top1 += metrics.top1_agreement(r, c, m) * n
+        if nn_:
+            nll_ref += math.log(metrics.perplexity(r, i, m)) * nn_
+            nll_cmp += math.log(metrics.perplexity(c, i, m)) * nn_
+        n_pos, n_next = n_pos + n, n_next + nn_
+    out.update(kl=kl / n_pos, top1=top1 / n_pos)
+    if n_next:
+        out.update(ppl_compressed=math.exp(nll_cmp / n_next), ppl_reference=math.exp(nll_ref / n_next))
+        out["ppl_ratio"] = out["ppl_compressed"] / out["ppl_reference"]
+    return out
+
+
+# ---- the quality gate ----------------------------------------------------------------------------
+
+def gate(measured: dict[str, Any], min_cosine: float | None = None, max_kl: float | None = None) -> dict[str, Any]:
+    """Checks measured metrics against thresholds; returns the record stored in slimrt.json
+    (``{"thresholds", "measured", "passed": True}``) or raises QualityGateError with one line.
+
+    min_cosine applies to encoders (against cos_min), max_kl to decoders (against kl).
+    """
+    kind = measured.get("kind")
+    thresholds: dict[str, float] = {}
+    if min_cosine is not None:
+        if kind != "encoder":
+            raise ValueError(f"--min-cosine applies to encoders; this model is a {kind}: use --max-kl")
+        if not -1.0 <= min_cosine <= 1.0:
+            raise ValueError(f"min_cosine={min_cosine} must be in [-1, 1]")
+        thresholds["min_cosine"] = float(min_cosine)
+        if not measured["cos_min"] >= min_cosine:  # NaN fails
+            raise QualityGateError(f"quality gate: min cosine {measured['cos_min']:.4f} < required {min_cosine} "
+                                   f"(mean {measured['cos_mean']:.4f} over {measured['texts']} texts); "
+                                   "checkpoint not written")
+    if max_kl is not None:
+        if kind != "decoder":
+            raise ValueError(f"--max-kl applies to decoders; this model is an {kind}: use --min-cosine")
+        if not max_kl >= 0:
+            raise ValueError(f"max_kl={max_kl} must be >= 0")
+        thresholds["max_kl"] = float(max_kl)
+        if not measured["kl"] <= max_kl:
+            raise QualityGateError(f"quality gate: KL {measured['kl']:.4g} > allowed {max_kl} (top-1 agreement "
+                                   f"{measured['top1']:.3f} over {measured['tokens']} tokens); checkpoint not written")
+    return {"thresholds": thresholds, "measured": dict(measured), "passed": True}
+
+
+def check_quality(model: nn.Module, reference: Any, tokenizer: Any = None, min_cosine: float | None = None,
+                  max_kl: float | None = None, data: Sequence[str] | None = None) -> dict[str, Any]:
+    """Evaluates ``model`` against ``reference``, applies ``gate`` and stores the record in
+    ``model.slimrt_meta["quality"]`` (the checkpoint keeps it). Raises QualityGateError when missed."""
+    measured = evaluate(model, reference, data, tokenizer=tokenizer)
+    record = gate(measured, min_cosine, max_kl)
+    record["data"] = "pydoc_data.topics eval split" if data is None else "user data"
+    meta = getattr(model, "slimrt_meta", None)
+    if meta is None:
+        meta = model.slimrt_meta = {}
+    meta["quality"] = record
+    return record
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The metrics as aligned 'name  value' lines for people."""
+    lines = []
+    for key, val in result.items():
+        shown = f"{val:.6f}" if isinstance(val, float) else str(val)
+        lines.append(f"{key:<16} {shown}")
+    return "\n".join(lines)
+
+
+__all__ = ["evaluate", "gate", "check_quality", "QualityGateError", "default_texts", "as_runner", "load_hf"]
