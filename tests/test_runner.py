@@ -116,6 +116,28 @@ def test_auto_policy_matches_hf_running_the_same_kernels(family, monkeypatch):
     assert seen == {"w8", "w8a8"}
 
 
+@pytest.mark.parametrize("arch", ["Mistral", "Qwen2", "Qwen3"])
+def test_llama_family_variants_match_hf(arch):
+    """Mistral (same blocks), Qwen2 (q/k/v biases), Qwen3 (per-head q/k RMSNorm), with GQA."""
+    torch.manual_seed(0)
+    cfg = getattr(transformers, f"{arch}Config")(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, vocab_size=300, max_position_embeddings=64, bos_token_id=None, eos_token_id=None,
+        pad_token_id=None)
+    model = getattr(transformers, f"{arch}ForCausalLM")(cfg).eval()
+    rt = Runner(model)
+    for p in PROMPTS[:3]:
+        assert rt.generate_ids([p], NEW)[0] == hf_greedy(model, p, NEW)
+
+
+def test_sliding_window_caps_the_context():
+    model = transformers.MistralForCausalLM(transformers.MistralConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=300, max_position_embeddings=64, sliding_window=16)).eval()
+    with pytest.raises(ValueError, match="context of 16"):
+        Runner(model).generate_ids([list(range(1, 12))], 8)
+
+
 def test_llama3_rope_scaling_matches_hf():
     rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 16}

@@ -48,6 +48,9 @@ class LlamaLean:
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.max_positions = int(cfg.max_position_embeddings)
+        window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+        if window:  # full attention equals sliding-window attention up to the window: cap the context there
+            self.max_positions = min(self.max_positions, int(window))
         self.vocab_size = int(cfg.vocab_size)
         self.embed = base.embed_tokens.weight  # (V, C)
         self.dtype, self.device = self.embed.dtype, self.embed.device
