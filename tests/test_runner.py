@@ -311,9 +311,12 @@ def test_kernel_policy_picks_by_call_shape():
     lin = Int8Linear.from_linear(nn.Linear(32, 16))
     pol = KernelPolicy(w8a8_min_m=8, per_shape={(24, 32): ((1, "dense"), (2, "w8a8"))}, fallback=False)
     assert [pol.kernel(lin, m) for m in (1, 7, 8, 100)] == ["w8", "w8", "w8a8", "w8a8"]
-    other = Int8Linear.from_linear(nn.Linear(32, 24), mode="w8")
+    other = Int8Linear.from_linear(nn.Linear(32, 24))
     assert [pol.kernel(other, m) for m in (1, 2, 3)] == ["dense", "w8a8", "w8a8"]
-    assert KernelPolicy(mode="module").kernel(other, 1000) == "w8"
+    weight_only = Int8Linear.from_linear(nn.Linear(32, 16), mode="w8")  # compressed as weight-only
+    assert [pol.kernel(weight_only, m) for m in (1, 8, 100)] == ["w8", "w8", "w8"]
+    assert KernelPolicy(mode="module").kernel(weight_only, 1000) == "w8"
+    assert KernelPolicy(mode="w8a8").kernel(weight_only, 1) == "w8a8"  # an explicit choice wins
     assert KernelPolicy.from_dict(pol.to_dict()) == pol
     with pytest.raises(ValueError, match="mode"):
         KernelPolicy(mode="fast")

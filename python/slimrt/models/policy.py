@@ -44,8 +44,9 @@ Rules = tuple[tuple[int, str], ...]  # ((m_min, kernel), ...) ascending m_min, t
 @dataclass(frozen=True)
 class KernelPolicy:
     """mode "auto": per-shape rules (``per_shape``: (out, in) -> Rules) or else "w8" below
-    ``w8a8_min_m`` and "w8a8" from it on; "module": each module's own mode (what the Hugging Face
-    forward runs); "w8a8" / "w8" / "dense": one kernel everywhere."""
+    ``w8a8_min_m`` and "w8a8" from it on, never "w8a8" for a module whose own mode is "w8";
+    "module": each module's own mode (what the Hugging Face forward runs); "w8a8" / "w8" /
+    "dense": one kernel everywhere."""
 
     mode: str = "auto"
     w8a8_min_m: int = W8A8_MIN_M
@@ -73,6 +74,15 @@ class KernelPolicy:
             return ((1, module.mode),)
         if self.mode != "auto":
             return ((1, self.mode),)
+        rules = self._auto_rules(module)
+        if getattr(module, "mode", "w8a8") == "w8":
+            # A layer compressed as weight-only (the compressor keeps activations in float where
+            # quantizing them costs too much accuracy) never runs W8A8; w8 and dense are the same math.
+            rules = tuple((m, "w8" if k == "w8a8" else k) for m, k in rules)
+            rules = tuple(r for i, r in enumerate(rules) if i == 0 or r[1] != rules[i - 1][1])
+        return rules
+
+    def _auto_rules(self, module: Int8Linear) -> Rules:
         found = self.per_shape.get((module.out_features, module.in_features))
         if found:
             return found
