@@ -105,7 +105,6 @@ class LlamaLean:
         b, t = ids.shape
         cos, sin = rope[0][:, :, start:start + t], rope[1][:, :, start:start + t]  # (B, 1, T, D)
         x = F.embedding(ids, self.embed)  # (B, T, C)
-        c = x.shape[-1]
         for i, (ln1, q_proj, k_proj, v_proj, o_proj, qk_norm, ln2, gate, up, down, act) in enumerate(self.layers):
             h = _rms_norm(x, ln1, self.eps)
             q = q_proj(h).view(b, t, -1, self.head_dim)  # -1: per-layer head counts (pruning)
