@@ -207,6 +207,9 @@ def test_drop_layers_student_builds_runs_and_reloads(family, tok, tmp_path):
     slimrt.save(student, tmp_path / "s", tokenizer=tok)
     loaded = slimrt.checkpoint.load_model(tmp_path / "s").model
     assert loaded.config.num_hidden_layers == 2
+    again = slimrt.distill(loaded, teacher, TEXTS, steps=1, lr=1e-9, tokenizer=tok, batch_size=4, progress=False)
+    assert again["loss_before"] == pytest.approx(rec["loss_after"], rel=1e-4)  # from slimrt_meta["student"]
+    loaded = slimrt.checkpoint.load_model(tmp_path / "s").model
     ids = torch.tensor([tok(TEXTS[1])["input_ids"]])
     with torch.no_grad():
         a, b = student(input_ids=ids), loaded(input_ids=ids)

@@ -227,3 +227,17 @@ def test_cli_gate_exit_code(hf_dir, tmp_path, capsys, threshold, code):
     else:
         meta = json.loads((out / "slimrt.json").read_text())
         assert meta["compression"]["quality"]["thresholds"] == {"min_cosine": -1.0}
+
+
+def test_cli_compress_decoder_gate_max_kl(tmp_path, tok, capsys):
+    src = tmp_path / "tiny-llama"
+    tiny_llama().save_pretrained(src)
+    tok.save_pretrained(src)
+    out = tmp_path / "ck"
+    data = tmp_path / "eval.txt"
+    data.write_text("\n".join(TEXTS), encoding="utf-8")
+    assert _compress(str(src), out, "w8a8", "--max-kl", "1e-12", "--eval-data", str(data)) == 3
+    assert "quality gate: KL" in capsys.readouterr().err and not out.exists()
+    assert _compress(str(src), out, "w8a8", "--max-kl", "0.5", "--eval-data", str(data)) == 0
+    q = json.loads((out / "slimrt.json").read_text())["compression"]["quality"]
+    assert q["thresholds"] == {"max_kl": 0.5} and 0 < q["measured"]["kl"] <= 0.5 and q["data"] == "user data"

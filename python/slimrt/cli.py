@@ -338,7 +338,8 @@ def quality_step(args: argparse.Namespace, model, tokenizer, reference_src: str)
               file=sys.stderr)
     if min_cos is not None or max_kl is not None:
         data = _read_texts(args.eval_data) if getattr(args, "eval_data", None) else None
-        rec = check_quality(model, ref, tokenizer, min_cos, max_kl, data)
+        rec = check_quality(model, ref, tokenizer, min_cos, max_kl, data,
+                            progress=not getattr(args, "no_progress", False))
         shown = {k: round(v, 5) for k, v in rec["measured"].items() if k in ("cos_min", "cos_mean", "kl", "top1")}
         print(f"slimrt: quality gate passed: {shown}", file=sys.stderr)
 
@@ -388,11 +389,12 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     if getattr(student, "slimrt_meta", None) is None:
         student.slimrt_meta = {}
     student.slimrt_meta["distill"] = rec
+    student.slimrt_meta.pop("quality", None)  # measured before this training: no longer true
     if args.min_cosine is not None or args.max_kl is not None:
         from slimrt.evaluate import check_quality
 
         check_quality(student, teacher, tokenizer, args.min_cosine, args.max_kl,
-                      _read_texts(args.eval_data) if args.eval_data else None)
+                      _read_texts(args.eval_data) if args.eval_data else None, progress=not args.no_progress)
     checkpoint.save(student, args.output, tokenizer=tokenizer, overwrite=args.overwrite)
     print(f"slimrt: wrote {args.output}")
     return 0

@@ -215,7 +215,10 @@ def distill(student: Any, teacher: Any, data: Sequence[str] | None = None, steps
     kind, max_tokens = lean.kind, min(max_tokens, lean.max_positions)
     n_s, n_t = student.config.num_hidden_layers, teacher.config.num_hidden_layers
     if layer_map is None:
-        layer_map = getattr(student, "slimrt_kept_layers", None) or (list(range(n_s)) if n_s == n_t else None)
+        meta = getattr(student, "slimrt_meta", None)
+        saved_keep = (meta.get("student") or {}).get("kept_layers") if isinstance(meta, dict) else None
+        layer_map = (getattr(student, "slimrt_kept_layers", None) or saved_keep  # a reloaded student keeps it here
+                     or (list(range(n_s)) if n_s == n_t else None))
         if layer_map is None:
             raise ValueError(f"distill: the student has {n_s} layers and the teacher {n_t}; pass layer_map")
     layer_map = [int(i) + 1 for i in layer_map]  # -> indices into hidden_states (0 = embeddings)

@@ -103,29 +103,35 @@ def _tokenize(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> tuple[Te
     return ids, mask
 
 
-def _batches(ids: Tensor, mask: Tensor, batch_size: int):
-    for s in range(0, ids.shape[0], batch_size):
+def _batches(ids: Tensor, mask: Tensor, batch_size: int, desc: str | None = None):
+    """(ids, mask) per batch, trimmed to the batch's longest row; a progress bar when desc is given."""
+    starts = range(0, ids.shape[0], batch_size)
+    if desc is not None:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=desc, unit="batch", leave=False)
+    for s in starts:
         m = mask[s:s + batch_size]
         t = int(m.sum(1).max())  # trim the padding this batch does not need
         yield ids[s:s + batch_size, :t], m[:, :t]
 
 
-def _embeddings(runner, ids: Tensor, mask: Tensor, batch_size: int) -> Tensor:
-    return torch.cat([runner.embed_ids(i, m, normalize=False) for i, m in _batches(ids, mask, batch_size)])
+def _embeddings(runner, ids: Tensor, mask: Tensor, batch_size: int, desc: str | None) -> Tensor:
+    return torch.cat([runner.embed_ids(i, m, normalize=False) for i, m in _batches(ids, mask, batch_size, desc)])
 
 
-def _logits(runner, ids: Tensor, mask: Tensor, batch_size: int) -> list[Tensor]:
+def _logits(runner, ids: Tensor, mask: Tensor, batch_size: int, desc: str | None) -> list[Tensor]:
     """Full next-token logits (B, T, V) float32 per batch, from the HF forward (slimrt modules inside)."""
     out = []
     with torch.inference_mode():
-        for i, m in _batches(ids, mask, batch_size):
+        for i, m in _batches(ids, mask, batch_size, desc):
             out.append(runner.model(input_ids=i, attention_mask=m).logits.float())
     return out
 
 
 def evaluate(compressed: Any, reference: Any, data: Sequence[str] | None = None, kind: str | None = None, *,
              tokenizer: Any = None, max_tokens: int = DEFAULT_MAX_TOKENS, batch_size: int = 16,
-             k: int = RETRIEVAL_K) -> dict[str, Any]:
+             k: int = RETRIEVAL_K, progress: bool = True) -> dict[str, Any]:
     """Compares ``compressed`` with ``reference`` on ``data`` and returns the metrics as a dict.
 
     compressed, reference: slimrt.Runner, HF model objects (wrapped in a Runner), or paths to a slimrt
@@ -153,15 +159,16 @@ def evaluate(compressed: Any, reference: Any, data: Sequence[str] | None = None,
     max_tokens = min(max_tokens, ref_rt.max_seq_length, cmp_rt.max_seq_length)
     ids, mask = _tokenize(tok, texts, max_tokens)
     out: dict[str, Any] = {"kind": kind, "texts": len(texts), "tokens": int(mask.sum()), "max_tokens": max_tokens}
+    d_ref, d_cmp = ("slimrt eval: reference", "slimrt eval: compressed") if progress else (None, None)
     if kind == "encoder":
-        ref, cmp = _embeddings(ref_rt, ids, mask, batch_size), _embeddings(cmp_rt, ids, mask, batch_size)
+        ref, cmp = _embeddings(ref_rt, ids, mask, batch_size, d_ref), _embeddings(cmp_rt, ids, mask, batch_size, d_cmp)
         out.update(metrics.cosine_stats(ref, cmp))
         if len(texts) > k:
             out[f"retrieval_top{k}"] = metrics.retrieval_agreement(ref, cmp, k)
         if len(texts) > 2:
             out["spearman"] = metrics.similarity_spearman(ref, cmp)
         return out
-    ref_l, cmp_l = _logits(ref_rt, ids, mask, batch_size), _logits(cmp_rt, ids, mask, batch_size)
+    ref_l, cmp_l = _logits(ref_rt, ids, mask, batch_size, d_ref), _logits(cmp_rt, ids, mask, batch_size, d_cmp)
     # Per batch, weighted by the positions scored, so padding never counts.
     kl = top1 = nll_ref = nll_cmp = 0.0
     n_pos = n_next = 0
@@ -213,10 +220,11 @@ def gate(measured: dict[str, Any], min_cosine: float | None = None, max_kl: floa
 
 
 def check_quality(model: nn.Module, reference: Any, tokenizer: Any = None, min_cosine: float | None = None,
-                  max_kl: float | None = None, data: Sequence[str] | None = None) -> dict[str, Any]:
+                  max_kl: float | None = None, data: Sequence[str] | None = None,
+                  progress: bool = True) -> dict[str, Any]:
     """Evaluates ``model`` against ``reference``, applies ``gate`` and stores the record in
     ``model.slimrt_meta["quality"]`` (the checkpoint keeps it). Raises QualityGateError when missed."""
-    measured = evaluate(model, reference, data, tokenizer=tokenizer)
+    measured = evaluate(model, reference, data, tokenizer=tokenizer, progress=progress)
     record = gate(measured, min_cosine, max_kl)
     record["data"] = "pydoc_data.topics eval split" if data is None else "user data"
     meta = getattr(model, "slimrt_meta", None)
