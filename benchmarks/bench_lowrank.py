@@ -1,6 +1,7 @@
 """Fused low-rank linear vs dense and vs two torch matmuls, on transformer weight shapes.
 
-For each (K, N) in {(768, 3072), (3072, 768), (4096, 4096)}, rank R in {K/8, K/4, K/2} and rows M in
+For each (K, N) in {(768, 3072), (3072, 768), (4096, 4096)}, rank R in {k/8, k/4, k/2} with
+k = min(K, N) (a rank above min(K, N) is no factorization) and rows M in
 {1, 32, 512}, in one process with one thread count and the same inputs:
   torch_dense          F.linear(x, W)                      W (N, K) fp32, 2 M N K FLOPs
   torch_two            F.linear(F.linear(x, v), u)         2 M R (N + K) FLOPs, h written to memory
@@ -15,6 +16,12 @@ Targets: slimrt_lowrank >= 1.0x torch_two (median over rows) and, for M >= 32, s
 """
 
 from __future__ import annotations
+
+import os as _os
+
+# Same thread-pool setting as `import slimrt` gives before torch loads (see slimrt/__init__.py),
+# applied to every provider in this process alike.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import os
@@ -112,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             lin = torch.nn.Linear(k, n, bias=False)
             w = lin.weight
             for div in rank_divs:
-                r = k // div
+                r = min(k, n) // div
                 mod = LowRankLinear.from_linear(lin, rank=r)
                 u_rm, v_rm = mod.u.contiguous(), mod.v.contiguous()  # row-major copies for torch
                 qmod = LowRankLinear.from_linear(lin, rank=r, quantized=True)

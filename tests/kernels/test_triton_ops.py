@@ -265,6 +265,11 @@ def test_opcheck():
         ("int8_weight_only_linear", (x, w_q, w_s, None, None)),
         ("lowrank_linear", (x, torch.randn(5, 4), torch.randn(4, 17), None)),
     ]
+    from slimrt import attention
+
+    m = attention.causal_mask(9, 20, 8)
+    q, k, v = _qkv(1, 2, 1, 9, 20, 16)
+    cases.append(("block_sparse_attention", (q, k, v, m.kv_num_blocks, m.kv_indices, 8, True, 0, 0, None, None)))
     for name, args in cases:
         torch.library.opcheck(getattr(torch.ops.slimrt, name).default, args)
 

@@ -94,3 +94,17 @@ def test_backend_triton_without_triton_is_a_clear_error():
     code = code.replace("slimrt.ops.int8_gemm", "print(slimrt.ops.int8_gemm")
     r = _python(code.replace("torch.int32)", "torch.int32).sum().item())"))
     assert r.returncode == 0 and r.stdout.strip() == "12", r.stdout + r.stderr
+
+
+@not_in_subprocess
+def test_slimrt_bench_gpu_without_a_gpu_says_so():
+    import torch
+
+    from slimrt import cli
+
+    assert (cli._bench_dir() / "bench_gpu.py").is_file()
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the benchmark would run")
+    r = subprocess.run([sys.executable, "-m", "slimrt.cli", "bench", "gpu", "--quick", "--reps", "2"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "no CUDA device found" in r.stderr, r.stdout + r.stderr

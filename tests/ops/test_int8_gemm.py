@@ -415,3 +415,19 @@ def test_back_to_back_parallel_calls_stay_correct():
         y = ops.int8_linear(xs[j], w, s, None, wp)
         if i % 100 < 3:
             _assert_equal(y, want[j], f"call {i}")
+
+
+def test_int8_linear_survives_model_to_bf16():
+    """model.to(torch.bfloat16) must not turn the fp32 scales the kernels take into bf16."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32)
+    mod = Int8Linear.from_linear(lin)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        y32 = mod(x)
+        mod.to(torch.bfloat16)
+        assert mod.w_scale.dtype == torch.float32 and mod.bias.dtype == torch.bfloat16
+        y16 = mod(x.bfloat16())
+    assert y16.dtype == torch.bfloat16
+    err = (y16.float() - y32).abs().max().item()
+    assert err < 0.05, f"bf16 model output differs from fp32 by {err}"

@@ -207,3 +207,15 @@ def test_requires_grad_is_refused_outside_no_grad():
         slimrt.ops.lowrank_linear(x.requires_grad_(), u, v, b)
     with torch.no_grad():
         assert slimrt.ops.lowrank_linear(x, u, v, b).shape == (3, 33)
+
+
+def test_concurrent_calls_match_serial_calls():
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [_factors(m, 67, 17, 33, torch.float32, seed=m) for m in (1, 9, 40, 130)]
+    serial = [slimrt.ops.lowrank_linear(x, u, v, b) for x, u, v, b in cases]
+    with ThreadPoolExecutor(4) as ex:
+        for _ in range(5):
+            got = list(ex.map(lambda c: slimrt.ops.lowrank_linear(*c), cases))
+            for g, s in zip(got, serial):
+                assert torch.equal(g, s)

@@ -3,13 +3,15 @@
 prune_heads removes a fraction of each attention block's heads from its Q/K/V rows and its output
 projection's columns. With grouped-query attention a key/value head and the query heads that read it
 go together (a "group"), so the Q/KV ratio, and with it the attention code, is unchanged. Head
-importance is activation-weighted: for each output-projection input channel c (one head's output
-dim), max|x_c| over the calibration tokens times ||W_o[:, c]||, summed over the group's channels;
-without calibration data |x_c| is replaced by the norm of the value row feeding c.
+importance is the head's output norm on the calibration data: sum over tokens of
+||W_o[:, head] x_head||^2 (its contribution to the block output), summed over the group; without
+calibration data, (||value row|| * ||W_o column||)^2 summed over the head's channels.
 
 prune_ffn removes a fraction of each FFN's intermediate channels: rows of up (and gate) and columns
-of down, scored by max|h_c| (the down projection's input) times ||W_down[:, c]||; without
-calibration, by ||W_up[c]|| (* ||W_gate[c]||) * ||W_down[:, c]||.
+of down, scored by RMS(h_c) over the calibration tokens (h = the down projection's input) times
+||W_down[:, c]||, the RMS norm of the channel's contribution; without calibration, by
+||W_up[c]|| (* ||W_gate[c]||) * ||W_down[:, c]||. Statistics come from one pass over the unpruned
+model per method (padding tokens included, as in slimrt.compress.calibration).
 
 Blocks are recognised by their layer names, one table for all architectures (no per-model code):
 attention q_proj/k_proj/v_proj/o_proj + head_dim (Llama, Mistral, Qwen) or self.{query,key,value} +
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -157,25 +160,61 @@ def _record(ctx: Context, name: str, lin: nn.Linear) -> None:
     cfg.slimrt_resized = dict(sorted(resized.items()))
 
 
-def _input_amax(ctx: Context, key: str, accepts, path_of) -> dict[str, Tensor] | None:
-    """max|x| per input channel of each candidate block's `path_of(block)` layer, from one calibration
-    pass over the unpruned model (cached for the method's later convert calls); None without data."""
+def _calibration_sums(ctx: Context, key: str, accepts: Callable[[nn.Module], bool],
+                      stat: Callable[[str, nn.Module], tuple[nn.Module, Callable[[Tensor], Tensor]] | None],
+                      ) -> dict[str, Tensor] | None:
+    """One calibration pass over the unpruned model (cached for the method's later convert calls):
+    for every candidate block, ``stat(name, block)`` names a layer and a function of its input
+    x (tokens, K) whose values are summed over all tokens. None without calibration data."""
     if key in ctx.state:
         return ctx.state[key]
-    stats = None
-    if ctx.calibration is not None and ctx.model is not None:
-        from slimrt.compress.calibration import collect_input_amax
+    if ctx.calibration is None or ctx.model is None:
+        ctx.state[key] = None
+        return None
+    from slimrt.compress.calibration import observe_inputs
 
-        names, mods = [], []
-        for name, block in ctx.model.named_modules():
-            if accepts(block) and ctx.recipe.matches(name):
-                path = path_of(block)
-                if path is not None and isinstance(_get(block, path), nn.Module):
-                    names.append(f"{name}.{path}" if name else path)
-                    mods.append(_get(block, path))
-        stats = collect_input_amax(ctx.model, mods, names, ctx.calibration, ctx.tokenizer, progress=False)
-    ctx.state[key] = stats
-    return stats
+    targets: dict[str, tuple[nn.Module, Callable[[Tensor], Tensor]]] = {}
+    for name, block in ctx.model.named_modules():
+        if accepts(block) and ctx.recipe.matches(name):
+            target = stat(name, block)
+            if target is not None:
+                layer, fn = target
+                targets[name] = (layer, lambda x, fn=fn: fn(x.float()))
+    sums = observe_inputs(ctx.model, targets, ctx.calibration, ctx.tokenizer, combine="sum", progress=False,
+                          desc=f"slimrt {key} calibration")
+    ctx.state[key] = sums
+    return sums
+
+
+def _head_energy(w_o: Tensor, n_heads: int, head_dim: int) -> Callable[[Tensor], Tensor]:
+    """x (T, Hq * D), the output projection's input -> (Hq,) sum over tokens of ||W_o[:, head] x_head||^2,
+    i.e. each head's squared contribution to the block output."""
+    w = w_o.detach().float().view(w_o.shape[0], n_heads, head_dim)  # (C, Hq, D)
+
+    def fn(x: Tensor) -> Tensor:
+        out = torch.zeros(n_heads, device=x.device)
+        for t0 in range(0, x.shape[0], 1024):  # (T, Hq, C) per chunk stays a few MB
+            y = torch.einsum("thd,chd->thc", x[t0:t0 + 1024].view(-1, n_heads, head_dim), w.to(x.device))
+            out += y.pow(2).sum(dim=(0, 2))
+        return out
+
+    return fn
+
+
+def _head_stat(name: str, block: nn.Module) -> tuple[nn.Module, Callable[[Tensor], Tensor]] | None:
+    lay = _attn_layout(block)
+    o, d = (None, None) if lay is None else (_get(block, lay.o), _get(block, lay.head_dim_attr))
+    if type(o) is not nn.Linear or not isinstance(d, int) or d <= 0 or o.in_features % d:
+        return None
+    return o, _head_energy(o.weight, o.in_features // d, d)
+
+
+def _ffn_stat(name: str, block: nn.Module) -> tuple[nn.Module, Callable[[Tensor], Tensor]] | None:
+    lay = _ffn_layout(block)
+    down = None if lay is None else _get(block, lay.down)
+    if type(down) is not nn.Linear:
+        return None
+    return down, lambda x: x.pow(2).sum(dim=0)  # (I,) sum over tokens of h_c^2
 
 
 def _n_prune(fraction: float, n: int) -> int:
@@ -200,15 +239,16 @@ def _convert_heads(name: str, block: nn.Module, ctx: Context) -> tuple[nn.Module
     info: dict[str, Any] = {"kernel": "dense", "heads_before": n_q, "kv_heads_before": n_kv}
     if drop <= 0:
         return block, {**info, "heads_after": n_q, "kv_heads_after": n_kv, "kept_heads": list(range(n_q))}
-    stats = _input_amax(ctx, "heads", _accepts_attn, lambda b: getattr(_attn_layout(b), "o", None))
-    amax = None if stats is None else stats.get(f"{name}.{lay.o}")
-    w_o = o.weight.detach().float()  # (H, Hq * D)
-    if amax is not None:
-        act, info["importance"] = amax.float().to(w_o.device), "calibration"
-    else:  # no calibration data reached this block: the value row feeding each output channel
+    stats = _calibration_sums(ctx, "heads", _accepts_attn, _head_stat)
+    energy = None if stats is None else stats.get(name)  # (Hq,) squared output norm per head
+    if energy is not None:
+        score, info["importance"] = energy.view(n_kv, group).sum(dim=1), "calibration"
+    else:  # no calibration data reached this block: value-row norm x output-column norm per channel
+        w_o = o.weight.detach().float()  # (C, Hq * D)
         v_norm = v.weight.detach().float().norm(dim=1).view(n_kv, 1, head_dim)
-        act, info["importance"] = v_norm.expand(n_kv, group, head_dim).reshape(-1), "weights"
-    score = (act * w_o.norm(dim=0)).view(n_kv, group * head_dim).sum(dim=1)  # (n_kv,) per group
+        act = v_norm.expand(n_kv, group, head_dim).reshape(-1)
+        score = (act * w_o.norm(dim=0)).pow(2).view(n_kv, group * head_dim).sum(dim=1)
+        info["importance"] = "weights"
     kept = torch.sort(torch.topk(score, n_kv - drop).indices).values  # groups kept, in order
     kv_rows = (kept.view(-1, 1) * head_dim + torch.arange(head_dim)).reshape(-1)
     heads = (kept.view(-1, 1) * group + torch.arange(group)).reshape(-1)  # query heads kept
@@ -236,11 +276,11 @@ def _convert_ffn(name: str, block: nn.Module, ctx: Context) -> tuple[nn.Module, 
     info: dict[str, Any] = {"kernel": "dense", "ffn_before": width}
     if drop <= 0:
         return block, {**info, "ffn_after": width}
-    stats = _input_amax(ctx, "ffn", _accepts_ffn, lambda b: getattr(_ffn_layout(b), "down", None))
-    amax = None if stats is None else stats.get(f"{name}.{lay.down}")
-    w_down = down.weight.detach().float()  # (H, I)
-    if amax is not None:
-        act, info["importance"] = amax.float().to(w_down.device), "calibration"
+    stats = _calibration_sums(ctx, "ffn", _accepts_ffn, _ffn_stat)
+    sumsq = None if stats is None else stats.get(name)  # (I,) sum over tokens of h_c^2
+    w_down = down.weight.detach().float()  # (C, I)
+    if sumsq is not None:  # channel c adds h_c * W_down[:, c]: its RMS norm over the calibration tokens
+        act, info["importance"] = sumsq.to(w_down.device).sqrt(), "calibration"
     else:
         act = torch.ones(width, device=w_down.device)
         for p in lay.inputs:

@@ -35,6 +35,13 @@ def _rope_inv_freq(config) -> tuple[Tensor, float]:
     return inv_freq.float(), float(scaling)
 
 
+def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm as HF computes it: normalized in fp32, rounded to x.dtype, then scaled by weight."""
+    if x.dtype == torch.float32:  # one fused call; identical math
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
+
+
 class LlamaLean:
     """Decoder forward: ``forward(ids, batch, cache, start)`` -> logits of the last position."""
 
@@ -48,6 +55,9 @@ class LlamaLean:
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.max_positions = int(cfg.max_position_embeddings)
+        window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+        if window:  # full attention equals sliding-window attention up to the window: cap the context there
+            self.max_positions = min(self.max_positions, int(window))
         self.vocab_size = int(cfg.vocab_size)
         self.embed = base.embed_tokens.weight  # (V, C)
         self.dtype, self.device = self.embed.dtype, self.embed.device
@@ -95,21 +105,20 @@ class LlamaLean:
         b, t = ids.shape
         cos, sin = rope[0][:, :, start:start + t], rope[1][:, :, start:start + t]  # (B, 1, T, D)
         x = F.embedding(ids, self.embed)  # (B, T, C)
-        c = x.shape[-1]
         for i, (ln1, q_proj, k_proj, v_proj, o_proj, qk_norm, ln2, gate, up, down, act) in enumerate(self.layers):
-            h = F.rms_norm(x, (c,), ln1, self.eps)
+            h = _rms_norm(x, ln1, self.eps)
             q = q_proj(h).view(b, t, -1, self.head_dim)  # -1: per-layer head counts (pruning)
             k = k_proj(h).view(b, t, -1, self.head_dim)
             v = v_proj(h).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
             if qk_norm is not None:  # Qwen3: RMSNorm over each head before RoPE
-                q = F.rms_norm(q, (self.head_dim,), qk_norm[0], self.eps)
-                k = F.rms_norm(k, (self.head_dim,), qk_norm[1], self.eps)
+                q = _rms_norm(q, qk_norm[0], self.eps)
+                k = _rms_norm(k, qk_norm[1], self.eps)
             q = self._rope(q.transpose(1, 2), cos, sin)  # (B, H, T, D)
             k = self._rope(k.transpose(1, 2), cos, sin)
             k_all, v_all = cache.update(i, start, k, v)  # (B, Hkv, start+T, D)
             o = attention(q, k_all, v_all, mask, causal)  # (B, H, T, D)
             x = x + o_proj(o.transpose(1, 2).reshape(b, t, -1))
-            h = F.rms_norm(x, (c,), ln2, self.eps)
+            h = _rms_norm(x, ln2, self.eps)
             x = x + down(act(gate(h)) * up(h))
-        h = F.rms_norm(x[:, -1], (c,), self.norm_w, self.eps)  # only the last position is sampled
+        h = _rms_norm(x[:, -1], self.norm_w, self.eps)  # only the last position is sampled
         return self.lm_head(h).float()

@@ -15,6 +15,7 @@ store them so a deployment measures once.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,12 +44,18 @@ Rules = tuple[tuple[int, str], ...]  # ((m_min, kernel), ...) ascending m_min, t
 @dataclass(frozen=True)
 class KernelPolicy:
     """mode "auto": per-shape rules (``per_shape``: (out, in) -> Rules) or else "w8" below
-    ``w8a8_min_m`` and "w8a8" from it on; "module": each module's own mode (what the Hugging Face
-    forward runs); "w8a8" / "w8" / "dense": one kernel everywhere."""
+    ``w8a8_min_m`` and "w8a8" from it on, never "w8a8" for a module whose own mode is "w8";
+    "module": each module's own mode (what the Hugging Face forward runs); "w8a8" / "w8" /
+    "dense": one kernel everywhere."""
 
     mode: str = "auto"
     w8a8_min_m: int = W8A8_MIN_M
     per_shape: Mapping[tuple[int, int], Rules] = field(default_factory=dict)
+    # The threshold rule only uses kernels the device has a real kernel for: an int8 op served
+    # by the PyTorch reference (no native extension, SLIMRT_BACKEND=reference, a GPU without
+    # Triton) dequantizes the whole weight per call and is far slower than fp32, so "dense" is used
+    # instead (at the memory cost of an fp32 copy). False keeps the threshold rule as written.
+    fallback: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "module", *KERNELS):
@@ -67,8 +74,24 @@ class KernelPolicy:
             return ((1, module.mode),)
         if self.mode != "auto":
             return ((1, self.mode),)
+        rules = self._auto_rules(module)
+        if getattr(module, "mode", "w8a8") == "w8":
+            # A layer compressed as weight-only (the compressor keeps activations in float where
+            # quantizing them costs too much accuracy) never runs W8A8; w8 and dense are the same math.
+            rules = tuple((m, "w8" if k == "w8a8" else k) for m, k in rules)
+            rules = tuple(r for i, r in enumerate(rules) if i == 0 or r[1] != rules[i - 1][1])
+        return rules
+
+    def _auto_rules(self, module: Int8Linear) -> Rules:
         found = self.per_shape.get((module.out_features, module.in_features))
-        return found if found else ((1, "w8"), (self.w8a8_min_m, "w8a8"))
+        if found:
+            return found
+        if not self.fallback:
+            return ((1, "w8"), (self.w8a8_min_m, "w8a8"))
+        served = device_kernels(module.w_q.device.type)
+        if served == {"w8", "w8a8"}:
+            return ((1, "w8"), (self.w8a8_min_m, "w8a8"))
+        return ((1, next(iter(served))),) if served else ((1, "dense"),)
 
     def kernel(self, module: Int8Linear, m: int) -> str:
         """The kernel a call with ``m`` rows runs."""
@@ -79,7 +102,7 @@ class KernelPolicy:
         return kernel
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "w8a8_min_m": self.w8a8_min_m,
+        return {"mode": self.mode, "w8a8_min_m": self.w8a8_min_m, "fallback": self.fallback,
                 "per_shape": [{"out": n, "in": k, "rules": [list(r) for r in rules]}
                               for (n, k), rules in sorted(self.per_shape.items())]}
 
@@ -88,7 +111,21 @@ class KernelPolicy:
         per_shape = {(int(e["out"]), int(e["in"])): tuple((int(m), str(k)) for m, k in e["rules"])
                      for e in d.get("per_shape", [])}
         return cls(mode=str(d.get("mode", "auto")), w8a8_min_m=int(d.get("w8a8_min_m", W8A8_MIN_M)),
-                   per_shape=per_shape)
+                   per_shape=per_shape, fallback=bool(d.get("fallback", True)))
+
+
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+_OPS = {"w8a8": "slimrt::int8_linear", "w8": "slimrt::int8_weight_only_linear"}
+
+
+@functools.lru_cache(maxsize=None)
+def device_kernels(device_type: str) -> frozenset[str]:
+    """The int8 kernels ("w8", "w8a8") that have a kernel registered for this device type,
+    as opposed to only the PyTorch reference (CompositeExplicitAutograd)."""
+    key = _DISPATCH_KEYS.get(device_type)
+    if key is None:
+        return frozenset()
+    return frozenset(k for k, op in _OPS.items() if torch._C._dispatch_has_kernel_for_dispatch_key(op, key))
 
 
 def _median_ms(fn, reps: int) -> float:

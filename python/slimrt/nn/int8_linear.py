@@ -124,8 +124,15 @@ class Int8Linear(nn.Module):
         with torch.no_grad():
             self.w_packed = ops.int8_pack_weight(self.w_q)
 
-    def _apply(self, fn, recurse=True):  # keeps the packed copy in step with w_q across .to()/.cuda()
+    def _apply(self, fn, recurse=True):
+        # model.to(torch.bfloat16) casts every float buffer; the kernels take fp32 scales (and the
+        # smoothing vector), so those stay fp32 while the bias follows the model's dtype. The packed
+        # copy follows w_q across .to()/.cuda().
         out = super()._apply(fn, recurse)
+        for name in ("w_scale", "smooth"):
+            t = self._buffers.get(name)
+            if t is not None and t.dtype != torch.float32:
+                self._buffers[name] = t.float()
         self.repack()
         return out
 
