@@ -267,6 +267,9 @@ class Runner:
             stats.update(prompt_tokens=sum(lengths), new_tokens=0, prefill_s=0.0, decode_s=0.0)
         if max_new_tokens == 0:
             return
+        if getattr(lean, "pattern", None) is not None and len(set(lengths)) > 1:
+            raise ValueError("generate: this model uses sliding-window attention (sparse_attention), which runs "
+                             "prompts of equal length only (no left padding); pass them one at a time")
         t0 = time.perf_counter()
         with torch.inference_mode():
             batch = Batch.left_padded(lengths, max_len, device)

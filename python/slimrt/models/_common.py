@@ -93,6 +93,15 @@ class KVCache:
         vc[:, :, start:end].copy_(v)
         return kc[:, :, :end], vc[:, :, :end]
 
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def attend(self, layer: int, start: int, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
+               scale: float | None = None) -> Tensor:
+        """Writes k, v (B, Hkv, T, D) at [start, start+T) and attends q (B, H, T, D) over [0, start+T)."""
+        k_all, v_all = self.update(layer, start, k, v)
+        return attention(q, k_all, v_all, mask, causal, scale)
+
 
 @dataclass
 class Batch:
@@ -129,3 +138,86 @@ class Batch:
     def decode_mask(self) -> Tensor | None:
         """(B, 1, 1, max_len) bool, sliced to [..., :L] per step (a view), or None when unpadded."""
         return self.valid[:, None, None, :] if self.padded else None
+
+
+# ---- sliding-window attention with sinks (recipe method "sparse_attention") ----
+
+class WindowKVCache:
+    """Bounded per-layer key/value buffers (B, Hkv, G + W, D) for sliding-window attention with G sinks.
+
+    Slot of position p: p itself for p < G (sinks, kept forever), else G + (p - G) % W (a ring over
+    the W most recent positions). Keys are stored after RoPE, so a slot's content does not depend
+    on where it sits and attention over the filled slots, in any order, is exactly attention over
+    the allowed keys {j <= p : p - j < W or j < G}. Memory is flat however long the generation.
+    Attention runs in slimrt.ops.block_sparse_attention: the prefill with a causal
+    sliding_window_mask(P, P, W, G), each decode step over the filled slots (a full mask: the ring
+    already holds exactly the allowed keys).
+    """
+
+    def __init__(self, n_layers: int, batch: int, n_kv_heads: int | list[int], max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device, window: int, num_global: int, block_size: int) -> None:
+        heads = n_kv_heads if isinstance(n_kv_heads, list) else [n_kv_heads] * n_layers
+        # Positions never reach max_len, so fewer slots suffice for short calls (no slot then wraps).
+        self.slots = min(num_global + window, max_len)
+        self.window, self.num_global, self.block_size = window, num_global, block_size
+        self.k = [torch.empty((batch, h, self.slots, head_dim), dtype=dtype, device=device) for h in heads]
+        self.v = [torch.empty((batch, h, self.slots, head_dim), dtype=dtype, device=device) for h in heads]
+        self.max_len = max_len
+        self._masks: dict[tuple[int, int], object] = {}
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def _slot(self, pos: Tensor | int):
+        g, w = self.num_global, self.window
+        if isinstance(pos, int):
+            return pos if pos < g else g + (pos - g) % w
+        return torch.where(pos < g, pos, g + (pos - g) % w)
+
+    def _mask(self, lq: int, lk: int):
+        from slimrt.attention import full_mask, sliding_window_mask
+
+        key = (lq, lk)
+        m = self._masks.get(key)
+        if m is None:
+            m = (sliding_window_mask(lq, lk, self.window, self.num_global, causal=True, block_size=self.block_size)
+                 if lq > 1 else full_mask(lq, lk, self.block_size))
+            if len(self._masks) > 64:
+                self._masks.clear()
+            self._masks[key] = m
+        return m
+
+    def attend(self, layer: int, start: int, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
+               scale: float | None = None) -> Tensor:
+        """Writes k, v (B, Hkv, T, D) of positions [start, start+T) and attends q (B, H, T, D) -> (B, H, T, D)."""
+        from slimrt import ops
+
+        if mask is not None:
+            raise ValueError("sliding-window attention does not take a padding mask; run prompts of equal length "
+                             "or one at a time")
+        t = k.shape[2]
+        kc, vc = self.k[layer], self.v[layer]
+        if start == 0:  # prefill: attend over the prompt itself, then keep its sinks and last W positions
+            pos = torch.arange(t, device=k.device)
+            keep = (pos < self.num_global) | (pos >= t - self.window)
+            src = pos[keep]
+            dst = self._slot(src)
+            kc.index_copy_(2, dst, k.index_select(2, src))
+            vc.index_copy_(2, dst, v.index_select(2, src))
+            return ops.block_sparse_attention(q, k, v, self._mask(t, t), scale)
+        if t != 1:
+            raise ValueError(f"sliding-window attention decodes one token per step after the prefill, got {t}")
+        s = self._slot(start)
+        kc[:, :, s:s + 1].copy_(k)
+        vc[:, :, s:s + 1].copy_(v)
+        n = min(start + 1, self.slots)
+        return ops.block_sparse_attention(q, kc[:, :, :n], vc[:, :, :n], self._mask(1, n), scale)
+
+
+def new_cache(pattern: dict[str, int] | None, n_layers: int, batch: int, n_kv_heads: int | list[int],
+              max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> "KVCache | WindowKVCache":
+    """A full static KVCache, or a bounded WindowKVCache when the model carries a sliding-window pattern."""
+    if pattern is None:
+        return KVCache(n_layers, batch, n_kv_heads, max_len, head_dim, dtype, device)
+    return WindowKVCache(n_layers, batch, n_kv_heads, max_len, head_dim, dtype, device, pattern["window"],
+                         pattern["num_global"], pattern["block_size"])
