@@ -215,3 +215,27 @@ def test_decode_mask_matches_the_ring_contents():
     for p in range(0, 20):
         rule = sliding_window_mask(1, p + 1, w, g, causal=True, block_size=4).to_dense(1, p + 1)[0, 0, 0]
         assert int(rule.sum()) == min(p + 1, w + g)
+
+
+def test_combined_with_lowrank_and_prune_heads():
+    """Low-rank factors and per-layer pruned KV heads run through the bounded cache too."""
+    model = tiny_llama()
+    slimrt.compress(model, {"methods": ["prune_heads", "sparse_attention", "lowrank"],
+                            "params": {"prune_heads": {"fraction": 0.5}, "lowrank": {"ratio": 0.5, "method": "svd"},
+                                       "sparse_attention": {"window": 4, "num_global": 1, "block_size": 4}}},
+                    progress=False)
+    assert {r["method"] for r in model.slimrt_meta["layers"]} == {"prune_heads", "lowrank"}
+    tokens, logits = sparse_logits(Runner(model), PROMPT, 12)
+    seq = torch.tensor([PROMPT + tokens])
+    total = seq.shape[1] - 1
+    with torch.no_grad():
+        ref = model(seq[:, :total], attention_mask=token_rule(total, total, True, 4, 1)[None, None]).logits[0]
+    for step, got in enumerate(logits):
+        torch.testing.assert_close(got[0], ref[len(PROMPT) - 1 + step], atol=2e-4, rtol=1e-4)
+
+
+def test_bfloat16_runs_and_float16_is_refused_up_front():
+    dense = Runner(tiny_llama().to(torch.bfloat16)).generate_ids([PROMPT], 12, eos=False)
+    assert Runner(sparse("llama", 64).to(torch.bfloat16)).generate_ids([PROMPT], 12, eos=False) == dense
+    with pytest.raises(TypeError, match="float16"):
+        Runner(sparse("gpt2", 8).to(torch.float16))

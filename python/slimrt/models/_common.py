@@ -214,6 +214,13 @@ class WindowKVCache:
         return ops.block_sparse_attention(q, kc[:, :, :n], vc[:, :, :n], self._mask(1, n), scale)
 
 
+def check_pattern_dtype(pattern: dict[str, int] | None, dtype: torch.dtype) -> None:
+    """TypeError at Runner construction when the sliding-window kernel cannot take the model dtype."""
+    if pattern is not None and dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"Runner: sliding-window attention (config.slimrt_attention) runs float32 or bfloat16 "
+                        f"models, got {str(dtype).replace('torch.', '')}; convert with model.to(torch.bfloat16)")
+
+
 def new_cache(pattern: dict[str, int] | None, n_layers: int, batch: int, n_kv_heads: int | list[int],
               max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> "KVCache | WindowKVCache":
     """A full static KVCache, or a bounded WindowKVCache when the model carries a sliding-window pattern."""

@@ -7,7 +7,7 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimrt.models._common import Batch, KVCache, WindowKVCache, make_linear, new_cache
+from slimrt.models._common import Batch, KVCache, WindowKVCache, check_pattern_dtype, make_linear, new_cache
 from slimrt.compress.sparse_attention import read_pattern
 from slimrt.models.policy import KernelPolicy
 
@@ -43,6 +43,7 @@ class GPT2Lean:
             ))
         self.lm_head = make_linear(model.lm_head, policy)
         self.pattern = read_pattern(cfg)  # sliding window + sinks (recipe method sparse_attention) or None
+        check_pattern_dtype(self.pattern, self.dtype)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache | WindowKVCache:
         return new_cache(self.pattern, len(self.layers), batch, self.n_heads, max_len, self.head_dim, self.dtype,

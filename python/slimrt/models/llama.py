@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimrt.models._common import Batch, KVCache, WindowKVCache, make_linear, new_cache
+from slimrt.models._common import Batch, KVCache, WindowKVCache, check_pattern_dtype, make_linear, new_cache
 from slimrt.compress.sparse_attention import read_pattern
 from slimrt.models.policy import KernelPolicy
 
@@ -79,6 +79,7 @@ class LlamaLean:
         self.kv_heads = [layer.self_attn.k_proj.out_features // self.head_dim for layer in base.layers]
         self.inv_freq, self.rope_scaling = _rope_inv_freq(cfg)
         self.pattern = read_pattern(cfg)  # sliding window + sinks (recipe method sparse_attention) or None
+        check_pattern_dtype(self.pattern, self.dtype)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache | WindowKVCache:
         return new_cache(self.pattern, len(self.layers), batch, self.kv_heads, max_len, self.head_dim, self.dtype,
