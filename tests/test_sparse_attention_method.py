@@ -7,6 +7,7 @@ boolean 4-D mask (slimrt.attention.token_rule), i.e. an independent implementati
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -239,3 +240,20 @@ def test_bfloat16_runs_and_float16_is_refused_up_front():
     assert Runner(sparse("llama", 64).to(torch.bfloat16)).generate_ids([PROMPT], 12, eos=False) == dense
     with pytest.raises(TypeError, match="float16"):
         Runner(sparse("gpt2", 8).to(torch.float16))
+
+
+def test_evaluate_scores_the_window_the_runner_runs():
+    """slimrt.evaluate's decoder logits apply the pattern (a dense HF forward would hide it), padding-safe."""
+    from quality_helpers import TEXTS, clone, word_tokenizer
+    from quality_helpers import tiny_llama as q_llama
+
+    tok, ref = word_tokenizer(), q_llama()
+    texts = TEXTS[:3] + ["short text"]
+    wide = slimrt.compress(clone(ref), recipe(4096), progress=False)
+    assert slimrt.evaluate(wide, ref, texts, tokenizer=tok, progress=False)["kl"] == pytest.approx(0.0, abs=1e-9)
+    narrow = slimrt.compress(clone(ref), recipe(3, 1), progress=False)
+    r1 = slimrt.evaluate(narrow, ref, texts, tokenizer=tok, batch_size=1, progress=False)
+    r4 = slimrt.evaluate(narrow, ref, texts, tokenizer=tok, batch_size=4, progress=False)
+    assert r1["kl"] > 1e-4 and math.isfinite(r1["kl"])
+    for key in ("kl", "top1", "ppl_compressed"):
+        assert r1[key] == pytest.approx(r4[key], rel=1e-4), key
