@@ -13,6 +13,12 @@ Rate = useful GFLOP/s = 4 * Hq * allowed_pairs * D / time.
 
 from __future__ import annotations
 
+import os as _os
+
+# Same thread-pool setting as `import slimrt` gives before torch loads (see slimrt/__init__.py),
+# applied to every provider in this process alike.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import sys
 from pathlib import Path

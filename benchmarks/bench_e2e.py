@@ -16,6 +16,12 @@ Side by side in one process, same inputs, same thread count:
 
 from __future__ import annotations
 
+import os as _os
+
+# Same thread-pool setting as `import slimrt` gives before torch loads (see slimrt/__init__.py),
+# applied to every provider in this process alike.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import copy
 import os

@@ -27,6 +27,12 @@ Finishes in under 3 minutes on an H100/H200 (autotuning included; --quick drops 
 
 from __future__ import annotations
 
+import os as _os
+
+# Same thread-pool setting as `import slimrt` gives before torch loads (see slimrt/__init__.py),
+# applied to every provider in this process alike.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import csv
 import datetime

@@ -17,6 +17,12 @@ Targets: slimrt_lowrank >= 1.0x torch_two (median over rows) and, for M >= 32, s
 
 from __future__ import annotations
 
+import os as _os
+
+# Same thread-pool setting as `import slimrt` gives before torch loads (see slimrt/__init__.py),
+# applied to every provider in this process alike.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import os
 import statistics

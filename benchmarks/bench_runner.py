@@ -13,6 +13,12 @@ weight bytes / memory bandwidth (fp32 12x768 Llama + 32000-vocab head: ~0.54 GB/
 
 from __future__ import annotations
 
+import os as _os
+
+# Same thread-pool setting as `import slimrt` gives before torch loads (see slimrt/__init__.py),
+# applied to every provider in this process alike.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import copy
 import os

@@ -35,6 +35,12 @@ struct Vec {
   static T max(T a, T b) { return _mm512_max_ps(a, b); }
   static float hsum(T x) { return _mm512_reduce_add_ps(x); }
   static float hmax(T x) { return _mm512_reduce_max_ps(x); }
+  // out[i] = sum of the lanes of a_i: halve each to 8 lanes, then the AVX2 hadd tree.
+  static void hsum4(T a0, T a1, T a2, T a3, float* out) {
+    auto half = [](T x) { return _mm256_add_ps(_mm512_castps512_ps256(x), _mm512_extractf32x8_ps(x, 1)); };
+    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(half(a0), half(a1)), _mm256_hadd_ps(half(a2), half(a3)));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+  }
   // 2^x for x <= 0: 2^round(x) * Taylor(2^f), |f| <= 1/2, degree 7 (rel. error ~5e-9 before
   // rounding). x < -126 (and -inf) gives exactly 0; NaN stays NaN (it is max's second operand).
   static T exp2(T x) {

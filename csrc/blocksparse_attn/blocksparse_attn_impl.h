@@ -85,27 +85,34 @@ inline void qk_packed(const Work& w, int64_t R, const float* kt, int64_t ldk, fl
   for (; r < R; ++r) qk_rows<1>(w.q + r * D, D, kt, ldk, s + r * KC, ncols);
 }
 
-// S[r, jj] = q_r . k_{j0+jj} reading K rows directly (decode: few rows, no packing).
+// S[r, jj] = q_r . k_{j0+jj} reading K rows directly (decode: few rows, no packing). Keys go four
+// at a time: one accumulator per key, the four reduced together (Vec::hsum4), a quarter of the
+// shuffles of reducing each dot product alone; the K rows stay in L1 across the R query rows.
 template <typename TE>
 inline void qk_direct(const Work& w, int64_t R, const TE* k, int64_t ldk, int64_t n, float* s) {
   const int64_t D = w.D, Dv = D / W * W;
   const float* q = w.q;
-  for (int64_t jj = 0; jj < n; ++jj) {
-    const TE* kj = k + jj * ldk;
-    int64_t r = 0;
-    for (; r + 4 <= R; r += 4) {
+  int64_t jj = 0;
+  for (; jj + 4 <= n; jj += 4) {
+    const TE* kj[4] = {k + jj * ldk, k + (jj + 1) * ldk, k + (jj + 2) * ldk, k + (jj + 3) * ldk};
+    for (int64_t r = 0; r < R; ++r) {
+      const float* qr = q + r * D;
       VT acc[4] = {Vec::zero(), Vec::zero(), Vec::zero(), Vec::zero()};
       for (int64_t d = 0; d < Dv; d += W) {
-        const VT kv = Vec::load(kj + d);
-        for (int t = 0; t < 4; ++t) acc[t] = Vec::fma(Vec::load(q + (r + t) * D + d), kv, acc[t]);
+        const VT qv = Vec::load(qr + d);
+        for (int t = 0; t < 4; ++t) acc[t] = Vec::fma(qv, Vec::load(kj[t] + d), acc[t]);
       }
+      float dots[4];
+      Vec::hsum4(acc[0], acc[1], acc[2], acc[3], dots);
       for (int t = 0; t < 4; ++t) {
-        float x = Vec::hsum(acc[t]);
-        for (int64_t d = Dv; d < D; ++d) x += q[(r + t) * D + d] * ldf(kj + d);
-        s[(r + t) * KC + jj] = x;
+        for (int64_t d = Dv; d < D; ++d) dots[t] += qr[d] * ldf(kj[t] + d);
+        s[r * KC + jj + t] = dots[t];
       }
     }
-    for (; r < R; ++r) {
+  }
+  for (; jj < n; ++jj) {
+    const TE* kj = k + jj * ldk;
+    for (int64_t r = 0; r < R; ++r) {
       VT acc = Vec::zero();
       for (int64_t d = 0; d < Dv; d += W) acc = Vec::fma(Vec::load(q + r * D + d), Vec::load(kj + d), acc);
       float x = Vec::hsum(acc);

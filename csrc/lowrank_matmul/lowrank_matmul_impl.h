@@ -127,7 +127,7 @@ void pack_panel(const TB* src, int64_t ld, int64_t depth, int nc, float* dst) {
 
 // Phase A: h[rows, c0:c1] = x[rows, :K] @ vt[:, c0:c1], fp32, depth blocked by kKc so that a
 // (kKc x NR) panel of vt is reused from L1 by every micro-tile of rows.
-template <class S, class TB, int NV>
+template <class S, class TB, int NV, int MRX = S::MR>
 void phase_a(const void* x, int64_t ldx, bool x_bf16, int64_t rows, int64_t K, const TB* vt, int64_t ldvt,
              int64_t c0, int64_t c1, float* h, int64_t ldh) {
   constexpr int64_t NR = S::W * NV;
@@ -158,24 +158,24 @@ void phase_a(const void* x, int64_t ldx, bool x_bf16, int64_t rows, int64_t K, c
         pack_panel<S, TB, NV>(b, ldvt, kd, nc, buf);
         bp = buf;
       }
-      for (int64_t m = 0; m < rows; m += S::MR) {
-        const int mr = static_cast<int>(lr_min(S::MR, rows - m));
+      for (int64_t m = 0; m < rows; m += MRX) {
+        const int mr = static_cast<int>(lr_min(MRX, rows - m));
         float* hm = h + m * ldh + c;
         if (bp && kb == 0)
-          micro_any<S, float, NV, kStore>(mr, nc == NR, A + m * lda, lda, bp, NR, kd, nc, hm, ldh, nullptr);
+          micro_any<S, float, NV, kStore, MRX>(mr, nc == NR, A + m * lda, lda, bp, NR, kd, nc, hm, ldh, nullptr);
         else if (bp)
-          micro_any<S, float, NV, kAccum>(mr, nc == NR, A + m * lda, lda, bp, NR, kd, nc, hm, ldh, nullptr);
+          micro_any<S, float, NV, kAccum, MRX>(mr, nc == NR, A + m * lda, lda, bp, NR, kd, nc, hm, ldh, nullptr);
         else if (kb == 0)
-          micro_any<S, TB, NV, kStore>(mr, nc == NR, A + m * lda, lda, b, ldvt, kd, nc, hm, ldh, nullptr);
+          micro_any<S, TB, NV, kStore, MRX>(mr, nc == NR, A + m * lda, lda, b, ldvt, kd, nc, hm, ldh, nullptr);
         else
-          micro_any<S, TB, NV, kAccum>(mr, nc == NR, A + m * lda, lda, b, ldvt, kd, nc, hm, ldh, nullptr);
+          micro_any<S, TB, NV, kAccum, MRX>(mr, nc == NR, A + m * lda, lda, b, ldvt, kd, nc, hm, ldh, nullptr);
       }
     }
   }
 }
 
 // Phase B: y[rows, c0:c1] = h[rows, :R] @ ut[:, c0:c1] + bias, rounded to y's dtype once.
-template <class S, class TB, int NV>
+template <class S, class TB, int NV, int MRX = S::MR>
 void phase_b(const float* h, int64_t ldh, int64_t rows, int64_t R, const TB* ut, int64_t ldut, int64_t c0,
              int64_t c1, const float* bias, void* y, int64_t ldy, bool y_bf16) {
   constexpr int64_t NR = S::W * NV;
@@ -188,19 +188,19 @@ void phase_b(const float* h, int64_t ldh, int64_t rows, int64_t R, const TB* ut,
       pack_panel<S, TB, NV>(ut + c, ldut, R, nc, buf);
       bp = buf;
     }
-    for (int64_t m = 0; m < rows; m += S::MR) {
-      const int mr = static_cast<int>(lr_min(S::MR, rows - m));
+    for (int64_t m = 0; m < rows; m += MRX) {
+      const int mr = static_cast<int>(lr_min(MRX, rows - m));
       const float* hm = h + m * ldh;
       uint16_t* yb = static_cast<uint16_t*>(y) + m * ldy + c;
       float* yf = static_cast<float*>(y) + m * ldy + c;
       if (bp && y_bf16)
-        micro_any<S, float, NV, kOutBF16>(mr, nc == NR, hm, ldh, bp, NR, R, nc, yb, ldy, bc);
+        micro_any<S, float, NV, kOutBF16, MRX>(mr, nc == NR, hm, ldh, bp, NR, R, nc, yb, ldy, bc);
       else if (bp)
-        micro_any<S, float, NV, kOutF32>(mr, nc == NR, hm, ldh, bp, NR, R, nc, yf, ldy, bc);
+        micro_any<S, float, NV, kOutF32, MRX>(mr, nc == NR, hm, ldh, bp, NR, R, nc, yf, ldy, bc);
       else if (y_bf16)
-        micro_any<S, TB, NV, kOutBF16>(mr, nc == NR, hm, ldh, ut + c, ldut, R, nc, yb, ldy, bc);
+        micro_any<S, TB, NV, kOutBF16, MRX>(mr, nc == NR, hm, ldh, ut + c, ldut, R, nc, yb, ldy, bc);
       else
-        micro_any<S, TB, NV, kOutF32>(mr, nc == NR, hm, ldh, ut + c, ldut, R, nc, yf, ldy, bc);
+        micro_any<S, TB, NV, kOutF32, MRX>(mr, nc == NR, hm, ldh, ut + c, ldut, R, nc, yf, ldy, bc);
     }
   }
 }
@@ -208,17 +208,17 @@ void phase_b(const float* h, int64_t ldh, int64_t rows, int64_t R, const TB* ut,
 // Few rows (decode, small batches): one row tile, parallel over the columns of each product, so
 // every weight byte is read once per call. h (M x R) is shared between the two phases. NV vectors
 // per micro-tile row: wide for M <= 2, where the FMA chains would otherwise be latency-bound.
-template <class S, class TB, int NV>
+template <class S, class TB, int NV, int MRX>
 void run_columns(const void* x, int64_t ldx, const TB* vt, int64_t ldvt, const TB* ut, int64_t ldut,
                  const float* bias, void* y, int64_t ldy, bool bf16, int64_t M, int64_t K, int64_t R, int64_t N,
                  int nt) {
   constexpr int64_t NR = S::W * NV;
   float* h = tls_h.get(M * R);
   parallel_for(lr_div_up(R, NR), nt, [&](int64_t p0, int64_t p1) {
-    phase_a<S, TB, NV>(x, ldx, bf16, M, K, vt, ldvt, p0 * NR, lr_min(R, p1 * NR), h, R);
+    phase_a<S, TB, NV, MRX>(x, ldx, bf16, M, K, vt, ldvt, p0 * NR, lr_min(R, p1 * NR), h, R);
   });
   parallel_for(lr_div_up(N, NR), nt, [&](int64_t p0, int64_t p1) {
-    phase_b<S, TB, NV>(h, R, M, R, ut, ldut, p0 * NR, lr_min(N, p1 * NR), bias, y, ldy, bf16);
+    phase_b<S, TB, NV, MRX>(h, R, M, R, ut, ldut, p0 * NR, lr_min(N, p1 * NR), bias, y, ldy, bf16);
   });
 }
 
@@ -227,8 +227,8 @@ void run_typed(const void* x, int64_t ldx, const TB* vt, int64_t ldvt, const TB*
                const float* bias, void* y, int64_t ldy, bool bf16, int64_t M, int64_t K, int64_t R, int64_t N,
                int nt) {
   const size_t esz = bf16 ? 2 : 4;
-  if (M <= 2) return run_columns<S, TB, S::NV_WIDE>(x, ldx, vt, ldvt, ut, ldut, bias, y, ldy, bf16, M, K, R, N, nt);
-  if (M <= kTileRows) return run_columns<S, TB, S::NV>(x, ldx, vt, ldvt, ut, ldut, bias, y, ldy, bf16, M, K, R, N, nt);
+  if (M <= 2) return run_columns<S, TB, S::NV_WIDE, 2>(x, ldx, vt, ldvt, ut, ldut, bias, y, ldy, bf16, M, K, R, N, nt);
+  if (M <= kTileRows) return run_columns<S, TB, S::NV, S::MR>(x, ldx, vt, ldvt, ut, ldut, bias, y, ldy, bf16, M, K, R, N, nt);
   // Many rows: parallel over row tiles; each tile runs both products back to back, so its
   // (mt x R) h is written and read in cache and never reaches memory.
   const int64_t mt = lr_max(2 * S::MR, lr_min(kTileRows / S::MR * S::MR, lr_div_up(lr_div_up(M, nt), S::MR) * S::MR));

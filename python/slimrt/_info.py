@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from slimrt import _native
@@ -16,6 +17,7 @@ def info() -> dict[str, Any]:
         "version": __version__,
         "torch_version": torch.__version__,
         "num_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (active spin)"),
         "native": _native.available(),
     }
     if out["native"]:

@@ -11,7 +11,7 @@ layers produce, and a max over them only makes the statistics slightly more cons
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -51,24 +51,33 @@ def _device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def collect_input_amax(model: nn.Module, modules: list[nn.Module], names: list[str], calibration: Iterable[Any],
-                       tokenizer: Any = None, progress: bool = True) -> dict[str, Tensor]:
-    """Runs the model over the calibration batches; returns {name: max |x| per input channel (K,)}
-    for the input x of each listed module. Raises ValueError if a statistic is NaN/Inf (naming the
-    module) or if the iterable is empty. Modules no batch reached are absent from the result."""
-    from tqdm import tqdm
+def observe_inputs(model: nn.Module, targets: Mapping[str, tuple[nn.Module, Callable[[Tensor], Tensor]]],
+                   calibration: Iterable[Any], tokenizer: Any = None, *, combine: str = "sum",
+                   progress: bool = True, desc: str = "slimrt calibration") -> dict[str, Tensor]:
+    """The one calibration pass every method uses: runs the model (eval mode, no grad) over the
+    batches and, for each ``name: (module, stat)``, folds ``stat(x)`` of the module's input
+    x (tokens, K) over all batches by ``combine`` ("sum" or elementwise "max").
 
-    amax: dict[str, Tensor] = {}
+    Raises ValueError if the iterable is empty or a statistic holds NaN/Inf (naming the module).
+    Modules no batch reached are absent from the result.
+    """
+    from tqdm.auto import tqdm
 
-    def hook_for(name: str):
+    if combine not in ("sum", "max"):
+        raise ValueError(f"observe_inputs: combine={combine!r} is not one of sum, max")
+    out: dict[str, Tensor] = {}
+
+    def hook_for(name: str, stat: Callable[[Tensor], Tensor]):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             x = args[0] if args else next(iter(kwargs.values()))
-            # x (..., K) -> per-channel max over every token, in fp32; NaN propagates through amax.
-            a = x.detach().reshape(-1, x.shape[-1]).float().abs().amax(dim=0)
-            amax[name] = a if name not in amax else torch.maximum(amax[name], a)
+            v = stat(x.detach().reshape(-1, x.shape[-1]))  # x: (..., K) -> (tokens, K)
+            if name not in out:
+                out[name] = v
+            else:
+                out[name] = out[name] + v if combine == "sum" else torch.maximum(out[name], v)
         return hook
 
-    handles = [m.register_forward_pre_hook(hook_for(n), with_kwargs=True) for m, n in zip(modules, names)]
+    handles = [m.register_forward_pre_hook(hook_for(n, stat), with_kwargs=True) for n, (m, stat) in targets.items()]
     was_training = model.training
     device = _device(model)
     n_batches = 0
@@ -76,8 +85,7 @@ def collect_input_amax(model: nn.Module, modules: list[nn.Module], names: list[s
         model.eval()  # dropout off: statistics of the model as it will run
         total = len(calibration) if hasattr(calibration, "__len__") else None
         with torch.no_grad():
-            for batch in tqdm(calibration, total=total, desc="slimrt calibration", unit="batch",
-                              disable=not progress, leave=False):
+            for batch in tqdm(calibration, total=total, desc=desc, unit="batch", disable=not progress, leave=False):
                 for args, kwargs in _batch_inputs(batch, tokenizer, device):
                     model(*args, **kwargs)
                 n_batches += 1
@@ -86,10 +94,19 @@ def collect_input_amax(model: nn.Module, modules: list[nn.Module], names: list[s
             h.remove()
         model.train(was_training)
     if n_batches == 0:
-        raise ValueError("compress: the calibration iterable yielded no batches")
-    for name, a in amax.items():
-        if not bool(torch.isfinite(a).all()):
-            channels = (~torch.isfinite(a)).nonzero().flatten()[:5].tolist()
-            raise ValueError(f"compress: calibration statistics of {name}'s input hold NaN or Inf "
-                             f"(input channels {channels}); the model produces non-finite activations on this data")
-    return amax
+        raise ValueError("compress: the calibration iterable yielded no batches (pass a list, not a used-up "
+                         "generator: each method reads it once)")
+    for name, v in out.items():
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"compress: calibration statistics of {name}'s input hold NaN or Inf; the model "
+                             "produces non-finite activations on this data")
+    return out
+
+
+def collect_input_amax(model: nn.Module, modules: list[nn.Module], names: list[str], calibration: Iterable[Any],
+                       tokenizer: Any = None, progress: bool = True) -> dict[str, Tensor]:
+    """{name: max |x| per input channel (K,) float32} of each listed module's input x."""
+    # NaN propagates through amax, so a non-finite activation is reported, not hidden.
+    stat = lambda x: x.float().abs().amax(dim=0)  # noqa: E731
+    return observe_inputs(model, {n: (m, stat) for m, n in zip(modules, names)}, calibration, tokenizer,
+                          combine="max", progress=progress)

@@ -217,44 +217,14 @@ def collect_input_gram(model: nn.Module, modules: Sequence[nn.Module], names: Se
                        progress: bool = True) -> dict[str, Tensor]:
     """{name: X^T X (K, K) float64} of each listed module's input over the calibration batches
     (see slimrt.compress.calibration for the batch kinds). NaN/Inf in a Gram is a ValueError."""
-    from tqdm import tqdm
+    from slimrt.compress.calibration import observe_inputs
 
-    from slimrt.compress.calibration import _batch_inputs, _device
+    def gram(x: Tensor) -> Tensor:
+        x2 = x.double()  # (T, K)
+        return x2.T @ x2
 
-    grams: dict[str, Tensor] = {}
-
-    def hook_for(name: str):
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            x = args[0] if args else next(iter(kwargs.values()))
-            x2 = x.detach().reshape(-1, x.shape[-1]).double()  # (T, K)
-            g = x2.T @ x2
-            grams[name] = g if name not in grams else grams[name] + g
-        return hook
-
-    handles = [m.register_forward_pre_hook(hook_for(n), with_kwargs=True) for m, n in zip(modules, names)]
-    was_training = model.training
-    device = _device(model)
-    n_batches = 0
-    try:
-        model.eval()
-        total = len(calibration) if hasattr(calibration, "__len__") else None
-        with torch.no_grad():
-            for batch in tqdm(calibration, total=total, desc="slimrt lowrank calibration", unit="batch",
-                              disable=not progress, leave=False):
-                for args, kwargs in _batch_inputs(batch, tokenizer, device):
-                    model(*args, **kwargs)
-                n_batches += 1
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    if n_batches == 0:
-        raise ValueError("compress: the calibration iterable yielded no batches")
-    for name, g in grams.items():
-        if not bool(torch.isfinite(g).all()):
-            raise ValueError(f"compress: the input Gram matrix of {name} holds NaN or Inf; the model produces "
-                             "non-finite activations on this calibration data")
-    return grams
+    return observe_inputs(model, {n: (m, gram) for m, n in zip(modules, names)}, calibration, tokenizer,
+                          combine="sum", progress=progress, desc="slimrt lowrank calibration")
 
 
 # ---- the "lowrank" method ----------------------------------------------------------------------

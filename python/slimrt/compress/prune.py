@@ -171,42 +171,17 @@ def _calibration_sums(ctx: Context, key: str, accepts: Callable[[nn.Module], boo
     if ctx.calibration is None or ctx.model is None:
         ctx.state[key] = None
         return None
-    from slimrt.compress.calibration import _batch_inputs, _device
+    from slimrt.compress.calibration import observe_inputs
 
-    sums: dict[str, Tensor] = {}
-
-    def hook_for(name: str, fn: Callable[[Tensor], Tensor]):
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            x = args[0] if args else next(iter(kwargs.values()))
-            v = fn(x.detach().reshape(-1, x.shape[-1]).float())
-            sums[name] = v if name not in sums else sums[name] + v
-        return hook
-
-    handles = []
+    targets: dict[str, tuple[nn.Module, Callable[[Tensor], Tensor]]] = {}
     for name, block in ctx.model.named_modules():
         if accepts(block) and ctx.recipe.matches(name):
             target = stat(name, block)
             if target is not None:
-                handles.append(target[0].register_forward_pre_hook(hook_for(name, target[1]), with_kwargs=True))
-    model, was_training, n_batches = ctx.model, ctx.model.training, 0
-    try:
-        model.eval()
-        with torch.no_grad():
-            for batch in ctx.calibration:
-                for args, kwargs in _batch_inputs(batch, ctx.tokenizer, _device(model)):
-                    model(*args, **kwargs)
-                n_batches += 1
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    if n_batches == 0:
-        raise ValueError("compress: the calibration iterable yielded no batches (pass a list, not a used-up "
-                         "generator: each method reads it once)")
-    for name, v in sums.items():
-        if not bool(torch.isfinite(v).all()):
-            raise ValueError(f"compress: calibration statistics of {name} hold NaN or Inf; the model produces "
-                             "non-finite activations on this data")
+                layer, fn = target
+                targets[name] = (layer, lambda x, fn=fn: fn(x.float()))
+    sums = observe_inputs(ctx.model, targets, ctx.calibration, ctx.tokenizer, combine="sum", progress=False,
+                          desc=f"slimrt {key} calibration")
     ctx.state[key] = sums
     return sums
 

@@ -182,7 +182,16 @@ def _transposed_ld(f: Tensor) -> tuple[Tensor, int]:
 
 def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
     """Fused (x @ v.T) @ u.T + bias; the kernel reads v.T (K, R) and u.T (R, N) with unit inner stride."""
-    reference._check_lowrank(x, u, v, bias)
+    # The decode path pays for every Python step: a one-expression test of the common well-formed
+    # call, and the reference's full checks (with their error messages) only when it fails. Devices
+    # need no check here: the dispatcher only routes all-CPU calls to this kernel.
+    dt = x.dtype
+    if not (dt in _DT and u.dtype == dt and v.dtype == dt and u.dim() == 2 and v.dim() == 2 and x.dim() >= 1
+            and v.shape[1] == x.shape[-1] and u.shape[1] == v.shape[0]
+            and (bias is None or bias.dim() == 1 and bias.shape[0] == u.shape[0] and bias.dtype in _DT)
+            and not (torch.is_grad_enabled() and (x.requires_grad or u.requires_grad or v.requires_grad
+                                                  or bias is not None and bias.requires_grad))):
+        reference._check_lowrank(x, u, v, bias)
     k = x.shape[-1]
     n, r = u.shape
     m = math.prod(x.shape[:-1])
