@@ -278,3 +278,19 @@ def test_distill_trains_under_the_window():
     rec = slimrt.distill(student, teacher, TEXTS, steps=6, lr=3e-3, seed=0, tokenizer=tok, batch_size=4,
                          progress=False)
     assert math.isfinite(rec["loss_after"]) and rec["loss_after"] < rec["loss_before"], rec
+
+
+def test_concurrent_generate_matches_serial():
+    import threading
+
+    rt = Runner(sparse("gpt2", 4, 1, 4))
+    prompts = [PROMPT, PROMPT[::-1], PROMPT[2:9]]
+    want = [rt.generate_ids([p], 20, eos=False) for p in prompts]
+    got: dict[int, list] = {}
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, rt.generate_ids([prompts[i]], 20, eos=False)))
+               for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[i] for i in range(len(prompts))] == want
