@@ -164,10 +164,13 @@ def test_small_window_matches_hf_with_the_dense_mask(family, window, num_global,
     assert (dense_ref[-1] - ref[-1]).abs().max() > 1e-3
 
 
-def test_padding_is_refused_with_a_clear_error():
-    rt = Runner(sparse("llama", 5))
-    with pytest.raises(ValueError, match="equal length"):
-        rt.generate_ids([PROMPT, PROMPT[:3]], 4)
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("window, num_global", [(5, 2), (3, 0), (64, 2)])
+def test_left_padded_batch_equals_one_by_one(family, window, num_global):
+    rt = Runner(sparse(family, window, num_global, 4))
+    prompts = [PROMPT, PROMPT[:3], PROMPT[4:], [250]]
+    alone = [rt.generate_ids([p], 20, eos=False)[0] for p in prompts]
+    assert rt.generate_ids(prompts, 20, eos=False) == alone
 
 
 # ---- bounded cache ----

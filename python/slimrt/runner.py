@@ -267,9 +267,6 @@ class Runner:
             stats.update(prompt_tokens=sum(lengths), new_tokens=0, prefill_s=0.0, decode_s=0.0)
         if max_new_tokens == 0:
             return
-        if getattr(lean, "pattern", None) is not None and len(set(lengths)) > 1:
-            raise ValueError("generate: this model uses sliding-window attention (sparse_attention), which runs "
-                             "prompts of equal length only (no left padding); pass them one at a time")
         t0 = time.perf_counter()
         with torch.inference_mode():
             batch = Batch.left_padded(lengths, max_len, device)
@@ -278,6 +275,8 @@ class Runner:
                 ids[row, plen - len(p):] = torch.tensor(p, dtype=torch.long)
             pos = lean.prepare(batch)
             cache = lean.new_cache(b, max_len)
+            if hasattr(cache, "set_padding"):  # sliding-window ring cache: per-row true positions
+                cache.set_padding(batch)
             step_mask = batch.decode_mask()
             logits = lean.forward(ids, pos, cache, 0, batch.prefill_mask(), not batch.padded)  # prefill
             finished = torch.zeros(b, dtype=torch.bool, device=device)
