@@ -170,6 +170,15 @@ def test_left_padded_batch_equals_one_by_one(family, window, num_global):
     rt = Runner(sparse(family, window, num_global, 4))
     prompts = [PROMPT, PROMPT[:3], PROMPT[4:], [250]]
     alone = [rt.generate_ids([p], 20, eos=False)[0] for p in prompts]
+    orig = rt.lean.new_cache
+
+    def poisoned(batch, max_len):  # large finite junk in every slot: masked slots must weigh exactly 0
+        cache = orig(batch, max_len)
+        for t in cache.k + cache.v:
+            t.copy_(torch.randn(t.shape) * 1e4)
+        return cache
+
+    rt.lean.new_cache = poisoned
     assert rt.generate_ids(prompts, 20, eos=False) == alone
 
 

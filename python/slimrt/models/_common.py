@@ -161,8 +161,11 @@ class WindowKVCache:
         # Positions never reach max_len, so fewer slots suffice for short calls (no slot then wraps).
         self.slots = min(num_global + window, max_len)
         self.window, self.num_global, self.block_size = window, num_global, block_size
-        self.k = [torch.empty((batch, h, self.slots, head_dim), dtype=dtype, device=device) for h in heads]
-        self.v = [torch.empty((batch, h, self.slots, head_dim), dtype=dtype, device=device) for h in heads]
+        # Zeros, not empty: in a padded batch a row whose ring is still filling has slots that its token
+        # mask excludes but the kernel still reads (a masked key's value is weighted by 0, and 0 * NaN
+        # from uninitialised memory would be NaN).
+        self.k = [torch.zeros((batch, h, self.slots, head_dim), dtype=dtype, device=device) for h in heads]
+        self.v = [torch.zeros((batch, h, self.slots, head_dim), dtype=dtype, device=device) for h in heads]
         self.max_len = max_len
         self.pad: Tensor | None = None  # (B,) left padding per row, when the batch is padded
         self._masks: dict[tuple, object] = {}
