@@ -122,11 +122,27 @@ def _embeddings(runner, ids: Tensor, mask: Tensor, batch_size: int, desc: str | 
 
 def _logits(runner, ids: Tensor, mask: Tensor, batch_size: int, desc: str | None) -> list[Tensor]:
     """Full next-token logits (B, T, V) float32 per batch, from the HF forward (slimrt modules inside)."""
+    from slimrt.compress.sparse_attention import read_pattern
+
+    pattern = read_pattern(runner.model.config)  # sparse_attention: score the pattern the Runner runs
     out = []
     with torch.inference_mode():
         for i, m in _batches(ids, mask, batch_size, desc):
+            if pattern is not None:
+                m = _window_mask(m, pattern)
             out.append(runner.model(input_ids=i, attention_mask=m).logits.float())
     return out
+
+
+def _window_mask(mask: Tensor, pattern: dict[str, int]) -> Tensor:
+    """(B, T) right-padding mask -> (B, 1, T, T) bool: the causal sliding window with sinks over real keys;
+    every query also sees itself, so padding rows stay finite (their logits are never scored)."""
+    from slimrt.attention import token_rule
+
+    t = mask.shape[1]
+    rule = token_rule(t, t, True, pattern["window"], pattern["num_global"], mask.device)
+    eye = torch.eye(t, dtype=torch.bool, device=mask.device)
+    return ((rule & mask.bool()[:, None, None, :]) | eye)
 
 
 def evaluate(compressed: Any, reference: Any, data: Sequence[str] | None = None, kind: str | None = None, *,

@@ -170,6 +170,10 @@ def _validate_methods(methods: tuple[str, ...], params: Any) -> dict[str, dict[s
             problem = check(value) if check else None
             if problem:
                 raise ValueError(f"Recipe.params.{m}.{key}={value!r}: {problem}")
+        for key, (_kind, default, check) in spec.items():  # a default that fails its check = required
+            problem = None if key in given or not check else check(default)
+            if problem:
+                raise ValueError(f"Recipe.params.{m}.{key} is required: it {problem}")
         out[m] = {key: given.get(key, default) for key, (_kind, default, _check) in spec.items()}
     return out
 

@@ -275,6 +275,8 @@ class Runner:
                 ids[row, plen - len(p):] = torch.tensor(p, dtype=torch.long)
             pos = lean.prepare(batch)
             cache = lean.new_cache(b, max_len)
+            if hasattr(cache, "set_padding"):  # sliding-window ring cache: per-row true positions
+                cache.set_padding(batch)
             step_mask = batch.decode_mask()
             logits = lean.forward(ids, pos, cache, 0, batch.prefill_mask(), not batch.padded)  # prefill
             finished = torch.zeros(b, dtype=torch.bool, device=device)

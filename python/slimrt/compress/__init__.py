@@ -16,6 +16,7 @@ from torch import nn
 from slimrt.compress import int8  # noqa: F401  (registers "w8a8" and "w8")
 from slimrt.compress import lowrank  # noqa: F401  (registers "lowrank")
 from slimrt.compress import prune  # noqa: F401  (registers "prune_heads" and "prune_ffn")
+from slimrt.compress import sparse_attention  # noqa: F401  (registers "sparse_attention", model-level)
 from slimrt.compress.report import report
 from slimrt.compress.swap import METHODS, Fallback, Method, model_size, register
 
@@ -31,7 +32,8 @@ def compress(model: nn.Module, recipe: "Recipe | str | os.PathLike | Mapping[str
     calibration: an iterable of batches (token id tensors, dicts of tensors, or strings, which need
     ``tokenizer``); required when the recipe uses SmoothQuant. Works on any nn.Module: nn.Linear and
     transformers' Conv1D layers selected by the recipe are swapped for slimrt modules.
-    Afterwards ``model.slimrt_meta`` = {"recipe", "layers", "fallbacks", "totals"} (JSON-able; the
+    Afterwards ``model.slimrt_meta`` = {"recipe", "layers", "fallbacks", "totals"} (+ "model_methods"
+    for model-level methods such as sparse_attention; JSON-able; the
     checkpoint stores it) and ``slimrt.report(model)`` prints the per-layer table.
     """
     import torch
@@ -48,12 +50,14 @@ def compress(model: nn.Module, recipe: "Recipe | str | os.PathLike | Mapping[str
     assert isinstance(recipe, Recipe)
     params_before, bytes_before = model_size(model)
     with torch.no_grad():
-        rows, fallbacks = swap(model, recipe, calibration, tokenizer, progress=progress)
+        model_rows: list[dict] = []
+        rows, fallbacks = swap(model, recipe, calibration, tokenizer, progress=progress, model_rows=model_rows)
     params_after, bytes_after = model_size(model)
     model.slimrt_meta = {
         "recipe": recipe.to_dict(),
         "layers": rows,
         "fallbacks": fallbacks,
+        **({"model_methods": model_rows} if model_rows else {}),
         "totals": {"params_before": params_before, "params_after": params_after,
                    "bytes_before": bytes_before, "bytes_after": bytes_after},
     }

@@ -40,6 +40,9 @@ def format_report(meta: dict[str, Any]) -> str:
     methods = ", ".join(meta.get("recipe", {}).get("methods", []))
     lines.append(f"recipe: {methods}" + (" + smoothquant(alpha=%g)" % meta["recipe"]["alpha"]
                                          if meta.get("recipe", {}).get("smoothquant") else ""))
+    for m in meta.get("model_methods", []):  # model-level methods (no layer changed), e.g. sparse_attention
+        facts = ", ".join(f"{k}={v}" for k, v in m.items() if k != "method")
+        lines.append(f"model-level: {m.get('method')}: {facts}")
     fallbacks = meta.get("fallbacks", {})
     lines.append(f"kept dense (fallbacks): {len(fallbacks)}")
     lines += [f"  {name}: {reason}" for name, reason in fallbacks.items()]

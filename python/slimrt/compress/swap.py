@@ -78,6 +78,11 @@ class Method:
     # are converted, for methods that decide across layers (lowrank spreads one parameter budget)
     # or need statistics other than act_amax (lowrank's input Gram matrices).
     prepare: Callable[..., None] | None = None
+    # Optional, for model-level methods that change no layer (sparse_attention records an attention
+    # pattern in the config): apply_model(model, ctx) -> info runs once instead of the layer walk
+    # (accepts should then return False). Its info is recorded under slimrt_meta["model_methods"];
+    # Fallback(reason) is recorded under fallbacks["(model)"].
+    apply_model: Callable[[nn.Module, Context], dict[str, Any]] | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -188,9 +193,14 @@ def _skip_reason(name: str, module: nn.Module, model: nn.Module) -> str | None:
     return None
 
 
+MODEL_KEY = "(model)"  # the fallbacks key of a model-level method
+
+
 def swap(model: nn.Module, recipe: "Recipe", calibration: Iterable[Any] | None = None, tokenizer: Any = None,
-         progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Applies the recipe's methods in order, in place. Returns (layer rows, {name: fallback reason})."""
+         progress: bool = True, model_rows: list[dict[str, Any]] | None = None,
+         ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Applies the recipe's methods in order, in place. Returns (layer rows, {name: fallback reason});
+    model-level methods append {"method", **info} to ``model_rows`` when it is given."""
     from tqdm import tqdm
 
     from slimrt.compress import calibration as calib
@@ -201,9 +211,19 @@ def swap(model: nn.Module, recipe: "Recipe", calibration: Iterable[Any] | None =
         log.info("calibration data is not used by this recipe (%s)", ", ".join(recipe.methods))
     for method_name in recipe.methods:
         method = METHODS[method_name]
-        todo = candidates(model, recipe, method)
         ctx = Context(recipe=recipe, params=dict(recipe.params.get(method_name, {})), model=model,
                       calibration=calibration, tokenizer=tokenizer)
+        if method.apply_model is not None:
+            try:
+                info = method.apply_model(model, ctx)
+            except Fallback as e:
+                fallbacks[MODEL_KEY] = f"{method_name}: {e}"
+                log.info("%s not applied (%s)", method_name, e)
+                continue
+            if model_rows is not None:
+                model_rows.append({"method": method_name, **info})
+            continue
+        todo = candidates(model, recipe, method)
         if method.needs_calibration(recipe) and todo:
             if calibration is None:
                 raise ValueError(f"compress: method {method_name!r} with this recipe needs calibration data "

@@ -93,6 +93,15 @@ class KVCache:
         vc[:, :, start:end].copy_(v)
         return kc[:, :, :end], vc[:, :, :end]
 
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def attend(self, layer: int, start: int, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
+               scale: float | None = None) -> Tensor:
+        """Writes k, v (B, Hkv, T, D) at [start, start+T) and attends q (B, H, T, D) over [0, start+T)."""
+        k_all, v_all = self.update(layer, start, k, v)
+        return attention(q, k_all, v_all, mask, causal, scale)
+
 
 @dataclass
 class Batch:
@@ -129,3 +138,145 @@ class Batch:
     def decode_mask(self) -> Tensor | None:
         """(B, 1, 1, max_len) bool, sliced to [..., :L] per step (a view), or None when unpadded."""
         return self.valid[:, None, None, :] if self.padded else None
+
+
+# ---- sliding-window attention with sinks (recipe method "sparse_attention") ----
+
+class WindowKVCache:
+    """Bounded per-layer key/value buffers (B, Hkv, G + W, D) for sliding-window attention with G sinks.
+
+    Slot of position p: p itself for p < G (sinks, kept forever), else G + (p - G) % W (a ring over
+    the W most recent positions). Keys are stored after RoPE, so a slot's content does not depend
+    on where it sits and attention over the filled slots, in any order, is exactly attention over
+    the allowed keys {j <= p : p - j < W or j < G}. Memory is flat however long the generation.
+    Attention runs in slimrt.ops.block_sparse_attention: the prefill with a causal
+    sliding_window_mask(P, P, W, G), each decode step over the filled slots (a full mask: the ring
+    already holds exactly the allowed keys). A left-padded batch (``set_padding``) keeps each row's
+    slots by its true position, with per-row token masks while the rings fill.
+    """
+
+    def __init__(self, n_layers: int, batch: int, n_kv_heads: int | list[int], max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device, window: int, num_global: int, block_size: int) -> None:
+        heads = n_kv_heads if isinstance(n_kv_heads, list) else [n_kv_heads] * n_layers
+        # Positions never reach max_len, so fewer slots suffice for short calls (no slot then wraps).
+        self.slots = min(num_global + window, max_len)
+        self.window, self.num_global, self.block_size = window, num_global, block_size
+        # Zeros, not empty: in a padded batch a row whose ring is still filling has slots that its token
+        # mask excludes but the kernel still reads (a masked key's value is weighted by 0, and 0 * NaN
+        # from uninitialised memory would be NaN).
+        self.k = [torch.zeros((batch, h, self.slots, head_dim), dtype=dtype, device=device) for h in heads]
+        self.v = [torch.zeros((batch, h, self.slots, head_dim), dtype=dtype, device=device) for h in heads]
+        self.max_len = max_len
+        self.pad: Tensor | None = None  # (B,) left padding per row, when the batch is padded
+        self._masks: dict[tuple, object] = {}
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def _slot(self, pos: Tensor | int):
+        g, w = self.num_global, self.window
+        if isinstance(pos, int):
+            return pos if pos < g else g + (pos - g) % w
+        return torch.where(pos < g, pos, g + (pos - g) % w)
+
+    def _mask(self, lq: int, lk: int):
+        from slimrt.attention import full_mask, sliding_window_mask
+
+        key = (lq, lk)
+        m = self._masks.get(key)
+        if m is None:
+            m = (sliding_window_mask(lq, lk, self.window, self.num_global, causal=True, block_size=self.block_size)
+                 if lq > 1 else full_mask(lq, lk, self.block_size))
+            if len(self._masks) > 64:
+                self._masks.clear()
+            self._masks[key] = m
+        return m
+
+    def set_padding(self, batch: "Batch") -> None:
+        """Left padding per row (from the runner's Batch): row b's true position is slot - pad[b]."""
+        pad = (~batch.valid).sum(dim=1)  # (B,)
+        self.pad = pad if bool((pad > 0).any()) else None
+
+    def _padded_mask(self, start: int, t: int):
+        """BlockMask for a left-padded batch: the rule in each row's true positions, padding keys excluded."""
+        from slimrt.attention import BlockMask
+
+        key = ("pad", start, t)
+        m = self._masks.get(key)
+        if m is None:
+            pad = self.pad.view(-1, 1, 1)
+            if start == 0:  # prefill over the prompt slots [0, t)
+                qt = torch.arange(t, device=pad.device).view(1, -1, 1) - pad  # (B, T, 1) true positions
+                kt = torch.arange(t, device=pad.device).view(1, 1, -1) - pad  # (B, 1, T)
+                ok = (kt >= 0) & (kt <= qt) & ((qt - kt < self.window) | (kt < self.num_global))
+            else:  # one decode step over the filled slots of each row
+                n = min(start + 1, self.slots)
+                filled = torch.clamp(start + 1 - self.pad, max=self.slots).view(-1, 1, 1)
+                ok = torch.arange(n, device=pad.device).view(1, 1, -1) < filled  # (B, 1, n)
+            m = BlockMask.from_token_mask(ok.unsqueeze(1), self.block_size)
+            if len(self._masks) > 64:
+                self._masks.clear()
+            self._masks[key] = m
+        return m
+
+    def attend(self, layer: int, start: int, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
+               scale: float | None = None) -> Tensor:
+        """Writes k, v (B, Hkv, T, D) of slots [start, start+T) and attends q (B, H, T, D) -> (B, H, T, D).
+
+        Unpadded batches ignore ``mask``; a left-padded batch (``set_padding``) applies the rule in
+        each row's true positions, so every row equals its run alone.
+        """
+        from slimrt import ops
+
+        if mask is not None and self.pad is None:
+            raise ValueError("sliding-window attention got a padding mask without set_padding(batch)")
+        t = k.shape[2]
+        kc, vc = self.k[layer], self.v[layer]
+        if start == 0:  # prefill: attend over the prompt itself, then keep its sinks and last W positions
+            if self.pad is None:
+                pos = torch.arange(t, device=k.device)
+                keep = (pos < self.num_global) | (pos >= t - self.window)
+                src = pos[keep]
+                dst = self._slot(src)
+                kc.index_copy_(2, dst, k.index_select(2, src))
+                vc.index_copy_(2, dst, v.index_select(2, src))
+                return ops.block_sparse_attention(q, k, v, self._mask(t, t), scale)
+            for b, pad in enumerate(self.pad.tolist()):
+                real = t - pad
+                pos = torch.arange(real, device=k.device)  # true positions of the row's prompt
+                keep = (pos < self.num_global) | (pos >= real - self.window)
+                src = pos[keep]
+                kc[b].index_copy_(1, self._slot(src), k[b].index_select(1, src + pad))
+                vc[b].index_copy_(1, self._slot(src), v[b].index_select(1, src + pad))
+            return ops.block_sparse_attention(q, k, v, self._padded_mask(0, t), scale)
+        if t != 1:
+            raise ValueError(f"sliding-window attention decodes one token per step after the prefill, got {t}")
+        n = min(start + 1, self.slots)
+        if self.pad is None:
+            s = self._slot(start)
+            kc[:, :, s:s + 1].copy_(k)
+            vc[:, :, s:s + 1].copy_(v)
+            return ops.block_sparse_attention(q, kc[:, :, :n], vc[:, :, :n], self._mask(1, n), scale)
+        rows = torch.arange(k.shape[0], device=k.device)
+        dst = self._slot(start - self.pad)  # (B,) each row's slot for its true position
+        kc[rows, :, dst] = k[:, :, 0]
+        vc[rows, :, dst] = v[:, :, 0]
+        full = start + 1 - int(self.pad.max()) >= self.slots  # every row's ring is full: no masking needed
+        m = self._mask(1, n) if full else self._padded_mask(start, 1)
+        return ops.block_sparse_attention(q, kc[:, :, :n], vc[:, :, :n], m, scale)
+
+
+def check_pattern_dtype(pattern: dict[str, int] | None, dtype: torch.dtype) -> None:
+    """TypeError at Runner construction when the sliding-window kernel cannot take the model dtype."""
+    if pattern is not None and dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"Runner: sliding-window attention (config.slimrt_attention) runs float32 or bfloat16 "
+                        f"models, got {str(dtype).replace('torch.', '')}; convert with model.to(torch.bfloat16)")
+
+
+def new_cache(pattern: dict[str, int] | None, n_layers: int, batch: int, n_kv_heads: int | list[int],
+              max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> "KVCache | WindowKVCache":
+    """A full static KVCache, or a bounded WindowKVCache when the model carries a sliding-window pattern."""
+    if pattern is None:
+        return KVCache(n_layers, batch, n_kv_heads, max_len, head_dim, dtype, device)
+    return WindowKVCache(n_layers, batch, n_kv_heads, max_len, head_dim, dtype, device, pattern["window"],
+                         pattern["num_global"], pattern["block_size"])

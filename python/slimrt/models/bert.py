@@ -23,6 +23,9 @@ class BertLean:
         if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"Runner: BERT position_embedding_type={cfg.position_embedding_type!r} is not "
                              "supported; expected 'absolute'")
+        if getattr(cfg, "slimrt_attention", None) is not None:
+            raise ValueError("Runner: config.slimrt_attention (sliding-window attention) is supported for decoders "
+                             "only (Llama family, GPT-2); remove it to run this BERT encoder densely")
         self.config = cfg
         emb = bert.embeddings
         self.word, self.pos = emb.word_embeddings.weight, emb.position_embeddings.weight

@@ -7,7 +7,8 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimrt.models._common import Batch, KVCache, attention, make_linear
+from slimrt.models._common import Batch, KVCache, WindowKVCache, check_pattern_dtype, make_linear, new_cache
+from slimrt.compress.sparse_attention import read_pattern
 from slimrt.models.policy import KernelPolicy
 
 MODEL_TYPES = ("gpt2",)
@@ -41,9 +42,12 @@ class GPT2Lean:
                 make_linear(blk.mlp.c_fc, policy), make_linear(blk.mlp.c_proj, policy), blk.mlp.act, scale,
             ))
         self.lm_head = make_linear(model.lm_head, policy)
+        self.pattern = read_pattern(cfg)  # sliding window + sinks (recipe method sparse_attention) or None
+        check_pattern_dtype(self.pattern, self.dtype)
 
-    def new_cache(self, batch: int, max_len: int) -> KVCache:
-        return KVCache(len(self.layers), batch, self.n_heads, max_len, self.head_dim, self.dtype, self.wte.device)
+    def new_cache(self, batch: int, max_len: int) -> KVCache | WindowKVCache:
+        return new_cache(self.pattern, len(self.layers), batch, self.n_heads, max_len, self.head_dim, self.dtype,
+                         self.wte.device)
 
     def prepare(self, batch: Batch) -> Tensor:
         """Position embeddings (B, max_len, C) for every slot of the call, gathered once."""
@@ -59,8 +63,7 @@ class GPT2Lean:
             h = F.layer_norm(x, (c,), ln1[0], ln1[1], self.eps)
             qkv = c_attn(h).view(b, t, 3, self.n_heads, self.head_dim)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
-            k_all, v_all = cache.update(i, start, k, v)
-            o = attention(q, k_all, v_all, mask, causal, scale)  # (B, H, T, D)
+            o = cache.attend(i, start, q, k, v, mask, causal, scale)  # (B, H, T, D); writes k, v into the cache
             x = x + c_proj(o.transpose(1, 2).reshape(b, t, c))
             h = F.layer_norm(x, (c,), ln2[0], ln2[1], self.eps)
             x = x + mlp_proj(act(c_fc(h)))

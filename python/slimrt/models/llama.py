@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimrt.models._common import Batch, KVCache, attention, make_linear
+from slimrt.models._common import Batch, KVCache, WindowKVCache, check_pattern_dtype, make_linear, new_cache
+from slimrt.compress.sparse_attention import read_pattern
 from slimrt.models.policy import KernelPolicy
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -77,9 +78,12 @@ class LlamaLean:
         # KV heads per layer: prune_heads may leave different counts in different layers.
         self.kv_heads = [layer.self_attn.k_proj.out_features // self.head_dim for layer in base.layers]
         self.inv_freq, self.rope_scaling = _rope_inv_freq(cfg)
+        self.pattern = read_pattern(cfg)  # sliding window + sinks (recipe method sparse_attention) or None
+        check_pattern_dtype(self.pattern, self.dtype)
 
-    def new_cache(self, batch: int, max_len: int) -> KVCache:
-        return KVCache(len(self.layers), batch, self.kv_heads, max_len, self.head_dim, self.dtype, self.embed.device)
+    def new_cache(self, batch: int, max_len: int) -> KVCache | WindowKVCache:
+        return new_cache(self.pattern, len(self.layers), batch, self.kv_heads, max_len, self.head_dim, self.dtype,
+                         self.embed.device)
 
     def prepare(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """cos, signed sin (B, 1, max_len, D) for every slot of the call, computed once (fp32 like HF).
@@ -115,8 +119,7 @@ class LlamaLean:
                 k = _rms_norm(k, qk_norm[1], self.eps)
             q = self._rope(q.transpose(1, 2), cos, sin)  # (B, H, T, D)
             k = self._rope(k.transpose(1, 2), cos, sin)
-            k_all, v_all = cache.update(i, start, k, v)  # (B, Hkv, start+T, D)
-            o = attention(q, k_all, v_all, mask, causal)  # (B, H, T, D)
+            o = cache.attend(i, start, q, k, v, mask, causal)  # (B, H, T, D); writes k, v into the cache
             x = x + o_proj(o.transpose(1, 2).reshape(b, t, -1))
             h = _rms_norm(x, ln2, self.eps)
             x = x + down(act(gate(h)) * up(h))
