@@ -76,26 +76,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return rc
 # ---- compress ----
 def _load_hf_model(src: str):
-    """(model, tokenizer or None) from a local HF model directory, without reaching the network."""
+    """(model, tokenizer or None) from a local HF model directory (slimrt.evaluate.load_hf), offline."""
     import os
+
+    from slimrt.evaluate import load_hf
 
     if not os.path.isdir(src):
         raise ValueError(f"SRC {src!r} is not a local model directory (expected config.json and weights)")
-    import transformers
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    config = AutoConfig.from_pretrained(src, local_files_only=True)
-    arch = (getattr(config, "architectures", None) or [None])[0]
-    cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
-    # Only a real model class from transformers itself: config.json is input, never code to run.
-    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-        cls = AutoModel
-    model = cls.from_pretrained(src, local_files_only=True).eval()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
-    except (OSError, ValueError) as e:  # a model directory without tokenizer files is legal
-        print(f"slimrt: no tokenizer in {src} ({type(e).__name__}); the checkpoint will have none", file=sys.stderr)
-        tokenizer = None
+    model, tokenizer = load_hf(src)
+    if tokenizer is None:
+        print(f"slimrt: no tokenizer in {src}; the checkpoint will have none", file=sys.stderr)
     return model, tokenizer
 
 
