@@ -77,7 +77,8 @@ struct Gemm {
 
 // k blocks of 256: a 64-column weight slab of one block is 16 KiB and stays in L1 while the rows
 // of a row block stream past it; partial sums go to a per-item int32 buffer between blocks.
-constexpr int64_t kKcq = 64;  // 4-deep k groups per block
+constexpr int64_t kKcq = 96;  // max 4-deep k groups per block (a 24 KiB slab block)
+constexpr int64_t kMC = 96;   // rows per row chunk (16 row tiles)
 
 // acc[r][j] (+)= sum over k groups [q0, q0 + nq) of (a[m0 + r] + 128) * b[panel p0 + j]; on the last
 // block the epilogue writes out, otherwise the partial sums go to cbuf (row stride 64 int32).
@@ -97,7 +98,7 @@ void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t
     // The first row tile of a block pulls the next k block of the slab toward L1: each panel's
     // block is one 4 KiB run, and hardware prefetchers do not cross into the next one on their own.
     if (prefetch)
-      for (int j = 0; j < NB; ++j) _mm_prefetch(reinterpret_cast<const char*>(b + j * ps + kKcq * 64), _MM_HINT_T0);
+      for (int j = 0; j < NB; ++j) _mm_prefetch(reinterpret_cast<const char*>(b + j * ps + nq * 64), _MM_HINT_T0);
     for (int r = 0; r < MR; ++r) {
       const __m512i av = _mm512_set1_epi32(load32(a + r * g.lda_u));
       for (int j = 0; j < NB; ++j) acc[r][j] = dpbusd(acc[r][j], av, bv[j]);
@@ -166,31 +167,34 @@ void int8_gemm_packed(const int8_t* a, int64_t lda, const int8_t* packed, const 
          a_scale, b_scale, bias, out, out_dt, ldc, N};
   const int64_t panels = n_pad / kPanel;
   const int64_t n_tiles = div_up(panels, kNB);
-  // Work item = (64-column tile, row chunk), column-tile major. A row chunk is all of M unless there
-  // are too few column tiles to feed the threads: then each weight slab is read from memory exactly
-  // once (the weight is the big operand: 45 MB at 4096 x 11008, > L3), while the activations, M x K,
-  // are re-read from L2/L3 per tile. Within an item each 256-deep k block of the slab (16 KiB) stays
-  // in L1 while every row tile passes over it; partial sums live in cbuf between k blocks.
-  int64_t m_chunks = 1;
-  if (n_tiles < 2 * num_threads) m_chunks = std::min(div_up(M, kMR), div_up(2 * num_threads, n_tiles));
+  // k blocks of at most kKcq groups, split evenly (K = 384 is one block, no partial sums at all;
+  // K = 1536 is 4 x 96, not 6 x 64).
+  const int64_t kblocks = div_up(g.kq, kKcq), kc = div_up(g.kq, kblocks);
+  // Work item = (row chunk of mc rows, 64-column tile), row-chunk major, so a thread owns whole row
+  // chunks: the chunk's activations (mc x k_pad u8, <= 400 KiB at K = 4096) stay in L2 while every
+  // column tile passes over them, and each tile's k block of the weight slab (<= 24 KiB) stays in L1
+  // while the chunk's row tiles stream past it. The weight is re-read once per row chunk: at mc = 96
+  // that is 192 int8 ops per weight byte, far below any cache or memory bound. Chunks are shrunk so
+  // there are at least num_threads of them when M allows it (M = 128 on 2 threads: 66 + 62 rows).
+  int64_t m_chunks = std::max(div_up(M, kMC), std::min<int64_t>(num_threads, div_up(M, kMR)));
   const int64_t mc = round_up(div_up(M, m_chunks), kMR);
   m_chunks = div_up(M, mc);
   parallel_for(n_tiles * m_chunks, num_threads, [&](int64_t i0, int64_t i1) {
-    std::vector<int32_t> cbuf(static_cast<size_t>(mc * 64));
+    std::vector<int32_t> cbuf(kblocks > 1 ? static_cast<size_t>(mc * 64) : 0);
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t nt = i / m_chunks, mci = i % m_chunks;
+      const int64_t mci = i / n_tiles, nt = i % n_tiles;
       const int64_t p0 = nt * kNB, nb = std::min<int64_t>(kNB, panels - p0);
       const int64_t m_beg = mci * mc, m_end = std::min(M, m_beg + mc);
-      for (int64_t q0 = 0; q0 < g.kq; q0 += kKcq) {
-        const int64_t nq = std::min(kKcq, g.kq - q0);
+      for (int64_t q0 = 0; q0 < g.kq; q0 += kc) {
+        const int64_t nq = std::min(kc, g.kq - q0);
         for (int64_t m0 = m_beg; m0 < m_end; m0 += kMR) {
           const int64_t mr = std::min<int64_t>(kMR, m_end - m0);
-          // The next row tile's activations for this k block (6 rows x 256 bytes) toward L1: the rows
-          // are k_pad apart, which hardware prefetchers do not follow. Prefetches never fault.
+          // The next row tile's activations for this k block toward L1: the rows are lda_u apart,
+          // which hardware prefetchers do not follow. Prefetches never fault.
           for (int64_t r = 0; r < kMR; ++r)
-            for (int64_t c = 0; c < kKcq * 4; c += 64)
+            for (int64_t c = 0; c < nq * 4; c += 64)
               _mm_prefetch(reinterpret_cast<const char*>(g.au + (m0 + kMR + r) * lda_u + q0 * 4 + c), _MM_HINT_T0);
-          kTiles[mr - 1][nb - 1](g, m0, p0, q0, nq, cbuf.data() + (m0 - m_beg) * 64, q0 == 0, q0 + nq >= g.kq,
+          kTiles[mr - 1][nb - 1](g, m0, p0, q0, nq, kblocks > 1 ? cbuf.data() + (m0 - m_beg) * 64 : nullptr, q0 == 0, q0 + nq >= g.kq,
                                  m0 == m_beg);
         }
       }
@@ -300,7 +304,12 @@ void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t
     for (int64_t m = m0; m < m1; ++m) {
       __m512 vmax = _mm512_setzero_ps();
       __mmask16 bad = 0;
+      // Pull the next row in while this one is reduced: the two passes over each row break the
+      // stream the hardware prefetcher follows (7 GB/s from DRAM without this, at K = 1536).
+      const int64_t esz = x_dt == DType::F32 ? 4 : 2;
+      const char* nxt = static_cast<const char*>(x) + (m + 1) * ldx * esz;
       for (int64_t k = 0; k < K; k += 16) {
+        _mm_prefetch(nxt + k * esz, _MM_HINT_T0);
         const __m512 a = _mm512_abs_ps(load_act(x, x_dt, m * ldx + k, tail_mask(K - k)));
         bad |= _mm512_cmp_ps_mask(a, inf, _CMP_NLT_UQ);  // +-Inf or NaN
         vmax = _mm512_max_ps(vmax, a);
@@ -320,7 +329,11 @@ void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t
         const __m512 v = _mm512_mul_ps(load_act(x, x_dt, m * ldx + k, mk), inv);
         __m512i i = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         i = _mm512_min_epi32(_mm512_max_epi32(i, lo), hi);
-        _mm512_mask_cvtepi32_storeu_epi8(qm + k, mk, i);
+        // Register-form vpmovdb + a plain store: the memory-destination form (vpmovdb m128{k}) is
+        // microcoded on AMD Zen 4/5 and made this pass ~10x slower than the GEMM it feeds.
+        const __m128i b8 = _mm512_cvtepi32_epi8(i);
+        if (K - k >= 16) _mm_storeu_si128(reinterpret_cast<__m128i*>(qm + k), b8);
+        else _mm_mask_storeu_epi8(qm + k, mk, b8);
       }
     }
   }, std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)));
