@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "int8_gemm/int8_gemm.h"
@@ -58,7 +59,9 @@ inline __m512 load_act(const void* x, DType dt, int64_t off, __mmask16 m) {
 }
 
 inline void store_out(void* out, OutType dt, int64_t off, __mmask16 m, __m512 v) {
-  if (dt == OutType::F32)
+  if (dt == OutType::F32 && m == 0xffff)
+    _mm512_storeu_ps(static_cast<float*>(out) + off, v);
+  else if (dt == OutType::F32)
     _mm512_mask_storeu_ps(static_cast<float*>(out) + off, m, v);
   else
     _mm256_mask_storeu_epi16(static_cast<uint16_t*>(out) + off, m, to_bf16(v));
@@ -75,9 +78,10 @@ struct Gemm {
   int64_t ldc, N;
 };
 
-// k blocks of 256: a 64-column weight slab of one block is 16 KiB and stays in L1 while the rows
-// of a row block stream past it; partial sums go to a per-item int32 buffer between blocks.
-constexpr int64_t kKcq = 96;  // max 4-deep k groups per block (a 24 KiB slab block)
+// k blocks of up to 128 4-deep groups (a 32 KiB slab block per 64-column tile): partial sums go to a
+// per-chunk int32 buffer between blocks. Measured on Zen 5 (1 thread): blocks of 64 cost 15-20% at
+// K = 384/1536 (the partial-sum round trips and a 128-deep tail), 96..384 are within noise.
+constexpr int64_t kKcq = 128;  // max 4-deep k groups per block
 constexpr int64_t kMC = 96;   // rows per row chunk (16 row tiles)
 
 // acc[r][j] (+)= sum over k groups [q0, q0 + nq) of (a[m0 + r] + 128) * b[panel p0 + j]; on the last
@@ -149,7 +153,9 @@ void int8_gemm_packed(const int8_t* a, int64_t lda, const int8_t* packed, const 
   // stride is k_pad rounded to 64 plus 64 bytes: with K = 4096 the 6 rows of a tile would otherwise
   // sit 4 KiB apart and all map to one L1 set (4 KiB aliasing).
   const int64_t lda_u = round_up(k_pad, 64) + 64;
-  std::vector<uint8_t> au(static_cast<size_t>(M * lda_u));
+  // Default-initialized (no memset of M x lda_u bytes): every byte a tile reads is written below.
+  std::unique_ptr<uint8_t[]> au_buf(new uint8_t[static_cast<size_t>(M * lda_u)]);
+  uint8_t* const au = au_buf.get();
   parallel_for(M, num_threads, [&](int64_t m0, int64_t m1) {
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
     for (int64_t m = m0; m < m1; ++m)
@@ -158,21 +164,22 @@ void int8_gemm_packed(const int8_t* a, int64_t lda, const int8_t* packed, const 
         const __mmask64 mk = n <= 0 ? 0 : (n >= 64 ? ~__mmask64(0) : (__mmask64(1) << n) - 1);
         const __mmask64 mst = k_pad - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (k_pad - k)) - 1;
         const __m512i v = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, a + m * lda + k), flip);
-        _mm512_mask_storeu_epi8(au.data() + m * lda_u + k, mst, v);
+        if (mst == ~__mmask64(0)) _mm512_storeu_si512(au + m * lda_u + k, v);
+        else _mm512_mask_storeu_epi8(au + m * lda_u + k, mst, v);
       }
   }, std::max<int64_t>(1, 32768 / std::max<int64_t>(k_pad, 1)));
 
-  Gemm g{au.data(), lda_u, k_pad, k_pad / 4, packed + kPackHeader,
+  Gemm g{au, lda_u, k_pad, k_pad / 4, packed + kPackHeader,
          reinterpret_cast<const int32_t*>(packed + kPackHeader + n_pad * k_pad),
          a_scale, b_scale, bias, out, out_dt, ldc, N};
   const int64_t panels = n_pad / kPanel;
   const int64_t n_tiles = div_up(panels, kNB);
   // k blocks of at most kKcq groups, split evenly (K = 384 is one block, no partial sums at all;
-  // K = 1536 is 4 x 96, not 6 x 64).
+  // K = 1536 is 3 x 128, K = 4096 8 x 128).
   const int64_t kblocks = div_up(g.kq, kKcq), kc = div_up(g.kq, kblocks);
   // Work item = (row chunk of mc rows, 64-column tile), row-chunk major, so a thread owns whole row
   // chunks: the chunk's activations (mc x k_pad u8, <= 400 KiB at K = 4096) stay in L2 while every
-  // column tile passes over them, and each tile's k block of the weight slab (<= 24 KiB) stays in L1
+  // column tile passes over them, and each tile's k block of the weight slab (<= 32 KiB) stays in L1/L2
   // while the chunk's row tiles stream past it. The weight is re-read once per row chunk: at mc = 96
   // that is 192 int8 ops per weight byte, far below any cache or memory bound. Chunks are shrunk so
   // there are at least num_threads of them when M allows it (M = 128 on 2 threads: 66 + 62 rows).
