@@ -52,9 +52,14 @@ inline __m256i to_bf16(__m512 f) {
   return _mm512_cvtepi32_epi16(r);
 }
 
+// Masked loads and stores are used only for partial vectors: with a full mask they are measurably
+// slower than the plain forms on AMD Zen 5 (3-9% of the GEMM for the output stores alone).
 inline __m512 load_act(const void* x, DType dt, int64_t off, __mmask16 m) {
-  if (dt == DType::F32) return _mm512_maskz_loadu_ps(m, static_cast<const float*>(x) + off);
-  const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(x) + off);
+  if (dt == DType::F32)
+    return m == 0xffff ? _mm512_loadu_ps(static_cast<const float*>(x) + off)
+                       : _mm512_maskz_loadu_ps(m, static_cast<const float*>(x) + off);
+  const __m256i h = m == 0xffff ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(x) + off))
+                                : _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(x) + off);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
@@ -63,6 +68,8 @@ inline void store_out(void* out, OutType dt, int64_t off, __mmask16 m, __m512 v)
     _mm512_storeu_ps(static_cast<float*>(out) + off, v);
   else if (dt == OutType::F32)
     _mm512_mask_storeu_ps(static_cast<float*>(out) + off, m, v);
+  else if (m == 0xffff)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + off), to_bf16(v));
   else
     _mm256_mask_storeu_epi16(static_cast<uint16_t*>(out) + off, m, to_bf16(v));
 }
@@ -120,9 +127,11 @@ void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t
     const __mmask16 mk = tail_mask(g.N - n);
     const __m512i cv = _mm512_loadu_si512(g.comp + n);  // comp is padded to N_pad
     if (g.out_dt == OutType::I32) {
-      for (int r = 0; r < MR; ++r)
-        _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.out) + (m0 + r) * g.ldc + n, mk,
-                                 _mm512_sub_epi32(acc[r][j], cv));
+      for (int r = 0; r < MR; ++r) {
+        int32_t* o = static_cast<int32_t*>(g.out) + (m0 + r) * g.ldc + n;
+        if (mk == 0xffff) _mm512_storeu_si512(o, _mm512_sub_epi32(acc[r][j], cv));
+        else _mm512_mask_storeu_epi32(o, mk, _mm512_sub_epi32(acc[r][j], cv));
+      }
       continue;
     }
     const __m512 bs = _mm512_maskz_loadu_ps(mk, g.b_scale + n);
@@ -163,7 +172,8 @@ void int8_gemm_packed(const int8_t* a, int64_t lda, const int8_t* packed, const 
         const int64_t n = std::min<int64_t>(64, K - k);
         const __mmask64 mk = n <= 0 ? 0 : (n >= 64 ? ~__mmask64(0) : (__mmask64(1) << n) - 1);
         const __mmask64 mst = k_pad - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (k_pad - k)) - 1;
-        const __m512i v = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, a + m * lda + k), flip);
+        const __m512i v = _mm512_xor_si512(
+            mk == ~__mmask64(0) ? _mm512_loadu_si512(a + m * lda + k) : _mm512_maskz_loadu_epi8(mk, a + m * lda + k), flip);
         if (mst == ~__mmask64(0)) _mm512_storeu_si512(au + m * lda_u + k, v);
         else _mm512_mask_storeu_epi8(au + m * lda_u + k, mst, v);
       }
