@@ -212,9 +212,13 @@ void run_tiles(const Gemm& g0, int64_t n_pad, int64_t M, int num_threads, const 
   // chunks: the chunk's activations (mc x k_pad u8, <= 400 KiB at K = 4096) stay in L2 while every
   // column tile passes over them, and each tile's k block of the weight slab (<= 32 KiB) stays in L1/L2
   // while the chunk's row tiles stream past it. The weight is re-read once per row chunk: at mc = 96
-  // that is 192 int8 ops per weight byte, far below any cache or memory bound. Chunks are shrunk so
-  // there are at least num_threads of them when M allows it (M = 128 on 2 threads: 66 + 62 rows).
-  int64_t m_chunks = std::max(div_up(M, kMC), std::min<int64_t>(num_threads, div_up(M, kMR)));
+  // that is 192 int8 ops per weight byte, far below any cache or memory bound. Chunks are equal in
+  // size (M = 128: 66 + 62 rows, one per thread on 2 threads). A small M is one chunk, so the threads
+  // split the column tiles and the weight (the big operand then: 16 MiB at 4096 x 4096) is read once
+  // in all; only when there are too few column tiles to feed the threads are rows split further.
+  int64_t m_chunks = div_up(M, kMC);
+  if (m_chunks * n_tiles < 2 * num_threads)
+    m_chunks = std::max(m_chunks, std::min(div_up(M, kMR), div_up(2 * num_threads, n_tiles)));
   const int64_t mc = round_up(div_up(M, m_chunks), kMR);
   m_chunks = div_up(M, mc);
   parallel_for(n_tiles * m_chunks, num_threads, [&](int64_t i0, int64_t i1) {
