@@ -1,6 +1,8 @@
 // Entry points: validate, then pick the ISA path. Built for baseline x86-64: nothing wide runs here.
 #include "int8_gemm/int8_gemm.h"
 
+#include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "cpu_features.h"
@@ -148,10 +150,27 @@ void int8_w8a8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, i
                       int64_t N, int64_t K, int num_threads) {
   check_common("int8_linear", M, N, K);
   SLIMRT_CHECK(out_dt != OutType::I32, "int8_linear: the output is float");
-  std::vector<int8_t> q(static_cast<size_t>(M * K));  // (M, K) per-token int8 activations
-  std::vector<float> scale(static_cast<size_t>(M));
-  if (K > 0) quantize_per_token(x, x_dt, M, K, ldx, q.data(), scale.data(), num_threads);
-  int8_gemm(q.data(), K, b, ldb, b_packed, scale.data(), b_scale, bias, out, out_dt, ldc, M, N, K, num_threads);
+  if (M > 0 && N > 0 && K > 0 && active_isa() == Isa::Avx512) {
+    // Fused path: the same checks (and messages) as quantize_per_token + int8_gemm below.
+    SLIMRT_CHECK(M <= 1 || ldx >= K, "quantize_per_token: row stride " << ldx << " < K=" << K);
+    SLIMRT_CHECK(b_packed || N <= 1 || ldb >= K, "int8_gemm: b row stride " << ldb << " < K=" << K);
+    SLIMRT_CHECK(M <= 1 || ldc >= N, "int8_gemm: out row stride " << ldc << " < N=" << N);
+    std::vector<int8_t> tmp;
+    if (b_packed) {
+      check_header(b_packed, N, K);
+    } else {
+      tmp.resize(int8_packed_size(N, K));
+      int8_pack_weight(b, ldb, N, K, tmp.data(), num_threads);
+      b_packed = tmp.data();
+    }
+    return avx512::int8_w8a8_linear_packed(x, x_dt, ldx, b_packed, b_scale, bias, out, out_dt, ldc, M, N, K,
+                                           num_threads);
+  }
+  // (M, K) per-token int8 activations; default-initialized (quantize_per_token writes every byte).
+  std::unique_ptr<int8_t[]> q(new int8_t[static_cast<size_t>(std::max<int64_t>(M * K, 1))]);
+  std::unique_ptr<float[]> scale(new float[static_cast<size_t>(std::max<int64_t>(M, 1))]);
+  if (K > 0) quantize_per_token(x, x_dt, M, K, ldx, q.get(), scale.get(), num_threads);
+  int8_gemm(q.get(), K, b, ldb, b_packed, scale.get(), b_scale, bias, out, out_dt, ldc, M, N, K, num_threads);
 }
 
 }  // namespace slimrt

@@ -89,6 +89,10 @@ double probe_int8_peak_ops(int num_threads, double seconds);
 // Streaming read of nbytes (> L3) per pass: bytes/s on num_threads threads.
 double probe_read_bandwidth(int64_t nbytes, int num_threads, int passes);
 namespace avx512 {
+// Fused quantize_per_token + int8_gemm_packed (float out): x is read once, the quantized chunk stays in L2.
+void int8_w8a8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t* packed, const float* b_scale,
+                             const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M, int64_t N,
+                             int64_t K, int num_threads);
 double probe_vnni_loop(int64_t iters);  // returns int8 ops done
 uint64_t probe_read(const uint8_t* p, int64_t n);
 }  // namespace avx512

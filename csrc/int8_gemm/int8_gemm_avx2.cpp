@@ -205,7 +205,12 @@ void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t
     for (int64_t m = m0; m < m1; ++m) {
       __m256 vmax = _mm256_setzero_ps();
       int bad = 0;
+      // Pull the next row in while this one is reduced (the two passes per row break the hardware
+      // prefetcher's stream; same fix as the AVX-512 path). Prefetches never fault.
+      const int64_t esz = x_dt == DType::F32 ? 4 : 2;
+      const char* nxt = static_cast<const char*>(x) + (m + 1) * ldx * esz;
       for (int64_t k = 0; k < K; k += 8) {
+        if ((k * esz) % 64 == 0) _mm_prefetch(nxt + k * esz, _MM_HINT_T0);
         const __m256 a = _mm256_and_ps(load_act8(x, x_dt, m * ldx + k, std::min<int64_t>(8, K - k)), absmask);
         bad |= _mm256_movemask_ps(_mm256_cmp_ps(a, inf, _CMP_NLT_UQ));
         vmax = _mm256_max_ps(vmax, a);

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "int8_gemm/int8_gemm.h"
@@ -51,15 +52,24 @@ inline __m256i to_bf16(__m512 f) {
   return _mm512_cvtepi32_epi16(r);
 }
 
+// Masked loads and stores are used only for partial vectors: with a full mask they are measurably
+// slower than the plain forms on AMD Zen 5 (3-9% of the GEMM for the output stores alone).
 inline __m512 load_act(const void* x, DType dt, int64_t off, __mmask16 m) {
-  if (dt == DType::F32) return _mm512_maskz_loadu_ps(m, static_cast<const float*>(x) + off);
-  const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(x) + off);
+  if (dt == DType::F32)
+    return m == 0xffff ? _mm512_loadu_ps(static_cast<const float*>(x) + off)
+                       : _mm512_maskz_loadu_ps(m, static_cast<const float*>(x) + off);
+  const __m256i h = m == 0xffff ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(x) + off))
+                                : _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(x) + off);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
 inline void store_out(void* out, OutType dt, int64_t off, __mmask16 m, __m512 v) {
-  if (dt == OutType::F32)
+  if (dt == OutType::F32 && m == 0xffff)
+    _mm512_storeu_ps(static_cast<float*>(out) + off, v);
+  else if (dt == OutType::F32)
     _mm512_mask_storeu_ps(static_cast<float*>(out) + off, m, v);
+  else if (m == 0xffff)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + off), to_bf16(v));
   else
     _mm256_mask_storeu_epi16(static_cast<uint16_t*>(out) + off, m, to_bf16(v));
 }
@@ -73,11 +83,14 @@ struct Gemm {
   void* out;
   OutType out_dt;
   int64_t ldc, N;
+  int64_t am0;  // row of au[0] and a_scale[0] (a thread's chunk buffer in the fused linear; else 0)
 };
 
-// k blocks of 256: a 64-column weight slab of one block is 16 KiB and stays in L1 while the rows
-// of a row block stream past it; partial sums go to a per-item int32 buffer between blocks.
-constexpr int64_t kKcq = 64;  // 4-deep k groups per block
+// k blocks of up to 128 4-deep groups (a 32 KiB slab block per 64-column tile): partial sums go to a
+// per-chunk int32 buffer between blocks. Measured on Zen 5 (1 thread): blocks of 64 cost 15-20% at
+// K = 384/1536 (the partial-sum round trips and a 128-deep tail), 96..384 are within noise.
+constexpr int64_t kKcq = 128;  // max 4-deep k groups per block
+constexpr int64_t kMC = 96;   // rows per row chunk (16 row tiles)
 
 // acc[r][j] (+)= sum over k groups [q0, q0 + nq) of (a[m0 + r] + 128) * b[panel p0 + j]; on the last
 // block the epilogue writes out, otherwise the partial sums go to cbuf (row stride 64 int32).
@@ -88,7 +101,7 @@ void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < NB; ++j)
       acc[r][j] = first ? _mm512_setzero_si512() : _mm512_loadu_si512(cbuf + r * 64 + j * 16);
-  const uint8_t* a = g.au + m0 * g.lda_u + q0 * 4;
+  const uint8_t* a = g.au + (m0 - g.am0) * g.lda_u + q0 * 4;
   const int8_t* b = g.panels + p0 * kPanel * g.k_pad + q0 * 64;
   const int64_t ps = kPanel * g.k_pad;
   for (int64_t q = 0; q < nq; ++q, a += 4, b += 64) {
@@ -97,7 +110,7 @@ void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t
     // The first row tile of a block pulls the next k block of the slab toward L1: each panel's
     // block is one 4 KiB run, and hardware prefetchers do not cross into the next one on their own.
     if (prefetch)
-      for (int j = 0; j < NB; ++j) _mm_prefetch(reinterpret_cast<const char*>(b + j * ps + kKcq * 64), _MM_HINT_T0);
+      for (int j = 0; j < NB; ++j) _mm_prefetch(reinterpret_cast<const char*>(b + j * ps + nq * 64), _MM_HINT_T0);
     for (int r = 0; r < MR; ++r) {
       const __m512i av = _mm512_set1_epi32(load32(a + r * g.lda_u));
       for (int j = 0; j < NB; ++j) acc[r][j] = dpbusd(acc[r][j], av, bv[j]);
@@ -115,16 +128,18 @@ void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t
     const __mmask16 mk = tail_mask(g.N - n);
     const __m512i cv = _mm512_loadu_si512(g.comp + n);  // comp is padded to N_pad
     if (g.out_dt == OutType::I32) {
-      for (int r = 0; r < MR; ++r)
-        _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.out) + (m0 + r) * g.ldc + n, mk,
-                                 _mm512_sub_epi32(acc[r][j], cv));
+      for (int r = 0; r < MR; ++r) {
+        int32_t* o = static_cast<int32_t*>(g.out) + (m0 + r) * g.ldc + n;
+        if (mk == 0xffff) _mm512_storeu_si512(o, _mm512_sub_epi32(acc[r][j], cv));
+        else _mm512_mask_storeu_epi32(o, mk, _mm512_sub_epi32(acc[r][j], cv));
+      }
       continue;
     }
     const __m512 bs = _mm512_maskz_loadu_ps(mk, g.b_scale + n);
     const __m512 bb = g.bias ? _mm512_maskz_loadu_ps(mk, g.bias + n) : _mm512_setzero_ps();
     for (int r = 0; r < MR; ++r) {
       __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][j], cv));
-      f = _mm512_mul_ps(_mm512_mul_ps(f, _mm512_set1_ps(g.a_scale[m0 + r])), bs);
+      f = _mm512_mul_ps(_mm512_mul_ps(f, _mm512_set1_ps(g.a_scale[m0 - g.am0 + r])), bs);
       if (g.bias) f = _mm512_add_ps(f, bb);
       store_out(g.out, g.out_dt, (m0 + r) * g.ldc + n, mk, f);
     }
@@ -135,6 +150,114 @@ using TileFn = void (*)(const Gemm&, int64_t, int64_t, int64_t, int64_t, int32_t
 template <int MR>
 constexpr TileFn row_fns[kNB] = {tile<MR, 1>, tile<MR, 2>, tile<MR, 3>, tile<MR, 4>};
 constexpr const TileFn* kTiles[kMR] = {row_fns<1>, row_fns<2>, row_fns<3>, row_fns<4>, row_fns<5>, row_fns<6>};
+
+// One row of dynamic per-token quantization, bit-exact with reference.quantize_per_token: the same
+// fp32 amax, 127/amax, x * inv and round-half-even (cvt with explicit RNE), clamp to +-127.
+// x[off, off + K) -> dst[0, K) int8, or with flip the u8 GEMM operand q + 128 (xor 0x80); dst[K, k_pad)
+// is the zero pad (flip: 128; it multiplies zero weights). Returns the row's scale. amax == 0 ->
+// scale 0, q 0; amax NaN/Inf -> scale NaN, q 0. next_off: the next row, prefetched while this one is
+// reduced (the two passes per row break the stream the hardware prefetcher follows: 7 GB/s from
+// DRAM without it at K = 1536).
+float quant_row(const void* x, DType x_dt, int64_t off, int64_t next_off, int64_t K, int64_t k_pad, int8_t* dst,
+                bool flip) {
+  const __m512 inf = _mm512_set1_ps(INFINITY);
+  const int64_t esz = x_dt == DType::F32 ? 4 : 2;
+  const char* nxt = static_cast<const char*>(x) + next_off * esz;
+  __m512 vmax = _mm512_setzero_ps();
+  __mmask16 bad = 0;
+  for (int64_t k = 0; k < K; k += 16) {
+    _mm_prefetch(nxt + k * esz, _MM_HINT_T0);  // prefetches never fault
+    const __m512 a = _mm512_abs_ps(load_act(x, x_dt, off + k, tail_mask(K - k)));
+    bad |= _mm512_cmp_ps_mask(a, inf, _CMP_NLT_UQ);  // +-Inf or NaN
+    vmax = _mm512_max_ps(vmax, a);
+  }
+  const int zero = flip ? 0x80 : 0;
+  const float amax = _mm512_reduce_max_ps(vmax);
+  if (bad || amax == 0.f) {
+    std::memset(dst, zero, static_cast<size_t>(k_pad));
+    return bad ? NAN : 0.f;
+  }
+  const __m512 inv = _mm512_set1_ps((1.f / amax) * 127.f);  // torch: 127 / t == reciprocal(t) * 127
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  const __m128i fl = _mm_set1_epi8(static_cast<char>(zero));
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 mk = tail_mask(K - k);
+    const __m512 v = _mm512_mul_ps(load_act(x, x_dt, off + k, mk), inv);
+    __m512i i = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    i = _mm512_min_epi32(_mm512_max_epi32(i, lo), hi);
+    // Register-form vpmovdb + a plain store: the memory-destination form (vpmovdb m128{k}) is slow on
+    // AMD Zen 4/5.
+    const __m128i b8 = _mm_xor_si128(_mm512_cvtepi32_epi8(i), fl);
+    if (K - k >= 16) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + k), b8);
+    else _mm_mask_storeu_epi8(dst + k, mk, b8);
+  }
+  if (k_pad > K) std::memset(dst + K, zero, static_cast<size_t>(k_pad - K));
+  return amax / 127.f;
+}
+
+// Activations to quantize on the fly (the fused linear), or none: au already holds a + 128.
+struct QuantSrc {
+  const void* x;
+  DType x_dt;
+  int64_t ldx, K;
+};
+
+void run_tiles(const Gemm& g0, int64_t n_pad, int64_t M, int num_threads, const QuantSrc* q) {
+  const int64_t panels = n_pad / kPanel;
+  const int64_t n_tiles = div_up(panels, kNB);
+  // k blocks of at most kKcq groups, split evenly (K = 384 is one block, no partial sums at all;
+  // K = 1536 is 3 x 128, K = 4096 8 x 128).
+  const int64_t kblocks = div_up(g0.kq, kKcq), kc = div_up(g0.kq, kblocks);
+  // Work item = (row chunk of mc rows, 64-column tile), row-chunk major, so a thread owns whole row
+  // chunks: the chunk's activations (mc x k_pad u8, <= 400 KiB at K = 4096) stay in L2 while every
+  // column tile passes over them, and each tile's k block of the weight slab (<= 32 KiB) stays in L1/L2
+  // while the chunk's row tiles stream past it. The weight is re-read once per row chunk: at mc = 96
+  // that is 192 int8 ops per weight byte, far below any cache or memory bound. Chunks are equal in
+  // size (M = 128: 66 + 62 rows, one per thread on 2 threads). A small M is one chunk, so the threads
+  // split the column tiles and the weight (the big operand then: 16 MiB at 4096 x 4096) is read once
+  // in all; only when there are too few column tiles to feed the threads are rows split further.
+  int64_t m_chunks = div_up(M, kMC);
+  if (m_chunks * n_tiles < 2 * num_threads)
+    m_chunks = std::max(m_chunks, std::min(div_up(M, kMR), div_up(2 * num_threads, n_tiles)));
+  const int64_t mc = round_up(div_up(M, m_chunks), kMR);
+  m_chunks = div_up(M, mc);
+  parallel_for(n_tiles * m_chunks, num_threads, [&](int64_t i0, int64_t i1) {
+    std::vector<int32_t> cbuf(kblocks > 1 ? static_cast<size_t>(mc * 64) : 0);
+    Gemm g = g0;
+    // Fused linear: each row chunk is quantized into this thread's buffer right before its column
+    // tiles run, so x is read once and the u8 activations never leave L2.
+    std::unique_ptr<uint8_t[]> abuf(q ? new uint8_t[static_cast<size_t>(mc * g.lda_u)] : nullptr);
+    std::unique_ptr<float[]> sbuf(q ? new float[static_cast<size_t>(mc)] : nullptr);
+    int64_t have = -1;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t mci = i / n_tiles, nt = i % n_tiles;
+      const int64_t p0 = nt * kNB, nb = std::min<int64_t>(kNB, panels - p0);
+      const int64_t m_beg = mci * mc, m_end = std::min(M, m_beg + mc);
+      if (q && mci != have) {
+        for (int64_t m = m_beg; m < m_end; ++m)
+          sbuf[m - m_beg] = quant_row(q->x, q->x_dt, m * q->ldx, (m + 1) * q->ldx, q->K, g.k_pad,
+                                      reinterpret_cast<int8_t*>(abuf.get() + (m - m_beg) * g.lda_u), true);
+        g.au = abuf.get();
+        g.a_scale = sbuf.get();
+        g.am0 = m_beg;
+        have = mci;
+      }
+      for (int64_t q0 = 0; q0 < g.kq; q0 += kc) {
+        const int64_t nq = std::min(kc, g.kq - q0);
+        for (int64_t m0 = m_beg; m0 < m_end; m0 += kMR) {
+          const int64_t mr = std::min<int64_t>(kMR, m_end - m0);
+          // The next row tile's activations for this k block toward L1: the rows are lda_u apart,
+          // which hardware prefetchers do not follow. Prefetches never fault.
+          for (int64_t r = 0; r < kMR; ++r)
+            for (int64_t c = 0; c < nq * 4; c += 64)
+              _mm_prefetch(reinterpret_cast<const char*>(g.au + (m0 + kMR + r - g.am0) * g.lda_u + q0 * 4 + c), _MM_HINT_T0);
+          kTiles[mr - 1][nb - 1](g, m0, p0, q0, nq, kblocks > 1 ? cbuf.data() + (m0 - m_beg) * 64 : nullptr, q0 == 0, q0 + nq >= g.kq,
+                                 m0 == m_beg);
+        }
+      }
+    }
+  });
+}
 
 }  // namespace
 
@@ -148,7 +271,9 @@ void int8_gemm_packed(const int8_t* a, int64_t lda, const int8_t* packed, const 
   // stride is k_pad rounded to 64 plus 64 bytes: with K = 4096 the 6 rows of a tile would otherwise
   // sit 4 KiB apart and all map to one L1 set (4 KiB aliasing).
   const int64_t lda_u = round_up(k_pad, 64) + 64;
-  std::vector<uint8_t> au(static_cast<size_t>(M * lda_u));
+  // Default-initialized (no memset of M x lda_u bytes): every byte a tile reads is written below.
+  std::unique_ptr<uint8_t[]> au_buf(new uint8_t[static_cast<size_t>(M * lda_u)]);
+  uint8_t* const au = au_buf.get();
   parallel_for(M, num_threads, [&](int64_t m0, int64_t m1) {
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
     for (int64_t m = m0; m < m1; ++m)
@@ -156,46 +281,17 @@ void int8_gemm_packed(const int8_t* a, int64_t lda, const int8_t* packed, const 
         const int64_t n = std::min<int64_t>(64, K - k);
         const __mmask64 mk = n <= 0 ? 0 : (n >= 64 ? ~__mmask64(0) : (__mmask64(1) << n) - 1);
         const __mmask64 mst = k_pad - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (k_pad - k)) - 1;
-        const __m512i v = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, a + m * lda + k), flip);
-        _mm512_mask_storeu_epi8(au.data() + m * lda_u + k, mst, v);
+        const __m512i v = _mm512_xor_si512(
+            mk == ~__mmask64(0) ? _mm512_loadu_si512(a + m * lda + k) : _mm512_maskz_loadu_epi8(mk, a + m * lda + k), flip);
+        if (mst == ~__mmask64(0)) _mm512_storeu_si512(au + m * lda_u + k, v);
+        else _mm512_mask_storeu_epi8(au + m * lda_u + k, mst, v);
       }
   }, std::max<int64_t>(1, 32768 / std::max<int64_t>(k_pad, 1)));
 
-  Gemm g{au.data(), lda_u, k_pad, k_pad / 4, packed + kPackHeader,
+  Gemm g{au, lda_u, k_pad, k_pad / 4, packed + kPackHeader,
          reinterpret_cast<const int32_t*>(packed + kPackHeader + n_pad * k_pad),
-         a_scale, b_scale, bias, out, out_dt, ldc, N};
-  const int64_t panels = n_pad / kPanel;
-  const int64_t n_tiles = div_up(panels, kNB);
-  // Work item = (64-column tile, row chunk), column-tile major. A row chunk is all of M unless there
-  // are too few column tiles to feed the threads: then each weight slab is read from memory exactly
-  // once (the weight is the big operand: 45 MB at 4096 x 11008, > L3), while the activations, M x K,
-  // are re-read from L2/L3 per tile. Within an item each 256-deep k block of the slab (16 KiB) stays
-  // in L1 while every row tile passes over it; partial sums live in cbuf between k blocks.
-  int64_t m_chunks = 1;
-  if (n_tiles < 2 * num_threads) m_chunks = std::min(div_up(M, kMR), div_up(2 * num_threads, n_tiles));
-  const int64_t mc = round_up(div_up(M, m_chunks), kMR);
-  m_chunks = div_up(M, mc);
-  parallel_for(n_tiles * m_chunks, num_threads, [&](int64_t i0, int64_t i1) {
-    std::vector<int32_t> cbuf(static_cast<size_t>(mc * 64));
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t nt = i / m_chunks, mci = i % m_chunks;
-      const int64_t p0 = nt * kNB, nb = std::min<int64_t>(kNB, panels - p0);
-      const int64_t m_beg = mci * mc, m_end = std::min(M, m_beg + mc);
-      for (int64_t q0 = 0; q0 < g.kq; q0 += kKcq) {
-        const int64_t nq = std::min(kKcq, g.kq - q0);
-        for (int64_t m0 = m_beg; m0 < m_end; m0 += kMR) {
-          const int64_t mr = std::min<int64_t>(kMR, m_end - m0);
-          // The next row tile's activations for this k block (6 rows x 256 bytes) toward L1: the rows
-          // are k_pad apart, which hardware prefetchers do not follow. Prefetches never fault.
-          for (int64_t r = 0; r < kMR; ++r)
-            for (int64_t c = 0; c < kKcq * 4; c += 64)
-              _mm_prefetch(reinterpret_cast<const char*>(g.au + (m0 + kMR + r) * lda_u + q0 * 4 + c), _MM_HINT_T0);
-          kTiles[mr - 1][nb - 1](g, m0, p0, q0, nq, cbuf.data() + (m0 - m_beg) * 64, q0 == 0, q0 + nq >= g.kq,
-                                 m0 == m_beg);
-        }
-      }
-    }
-  });
+         a_scale, b_scale, bias, out, out_dt, ldc, N, 0};
+  run_tiles(g, n_pad, M, num_threads, nullptr);
 }
 
 namespace {
@@ -291,39 +387,29 @@ void int8_w8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t*
   }, std::max<int64_t>(1, 8192 / std::max<int64_t>(k_pad, 1)));
 }
 
-// Dynamic per-token quantization, bit-exact with reference.quantize_per_token: the same fp32
-// amax, 127/amax, x * inv and round-half-even (cvt with explicit RNE), clamp to +-127.
+// Dynamic per-token quantization (see quant_row).
 void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t ldx, int8_t* q, float* scale,
                         int num_threads) {
   parallel_for(M, num_threads, [&](int64_t m0, int64_t m1) {
-    const __m512 inf = _mm512_set1_ps(INFINITY);
-    for (int64_t m = m0; m < m1; ++m) {
-      __m512 vmax = _mm512_setzero_ps();
-      __mmask16 bad = 0;
-      for (int64_t k = 0; k < K; k += 16) {
-        const __m512 a = _mm512_abs_ps(load_act(x, x_dt, m * ldx + k, tail_mask(K - k)));
-        bad |= _mm512_cmp_ps_mask(a, inf, _CMP_NLT_UQ);  // +-Inf or NaN
-        vmax = _mm512_max_ps(vmax, a);
-      }
-      int8_t* qm = q + m * K;
-      const float amax = _mm512_reduce_max_ps(vmax);
-      if (bad || amax == 0.f) {
-        scale[m] = bad ? NAN : 0.f;
-        std::memset(qm, 0, static_cast<size_t>(K));
-        continue;
-      }
-      scale[m] = amax / 127.f;
-      const __m512 inv = _mm512_set1_ps((1.f / amax) * 127.f);  // torch: 127 / t == reciprocal(t) * 127
-      const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
-      for (int64_t k = 0; k < K; k += 16) {
-        const __mmask16 mk = tail_mask(K - k);
-        const __m512 v = _mm512_mul_ps(load_act(x, x_dt, m * ldx + k, mk), inv);
-        __m512i i = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        i = _mm512_min_epi32(_mm512_max_epi32(i, lo), hi);
-        _mm512_mask_cvtepi32_storeu_epi8(qm + k, mk, i);
-      }
-    }
+    for (int64_t m = m0; m < m1; ++m) scale[m] = quant_row(x, x_dt, m * ldx, (m + 1) * ldx, K, K, q + m * K, false);
   }, std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)));
+}
+
+// W8A8 linear, fused: per-token quantization of each row chunk into a thread-local u8 buffer
+// (row stride as in int8_gemm_packed), then that chunk's tiles; the same results as quantize_per_token
+// followed by int8_gemm_packed, bit for bit (the same quant_row, tiles and epilogue).
+void int8_w8a8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t* packed, const float* b_scale,
+                             const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M, int64_t N,
+                             int64_t K, int num_threads) {
+  int64_t hdr[5];
+  std::memcpy(hdr, packed, sizeof(hdr));
+  const int64_t n_pad = hdr[3], k_pad = hdr[4];
+  const int64_t lda_u = round_up(k_pad, 64) + 64;
+  Gemm g{nullptr, lda_u, k_pad, k_pad / 4, packed + kPackHeader,
+         reinterpret_cast<const int32_t*>(packed + kPackHeader + n_pad * k_pad),
+         nullptr, b_scale, bias, out, out_dt, ldc, N, 0};
+  const QuantSrc src{x, x_dt, ldx, K};
+  run_tiles(g, n_pad, M, num_threads, &src);
 }
 
 // Probes: a register-only vpdpbusd loop (16 independent chains hide the latency) and a streaming read.

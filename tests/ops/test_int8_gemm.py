@@ -153,6 +153,37 @@ def test_linear_paths_match_reference(isa, m, k, n, dtype, packed):
     assert bool((err <= bound).all()), f"weight-only {isa} {dtype}: worst excess {(err - bound).max().item():.3g}"
 
 
+# ---- perf helper: large-M tiling (row chunks, k blocks, per-thread fused quantization) -------------
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_many_row_chunks_and_k_blocks_are_exact(isa, threads, dtype):
+    # M = 203 spans several 96-row chunks (and a thread boundary inside one), K = 1100 several k
+    # blocks plus a tail; rows of NaN, Inf and zeros sit in later chunks. The fused AVX-512 linear
+    # quantizes each chunk per thread: it must match the reference bit for bit, like the gemm.
+    g = torch.Generator().manual_seed(threads)
+    m, k, n = 203, 1100, 70
+    x = torch.randn(m, k, generator=g)
+    x[100] = 0.0
+    x[150, 3] = float("nan")
+    x[190, 7] = float("inf")
+    x = x.to(dtype)
+    w = _rand_i8(n, k, gen=g)
+    s = torch.rand(n, generator=g) * 0.01 + 1e-4
+    bias = torch.randn(n, generator=g)
+    a = _rand_i8(m, k, gen=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        wp = ops.int8_pack_weight(w)
+        _assert_equal(ops.int8_linear(x, w, s, bias, wp), R.int8_linear(x, w, s, bias), f"w8a8 {isa} {dtype}")
+        _assert_equal(ops.int8_linear(x, w, s, None, None), R.int8_linear(x, w, s, None), f"w8a8 {isa} unpacked")
+        _assert_equal(ops.int8_gemm(a, w, None, None, torch.int32), R.int8_gemm(a, w, None, None, torch.int32),
+                      f"gemm {isa}")
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded", "offset", "3d"])
 def test_noncontiguous_inputs(isa, layout):
     g = torch.Generator().manual_seed(7)
