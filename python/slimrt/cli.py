@@ -90,26 +90,8 @@ def _load_hf_model(src: str):
 
 
 def _read_calibration(path: str, batch_size: int = 8) -> list[list[str]]:
-    """Calibration texts: a .jsonl file (each line a JSON string or {"text": ...}) or a text file
-    (one sample per non-empty line), in batches of batch_size."""
-    texts: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if path.endswith(".jsonl"):
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"--calibration {path}: line {i} is not JSON ({e.msg})") from None
-                item = item.get("text") if isinstance(item, dict) else item
-                if not isinstance(item, str):
-                    raise ValueError(f"--calibration {path}: line {i} is neither a string nor an object with \"text\"")
-                line = item
-            texts.append(line)
-    if not texts:
-        raise ValueError(f"--calibration {path} holds no text")
+    """Calibration texts (see _read_texts) in batches of batch_size."""
+    texts = _read_texts(path, flag="--calibration")
     return [texts[i:i + batch_size] for i in range(0, len(texts), batch_size)]
 
 
@@ -265,8 +247,9 @@ def _add_demo_command(sub) -> None:
 QUALITY_EXIT = 3  # a missed --min-cosine / --max-kl: nothing written
 
 
-def _read_texts(path: str) -> list[str]:
-    """Evaluation/distillation texts: one per non-empty line, or a .jsonl of strings / {"text": ...}."""
+def _read_texts(path: str, flag: str = "--data") -> list[str]:
+    """Texts for calibration, evaluation or distillation: one per non-empty line of a text file, or a
+    .jsonl whose lines are JSON strings or {"text": ...} objects. ``flag`` names the option in errors."""
     texts = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
@@ -277,13 +260,13 @@ def _read_texts(path: str) -> list[str]:
                 try:
                     item = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"--data {path}: line {i} is not JSON ({e.msg})") from None
+                    raise ValueError(f"{flag} {path}: line {i} is not JSON ({e.msg})") from None
                 line = item.get("text") if isinstance(item, dict) else item
                 if not isinstance(line, str) or not line:
-                    raise ValueError(f"--data {path}: line {i} is neither a string nor an object with \"text\"")
+                    raise ValueError(f"{flag} {path}: line {i} is neither a string nor an object with \"text\"")
             texts.append(line)
     if not texts:
-        raise ValueError(f"--data {path} holds no text")
+        raise ValueError(f"{flag} {path} holds no text")
     return texts
 
 
