@@ -62,6 +62,14 @@ class Pool {
       task_ = nullptr;
       err = error_;
     }
+    // A worker may still be between its last task and its next next_.fetch_add; if the next run
+    // reset next_ before that, it would run this (by then dangling) task with the new run's index.
+    // Wait until every worker that picked up this task has left its claim loop.
+    while (active_.load(std::memory_order_acquire) > 0) {
+#if defined(__x86_64__)
+      __builtin_ia32_pause();
+#endif
+    }
     if (err) std::rethrow_exception(err);
   }
 
@@ -80,10 +88,13 @@ class Pool {
         if (stop_) return;
         seen = generation_;
         task = task_;
+        active_.fetch_add(1, std::memory_order_acq_rel);
       }
-      for (;;) {
+      // A worker that woke after its run ended (task already cleared) must not touch next_: the
+      // next run may have reset it, and a claimed-but-skipped index would never run (a hang).
+      for (; task != nullptr;) {
         int i = next_.fetch_add(1);
-        if (task == nullptr || i >= ntasks_) break;
+        if (i >= ntasks_) break;
         try {
           (*task)(i);
         } catch (...) {
@@ -95,6 +106,7 @@ class Pool {
           done_cv_.notify_all();
         }
       }
+      active_.fetch_sub(1, std::memory_order_acq_rel);
     }
   }
 
@@ -106,6 +118,7 @@ class Pool {
   int ntasks_ = 0;
   std::atomic<int> next_{0};
   std::atomic<int> pending_{0};
+  std::atomic<int> active_{0};  // workers inside their claim loop
   std::exception_ptr error_;
   uint64_t generation_ = 0;
   bool stop_ = false;
