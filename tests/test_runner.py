@@ -400,7 +400,11 @@ def test_bad_input_gives_clear_errors():
     with pytest.raises(ValueError, match="generate needs a decoder"):
         enc.generate("hi", 4)
     with pytest.raises(ValueError, match="generate needs a decoder"):
-        list(enc.stream("hi", 4))
+        enc.stream("hi", 4)  # raised on the call, before any next()
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        rt.stream("hi", -1)
+    with pytest.raises(TypeError, match="one prompt string"):
+        rt.stream(["a", "b"], 4)
     with pytest.raises(ValueError, match="texts is empty"):
         enc.embed([])
     with pytest.raises(ValueError, match="needs a tokenizer"):

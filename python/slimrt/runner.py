@@ -213,10 +213,19 @@ class Runner:
     def stream(self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int | None = None,
                top_p: float | None = None, seed: int | None = None, eos: bool = True,
                stats: dict | None = None) -> Iterator[str]:
-        """Text pieces of one prompt's continuation as they are decoded; they add up to ``generate``'s text."""
+        """Text pieces of one prompt's continuation as they are decoded; they add up to ``generate``'s text.
+
+        Arguments are checked on the call, not on the first ``next()``.
+        """
         if not isinstance(prompt, str):
             raise TypeError(f"stream takes one prompt string, got {type(prompt).__name__}; use generate for a list")
         prompts = self._encode_prompts([prompt])
+        _check_sampling(max_new_tokens, temperature, top_k, top_p)
+        self._check_prompts(prompts, max_new_tokens)
+        return self._stream(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos, stats)
+
+    def _stream(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int | None,
+                top_p: float | None, seed: int | None, eos: bool, stats: dict | None) -> Iterator[str]:
         detok = Detokenizer(self.tokenizer)
         eos_ids = self._eos_ids() if eos else set()
         for tokens in self._token_loop(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos, stats):
