@@ -89,6 +89,16 @@ void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t
   }
 }
 
+// The packed weight the SIMD paths read: b_packed itself, or b packed on the fly into tmp
+// (O(N K), small next to the O(M N K) product for M >> 1; modules pack once instead).
+static const int8_t* packed_or_pack(const int8_t* b, int64_t ldb, const int8_t* b_packed, int64_t N, int64_t K,
+                                    std::vector<int8_t>& tmp, int num_threads) {
+  if (b_packed) return b_packed;
+  tmp.resize(int8_packed_size(N, K));
+  int8_pack_weight(b, ldb, N, K, tmp.data(), num_threads);
+  return tmp.data();
+}
+
 void int8_gemm(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const int8_t* b_packed,
                const float* a_scale, const float* b_scale, const float* bias, void* out, OutType out_dt,
                int64_t ldc, int64_t M, int64_t N, int64_t K, int num_threads) {
@@ -106,11 +116,7 @@ void int8_gemm(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const
     return ref::int8_gemm(a, lda, b, ldb, a_scale, b_scale, bias, out, out_dt, ldc, M, N, K, num_threads);
   }
   std::vector<int8_t> tmp;
-  if (!b_packed) {  // pack on the fly: O(N K), small next to the O(M N K) product for M >> 1
-    tmp.resize(int8_packed_size(N, K));
-    int8_pack_weight(b, ldb, N, K, tmp.data(), num_threads);
-    b_packed = tmp.data();
-  }
+  b_packed = packed_or_pack(b, ldb, b_packed, N, K, tmp, num_threads);
   if (isa == Isa::Avx512)
     avx512::int8_gemm_packed(a, lda, b_packed, a_scale, b_scale, bias, out, out_dt, ldc, M, N, K, num_threads);
   else
@@ -134,11 +140,7 @@ void int8_w8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, int
     return ref::int8_w8_linear(x, x_dt, ldx, b, ldb, b_scale, bias, out, out_dt, ldc, M, N, K, num_threads);
   }
   std::vector<int8_t> tmp;
-  if (!b_packed) {
-    tmp.resize(int8_packed_size(N, K));
-    int8_pack_weight(b, ldb, N, K, tmp.data(), num_threads);
-    b_packed = tmp.data();
-  }
+  b_packed = packed_or_pack(b, ldb, b_packed, N, K, tmp, num_threads);
   if (isa == Isa::Avx512)
     avx512::int8_w8_linear_packed(x, x_dt, ldx, b_packed, b_scale, bias, out, out_dt, ldc, M, N, K, num_threads);
   else
