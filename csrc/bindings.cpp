@@ -141,6 +141,45 @@ PYBIND11_MODULE(_C, m) {
           a.num_global = num_global;
           a.token_mask = ptr<const uint8_t>(tok);
           a.scale = scale;
+          a.so[0] = a.Hq * a.Lq * a.D, a.so[1] = a.Lq * a.D, a.so[2] = a.D;  // out is contiguous
+          py::gil_scoped_release nogil;
+          block_sparse_attention(a, nt);
+        });
+  // ---- varlen attention (packed sequences, no padding) ----
+  // varlen_attention: q (T, Hq, D), k and v (T, Hkv, D) with element strides (token, head) given, unit
+  // stride in D; out (T, Hq, D) likewise; sequence b is tokens [cu[b], cu[b+1]) of cu (B + 1) int64.
+  // Dense (or causal) attention within each sequence, through the block-sparse prefill kernel with
+  // every key block listed.
+  m.def("varlen_attention",
+        [](uintptr_t q, std::vector<int64_t> q_st, uintptr_t k, std::vector<int64_t> k_st, uintptr_t v,
+           std::vector<int64_t> v_st, uintptr_t out, std::vector<int64_t> o_st, int dt, uintptr_t cu, int64_t B,
+           int64_t Hq, int64_t Hkv, int64_t max_len, int64_t D, int64_t block_size, bool causal, float scale,
+           int nt) {
+          if (q_st.size() != 2 || k_st.size() != 2 || v_st.size() != 2 || o_st.size() != 2)
+            throw std::invalid_argument("varlen_attention: each stride list needs 2 entries (token, head)");
+          if (block_size < 1) throw std::invalid_argument("varlen_attention: block_size must be >= 1");
+          const int64_t nkb = div_up(std::max<int64_t>(max_len, 0), block_size);
+          std::vector<int32_t> idx(static_cast<size_t>(std::max<int64_t>(nkb, 1)));
+          for (int64_t i = 0; i < nkb; ++i) idx[i] = static_cast<int32_t>(i);
+          const int32_t cnt = static_cast<int32_t>(nkb);
+          BsaArgs a{};
+          a.q = ptr<const void>(q);
+          a.k = ptr<const void>(k);
+          a.v = ptr<const void>(v);
+          a.out = ptr<void>(out);
+          a.dt = static_cast<DType>(dt);
+          a.B = B, a.Hq = Hq, a.Hkv = Hkv, a.Lq = max_len, a.Lk = max_len, a.D = D;
+          a.sq[0] = 0, a.sq[1] = q_st[1], a.sq[2] = q_st[0];
+          a.sk[0] = 0, a.sk[1] = k_st[1], a.sk[2] = k_st[0];
+          a.sv[0] = 0, a.sv[1] = v_st[1], a.sv[2] = v_st[0];
+          a.so[0] = 0, a.so[1] = o_st[1], a.so[2] = o_st[0];
+          a.kv_num_blocks = &cnt;  // every query block lists every key block: strides 0
+          a.kv_indices = idx.data();
+          a.max_kb = nkb;
+          a.block_size = block_size;
+          a.causal = causal;
+          a.scale = scale;
+          a.cu_seqlens = ptr<const int64_t>(cu);
           py::gil_scoped_release nogil;
           block_sparse_attention(a, nt);
         });

@@ -45,6 +45,16 @@ void block_sparse_attention(const BsaArgs& a, int num_threads) {
   SLIMRT_CHECK(a.Hkv > 0 && a.Hq % a.Hkv == 0,
                "block_sparse_attention: Hq=" << a.Hq << " is not a multiple of Hkv=" << a.Hkv);
   SLIMRT_CHECK(a.kv_num_blocks && (a.kv_indices || a.max_kb == 0), "block_sparse_attention: missing mask arrays");
+  if (a.cu_seqlens) {
+    SLIMRT_CHECK(a.Lq == a.Lk && a.token_mask == nullptr,
+                 "block_sparse_attention: varlen mode needs Lq == Lk and no token_mask");
+    SLIMRT_CHECK(a.cu_seqlens[0] == 0, "varlen_attention: cu_seqlens[0] = " << a.cu_seqlens[0] << " must be 0");
+    for (int64_t b = 0; b < a.B; ++b) {
+      const int64_t len = a.cu_seqlens[b + 1] - a.cu_seqlens[b];
+      SLIMRT_CHECK(len >= 0 && len <= a.Lq, "varlen_attention: sequence " << b << " has length " << len
+                                                << " (cu_seqlens must be non-decreasing, lengths <= " << a.Lq << ")");
+    }
+  }
   check_layout(a);
   switch (active_isa()) {
     case Isa::Avx512:

@@ -9,7 +9,7 @@
 //   && (!token_mask || token_mask[b, h, i, j]).
 // G = Hq / Hkv (grouped-query attention). A query with no allowed key gets zeros.
 // q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D) fp32 or bf16, unit stride in D, other strides free;
-// out (B, Hq, Lq, D) contiguous in the same dtype. Accumulation is fp32. The mask arrays are given
+// out (B, Hq, Lq, D) in the same dtype through its strides `so` (unit stride in D). Accumulation is fp32. The mask arrays are given
 // expanded to (B, Hq, ...) through their strides (stride 0 = shared over that dim).
 // Work is proportional to the listed blocks; the Lq x Lk score matrix is never materialised.
 #pragma once
@@ -39,7 +39,17 @@ struct BsaArgs {
   const uint8_t* token_mask;  // optional bool (B, Hq, Lq, Lk) via strides st, unit stride in Lk
   int64_t st[3];
   float scale;
+  int64_t so[3];  // out element strides of (b, h, l); d has stride 1
+  // Varlen (packed) mode when non-null: cu_seqlens (B + 1) int64, sequence b is rows [cu[b], cu[b+1])
+  // along the l strides of q, k, v and out (their b strides are unused), with Lq_b = Lk_b = its
+  // length; Lq = Lk bound every length. Always the prefill kernel; no token_mask.
+  const int64_t* cu_seqlens;
 };
+
+// Varlen-aware extents: the query / key count and the first row of batch entry b.
+inline int64_t bsa_lq(const BsaArgs& a, int64_t b) { return a.cu_seqlens ? a.cu_seqlens[b + 1] - a.cu_seqlens[b] : a.Lq; }
+inline int64_t bsa_lk(const BsaArgs& a, int64_t b) { return a.cu_seqlens ? a.cu_seqlens[b + 1] - a.cu_seqlens[b] : a.Lk; }
+inline int64_t bsa_row0(const BsaArgs& a, int64_t b) { return a.cu_seqlens ? a.cu_seqlens[b] : 0; }
 
 // Validates sizes and the block layout (counts in [0, max_kb], indices sorted, unique and in
 // range), throwing std::invalid_argument naming the field; then runs the active ISA's kernel.

@@ -339,8 +339,10 @@ void prefill(const BsaArgs& a, int num_threads) {
         const int32_t cnt = a.kv_num_blocks[b * a.sn[0] + h * a.sn[1] + qb * a.sn[2]];
         const int32_t* idx = a.kv_indices + b * a.si[0] + h * a.si[1] + qb * a.si[2];
         uint8_t* u = used.data() + (b * a.Hkv + h / group) * npk;
+        const int64_t lk = bsa_lk(a, b);
         for (int32_t c = 0; c < cnt; ++c) {
-          const int64_t j0 = static_cast<int64_t>(idx[c]) * bs, j1 = std::min(a.Lk, j0 + bs);
+          const int64_t j0 = static_cast<int64_t>(idx[c]) * bs, j1 = std::min(lk, j0 + bs);
+          if (j0 >= j1) continue;  // varlen: a block past this sequence's end
           for (int64_t ch = j0 / PK; ch <= (j1 - 1) / PK; ++ch) u[ch] = 1;
         }
       }
@@ -351,9 +353,9 @@ void prefill(const BsaArgs& a, int num_threads) {
   dynamic_for(static_cast<int64_t>(pack_tasks.size()), threads_for(pack_work, num_threads), [&](int64_t i) {
     const int64_t t = pack_tasks[i];
     const int64_t c = t % npk, bh = t / npk, b = bh / a.Hkv, hk = bh % a.Hkv;
-    const int64_t j0 = c * PK, j1 = std::min(a.Lk, j0 + PK);
+    const int64_t lk = bsa_lk(a, b), j0 = c * PK, j1 = std::min(lk, j0 + PK);
     float* dst = kt + bh * D * Lkp;
-    const TE* src = k + b * a.sk[0] + hk * a.sk[1];
+    const TE* src = k + b * a.sk[0] + hk * a.sk[1] + bsa_row0(a, b) * a.sk[2];
     const int64_t ldk = a.sk[2], ldt = Lkp;  // locals: the stores below cannot alias them
     // Transpose in 16-key strips: 16 rows read along d, 16 contiguous floats written per d.
     for (int64_t js = j0; js < j1; js += 16) {
@@ -361,10 +363,10 @@ void prefill(const BsaArgs& a, int num_threads) {
       for (int64_t d = 0; d < D; ++d)
         for (int64_t j = js; j < je; ++j) dst[d * ldt + j] = ldf(src + j * ldk + d);
     }
-    if (j1 == a.Lk)
-      for (int64_t d = 0; d < D; ++d) std::fill(dst + d * Lkp + a.Lk, dst + (d + 1) * Lkp, 0.f);
+    if (j1 == lk)
+      for (int64_t d = 0; d < D; ++d) std::fill(dst + d * Lkp + lk, dst + (d + 1) * Lkp, 0.f);
     if (!v_direct) {
-      const TE* vs = v + b * a.sv[0] + hk * a.sv[1];
+      const TE* vs = v + b * a.sv[0] + hk * a.sv[1] + bsa_row0(a, b) * a.sv[2];
       float* vd = vp + bh * a.Lk * Dp;
       for (int64_t j = j0; j < j1; ++j) {
         for (int64_t d = 0; d < D; ++d) vd[j * Dp + d] = ldf(vs + j * a.sv[2] + d);
@@ -373,7 +375,6 @@ void prefill(const BsaArgs& a, int num_threads) {
     }
   });
 
-  const int64_t off = a.Lk - a.Lq;
   const int64_t ntasks = a.B * a.Hq * nqb * sub;
   std::atomic<int64_t> next_work{0};
   // One unit per thread; each thread then pulls tasks (dynamic balance) with its own scratch.
@@ -388,13 +389,14 @@ void prefill(const BsaArgs& a, int num_threads) {
       // Heaviest first: the last query blocks of a causal mask list the most keys.
       const int64_t rt = t % sub, rest = t / sub, qb = nqb - 1 - rest % nqb, bh = rest / nqb;
       const int64_t b = bh / a.Hq, h = bh % a.Hq, hk = h / group;
-      const int64_t i0 = qb * bs + rt * QT, i1 = std::min({a.Lq, (qb + 1) * bs, i0 + QT});
+      const int64_t lq = bsa_lq(a, b), lk = bsa_lk(a, b), r0 = bsa_row0(a, b), off = lk - lq;
+      const int64_t i0 = qb * bs + rt * QT, i1 = std::min({lq, (qb + 1) * bs, i0 + QT});
       if (i0 >= i1) continue;
       const int64_t R = i1 - i0;
       for (int64_t r = 0; r < R; ++r) {
         const int64_t i = i0 + r;
-        qrows[r] = q + b * a.sq[0] + h * a.sq[1] + i * a.sq[2];
-        orows[r] = static_cast<TE*>(a.out) + ((b * a.Hq + h) * a.Lq + i) * D;
+        qrows[r] = q + b * a.sq[0] + h * a.sq[1] + (r0 + i) * a.sq[2];
+        orows[r] = static_cast<TE*>(a.out) + b * a.so[0] + h * a.so[1] + (r0 + i) * a.so[2];
         w.pos[r] = off + i;
         w.tok[r] = a.token_mask ? a.token_mask + b * a.st[0] + h * a.st[1] + i * a.st[2] : nullptr;
       }
@@ -404,13 +406,13 @@ void prefill(const BsaArgs& a, int num_threads) {
       const int32_t* idx = a.kv_indices + b * a.si[0] + h * a.si[1] + qb * a.si[2];
       const float* ktb = kt + (b * a.Hkv + hk) * D * Lkp;
       for (int32_t c = 0; c < cnt; ++c) {
-        const int64_t kb0 = static_cast<int64_t>(idx[c]) * bs, kb1 = std::min(a.Lk, kb0 + bs);
+        const int64_t kb0 = static_cast<int64_t>(idx[c]) * bs, kb1 = std::min(lk, kb0 + bs);
         for (int64_t j0 = kb0; j0 < kb1; j0 += KC) {
           const int64_t n = std::min(KC, kb1 - j0);
           qk_packed(w, R, ktb + j0, Lkp, w.s, div_up(n, W) * W);
           softmax_update(a, w, R, j0, n, chunk_full(a, w, R, j0, n));
           if (v_direct)
-            pv(w, R, n, reinterpret_cast<const float*>(v + b * a.sv[0] + hk * a.sv[1] + j0 * a.sv[2]), a.sv[2]);
+            pv(w, R, n, reinterpret_cast<const float*>(v + b * a.sv[0] + hk * a.sv[1] + (r0 + j0) * a.sv[2]), a.sv[2]);
           else
             pv(w, R, n, vp + ((b * a.Hkv + hk) * a.Lk + j0) * Dp, Dp);
         }
@@ -463,7 +465,7 @@ void decode(const BsaArgs& a, int num_threads) {
       for (int64_t r = 0; r < R; ++r) {
         const int64_t h = row_head(g, r), i = r % a.Lq;
         qrows[r] = q + b * a.sq[0] + h * a.sq[1] + i * a.sq[2];
-        orows[r] = static_cast<TE*>(a.out) + ((b * a.Hq + h) * a.Lq + i) * D;
+        orows[r] = static_cast<TE*>(a.out) + b * a.so[0] + h * a.so[1] + i * a.so[2];
         w.pos[r] = off + i;
         w.tok[r] = a.token_mask ? a.token_mask + b * a.st[0] + h * a.st[1] + i * a.st[2] : nullptr;
       }
@@ -521,7 +523,7 @@ void decode(const BsaArgs& a, int num_threads) {
           }
         }
         const int64_t h = row_head(g, r), i = r % a.Lq;
-        TE* out = static_cast<TE*>(a.out) + ((b * a.Hq + h) * a.Lq + i) * D;
+        TE* out = static_cast<TE*>(a.out) + b * a.so[0] + h * a.so[1] + i * a.so[2];
         const bool any = l > 0.f || std::isnan(l);
         for (int64_t d = 0; d < D; ++d) stf(out + d, any ? o[d] / l : 0.f);
       }
@@ -531,7 +533,7 @@ void decode(const BsaArgs& a, int num_threads) {
 
 template <typename TE>
 void run(const BsaArgs& a, int num_threads) {
-  if (a.Lq <= 8 && a.Lq <= a.block_size)
+  if (a.cu_seqlens == nullptr && a.Lq <= 8 && a.Lq <= a.block_size)
     decode<TE>(a, num_threads);
   else
     prefill<TE>(a, num_threads);

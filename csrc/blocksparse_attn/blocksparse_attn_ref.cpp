@@ -19,7 +19,6 @@ inline float ld(const void* base, DType dt, int64_t i) {
 
 void block_sparse_attention(const BsaArgs& a, int num_threads) {
   const int64_t bs = a.block_size, nqb = div_up(a.Lq, bs), group = a.Hq / a.Hkv, D = a.D;
-  const int64_t off = a.Lk - a.Lq;  // query i sits at key position off + i
   // One task per (b, h, query block).
   parallel_for(a.B * a.Hq * nqb, num_threads, [&](int64_t t0, int64_t t1) {
     std::vector<float> q(D), o(D);
@@ -27,16 +26,18 @@ void block_sparse_attention(const BsaArgs& a, int num_threads) {
       const int64_t qb = t % nqb, h = (t / nqb) % a.Hq, b = t / (nqb * a.Hq), hk = h / group;
       const int32_t cnt = a.kv_num_blocks[b * a.sn[0] + h * a.sn[1] + qb * a.sn[2]];
       const int32_t* idx = a.kv_indices + b * a.si[0] + h * a.si[1] + qb * a.si[2];
-      const int64_t kbase = b * a.sk[0] + hk * a.sk[1], vbase = b * a.sv[0] + hk * a.sv[1];
-      for (int64_t i = qb * bs; i < std::min(a.Lq, (qb + 1) * bs); ++i) {
-        const int64_t qrow = b * a.sq[0] + h * a.sq[1] + i * a.sq[2];
+      const int64_t lq = bsa_lq(a, b), lk = bsa_lk(a, b), r0 = bsa_row0(a, b);
+      const int64_t off = lk - lq;  // query i sits at key position off + i
+      const int64_t kbase = b * a.sk[0] + hk * a.sk[1] + r0 * a.sk[2], vbase = b * a.sv[0] + hk * a.sv[1] + r0 * a.sv[2];
+      for (int64_t i = qb * bs; i < std::min(lq, (qb + 1) * bs); ++i) {
+        const int64_t qrow = b * a.sq[0] + h * a.sq[1] + (r0 + i) * a.sq[2];
         for (int64_t d = 0; d < D; ++d) q[d] = ld(a.q, a.dt, qrow + d) * a.scale;
         const uint8_t* tok = a.token_mask ? a.token_mask + b * a.st[0] + h * a.st[1] + i * a.st[2] : nullptr;
         const int64_t p = off + i;
         float m = -std::numeric_limits<float>::infinity(), l = 0.f;
         std::fill(o.begin(), o.end(), 0.f);
         for (int32_t c = 0; c < cnt; ++c) {
-          const int64_t j0 = static_cast<int64_t>(idx[c]) * bs, j1 = std::min(a.Lk, j0 + bs);
+          const int64_t j0 = static_cast<int64_t>(idx[c]) * bs, j1 = std::min(lk, j0 + bs);
           for (int64_t j = j0; j < j1; ++j) {
             if (!bsa_allowed(a, p, j, tok)) continue;
             float s = 0.f;
@@ -48,7 +49,7 @@ void block_sparse_attention(const BsaArgs& a, int num_threads) {
             m = m_new;
           }
         }
-        const int64_t orow = ((b * a.Hq + h) * a.Lq + i) * D;
+        const int64_t orow = b * a.so[0] + h * a.so[1] + (r0 + i) * a.so[2];
         for (int64_t d = 0; d < D; ++d) {
           const float r = l > 0.f || std::isnan(l) ? o[d] / l : 0.f;
           if (a.dt == DType::F32)

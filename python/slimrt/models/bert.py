@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimrt.models._common import attention, make_linear
+from slimrt import ops
+from slimrt.models._common import make_linear
 from slimrt.models.policy import KernelPolicy
 
 MODEL_TYPES = ("bert",)
@@ -46,22 +47,44 @@ class BertLean:
                 (layer.output.LayerNorm.weight, layer.output.LayerNorm.bias, layer.output.LayerNorm.eps),
             ))
 
+    @torch.inference_mode()
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """input_ids (B, T) long, attention_mask (B, T) 0/1 -> hidden (B, T, C) in the model dtype."""
+        """input_ids (B, T) long, attention_mask (B, T) 0/1 -> hidden (B, T, C) in the model dtype.
+
+        Padding is removed before the first layer: the real tokens of every row are packed back to
+        back (N, C), every linear and norm runs on N rows instead of B * T, and attention runs within
+        each sequence (slimrt.ops.varlen_attention). Rows are right- or left-padded alike; positions
+        count the real tokens of each row from 0, as in the unpadded model. Padded slots of the
+        returned hidden state are zeros (pooling ignores them through the mask).
+        """
         b, t = input_ids.shape
-        x = F.embedding(input_ids, self.word) + self.pos[:t] + self.type0  # (B, T, C)
-        c = x.shape[-1]
+        if attention_mask.shape != (b, t):
+            raise ValueError(f"BertLean: attention_mask has shape {tuple(attention_mask.shape)}, expected {(b, t)}")
+        keep = attention_mask.reshape(-1) != 0  # (B*T,) bool
+        lens = keep.view(b, t).sum(dim=1)
+        cu = torch.zeros(b + 1, dtype=torch.int64, device=input_ids.device)
+        torch.cumsum(lens, 0, out=cu[1:])
+        full = bool(keep.all())
+        ids = input_ids.reshape(-1) if full else input_ids.reshape(-1)[keep]
+        # Position of each kept token within its row: HF BERT counts positions over the padded row
+        # (right padding: the same numbers; the runner pads right).
+        pos = torch.arange(t, device=input_ids.device).repeat(b)
+        pos = pos if full else pos[keep]
+        x = F.embedding(ids, self.word) + F.embedding(pos, self.pos) + self.type0  # (N, C)
+        n, c = x.shape
         x = F.layer_norm(x, (c,), self.emb_ln[0], self.emb_ln[1], self.emb_ln[2])
-        # Key-padding mask (B, 1, 1, T); None when nothing is padded lets SDPA take its fastest path.
-        mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
         for q_lin, k_lin, v_lin, o_lin, ln1, fc1, act, fc2, ln2 in self.layers:
-            q = q_lin(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-            k = k_lin(x).view(b, t, -1, self.head_dim).transpose(1, 2)
-            v = v_lin(x).view(b, t, -1, self.head_dim).transpose(1, 2)
-            o = attention(q, k, v, mask, False).transpose(1, 2).reshape(b, t, -1)  # -1: pruned heads
+            q = q_lin(x).view(n, -1, self.head_dim)  # (N, H, D); -1: pruned heads
+            k = k_lin(x).view(n, -1, self.head_dim)
+            v = v_lin(x).view(n, -1, self.head_dim)
+            o = ops.varlen_attention(q, k, v, cu).view(n, -1)
             x = F.layer_norm(o_lin(o) + x, (c,), ln1[0], ln1[1], ln1[2])
             x = F.layer_norm(fc2(act(fc1(x))) + x, (c,), ln2[0], ln2[1], ln2[2])
-        return x
+        if full:
+            return x.view(b, t, c)
+        out = x.new_zeros((b * t, c))
+        out[keep] = x
+        return out.view(b, t, c)
 
 
 def pool(hidden: Tensor, attention_mask: Tensor, mode: str) -> Tensor:

@@ -121,8 +121,21 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, mask: BlockMask, sca
                                                    scale)
 
 
+# ---- varlen attention (packed sequences without padding) ----
+def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, causal: bool = False,
+                     scale: float | None = None) -> Tensor:
+    """Attention within each of several sequences packed back to back (no padding tokens).
+
+    q (T, Hq, D), k and v (T, Hkv, D) float32|bfloat16 with Hq % Hkv == 0; cu_seqlens (B + 1,) int64,
+    sequence b = tokens [cu[b], cu[b+1]) -> out (T, Hq, D) in q.dtype. Each query attends to the keys
+    of its own sequence only (causal: up to itself). Inference-only. See reference.varlen_attention.
+    """
+    _check.no_grad_needed("varlen_attention", q=q, k=k, v=v)
+    return torch.ops.slimrt.varlen_attention(q, k, v, cu_seqlens, causal, scale)
+
+
 __all__ = [
-    "block_sparse_attention",
+    "block_sparse_attention", "varlen_attention",
     "backend", "reference", "quantize_per_token", "quantize_per_channel", "int8_gemm", "int8_pack_weight",
     "int8_linear", "int8_weight_only_linear", "lowrank_linear",
 ]

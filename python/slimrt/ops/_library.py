@@ -111,3 +111,13 @@ LIB.impl("block_sparse_attention", reference.block_sparse_attention, "CompositeE
 def _(q: Tensor, k: Tensor, v: Tensor, kv_num_blocks: Tensor, kv_indices: Tensor, block_size: int, causal: bool,
       window: int, num_global: int, token_mask: Tensor | None, scale: float | None) -> Tensor:
     return q.new_empty(q.shape)
+
+
+# ---- varlen attention (packed sequences without padding) ----
+LIB.define("varlen_attention(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, bool causal, float? scale) -> Tensor")
+LIB.impl("varlen_attention", reference.varlen_attention, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("slimrt::varlen_attention")
+def _(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, causal: bool, scale: float | None) -> Tensor:
+    return q.new_empty(q.shape)

@@ -252,6 +252,29 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, kv_num_blocks: Tenso
     return out
 
 
+# ---- varlen attention (packed sequences without padding) ----
+_VARLEN_BLOCK = 64  # query rows per task and keys per listed block
+
+
+def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, causal: bool,
+                     scale: float | None) -> Tensor:
+    cu = reference._check_varlen(q, k, v, cu_seqlens, scale)
+    t, hq, d = q.shape
+    out = torch.empty((t, hq, d), dtype=q.dtype)
+    if out.numel() == 0:
+        return out
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    cu_t = cu_seqlens.contiguous()
+    max_len = max(b - a for a, b in zip(cu, cu[1:]))
+    _native.load().varlen_attention(
+        q.data_ptr(), list(q.stride()[:2]), k.data_ptr(), list(k.stride()[:2]), v.data_ptr(), list(v.stride()[:2]),
+        out.data_ptr(), [hq * d, d], _DT[q.dtype], cu_t.data_ptr(), len(cu) - 1, hq, k.shape[1], max_len, d,
+        _VARLEN_BLOCK, causal, float(scale), torch.get_num_threads())
+    return out
+
+
 def register(lib: torch.library.Library) -> None:
     """Registers the native kernels for the CPU dispatch key."""
     lib.impl("quantize_per_token", quantize_per_token, "CPU")
@@ -261,3 +284,4 @@ def register(lib: torch.library.Library) -> None:
     lib.impl("int8_weight_only_linear", int8_weight_only_linear, "CPU")
     lib.impl("lowrank_linear", lowrank_linear, "CPU")
     lib.impl("block_sparse_attention", block_sparse_attention, "CPU")  # block-sparse attention
+    lib.impl("varlen_attention", varlen_attention, "CPU")  # varlen attention

@@ -276,3 +276,66 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, kv_num_blocks: Tenso
     denom = p.sum(dim=-1, keepdim=True)
     out = (p @ vf) / torch.where(denom > 0, denom, torch.ones_like(denom))
     return out.to(q.dtype)
+
+
+# ---- varlen attention (packed sequences without padding) ----
+
+
+def _check_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, scale: float | None) -> list[int]:
+    """Checks shared by the reference and the native kernel; returns cu_seqlens as a list."""
+    op = "varlen_attention"
+    _check.dtype(op, "q", q, _check.FLOAT_ACT_DTYPES)
+    _check.dtype(op, "k", k, (q.dtype,))
+    _check.dtype(op, "v", v, (q.dtype,))
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check.ndim(op, name, t, 3)
+    t, hq, d = q.shape
+    if k.shape[0] != t or k.shape[2] != d:
+        raise ValueError(f"{op}: k has shape {tuple(k.shape)} but q is (T, Hq, D) = {tuple(q.shape)}; "
+                         "expected k (T, Hkv, D) with the same T and D")
+    if tuple(v.shape) != tuple(k.shape):
+        raise ValueError(f"{op}: v has shape {tuple(v.shape)}, expected k's shape {tuple(k.shape)}")
+    hkv = k.shape[1]
+    if hkv == 0 and hq != 0 or hkv and hq % hkv:
+        raise ValueError(f"{op}: q has {hq} heads, which is not a multiple of k's {hkv} heads (grouped-query attention)")
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"{op}: head dim D = {d} is larger than the supported {MAX_HEAD_DIM}")
+    _check.dtype(op, "cu_seqlens", cu_seqlens, (torch.int64,))
+    _check.ndim(op, "cu_seqlens", cu_seqlens, 1)
+    if scale is not None and not math.isfinite(scale):
+        raise ValueError(f"{op}: scale must be finite, got {scale}")
+    _check.same_device(op, q=q, k=k, v=v)
+    cu = cu_seqlens.tolist()
+    if not cu or cu[0] != 0 or cu[-1] != t or any(b < a for a, b in zip(cu, cu[1:])):
+        raise ValueError(f"{op}: cu_seqlens must start at 0, never decrease and end at T = {t} "
+                         f"(the packed token count); got {cu[:8]}{' ...' if len(cu) > 8 else ''}")
+    return cu
+
+
+def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, causal: bool = False,
+                     scale: float | None = None) -> Tensor:
+    """Attention within each of several sequences packed back to back, with no padding.
+
+    q (T, Hq, D), k and v (T, Hkv, D) float32|bfloat16, Hq % Hkv == 0 (query head h reads kv head
+    h // (Hq / Hkv)); cu_seqlens (B + 1,) int64 cumulative lengths: sequence b is tokens
+    [cu[b], cu[b+1]). Query i of a sequence attends to every key of its own sequence (causal: keys
+    up to i), softmax(scale * q k^T) v with scale 1/sqrt(D) by default, in fp32; out (T, Hq, D) in q.dtype.
+    """
+    cu = _check_varlen(q, k, v, cu_seqlens, scale)
+    t, hq, d = q.shape
+    hkv = k.shape[1]
+    if scale is None:
+        scale = 1.0 / math.sqrt(d) if d else 1.0
+    group = hq // hkv if hkv else 1
+    out = q.new_zeros(q.shape)
+    for s0, s1 in zip(cu, cu[1:]):
+        if s1 == s0 or hq == 0:
+            continue
+        qs = q[s0:s1].float().transpose(0, 1)  # (Hq, L, D)
+        ks = k[s0:s1].float().transpose(0, 1).repeat_interleave(group, dim=0)
+        vs = v[s0:s1].float().transpose(0, 1).repeat_interleave(group, dim=0)
+        s = (qs @ ks.transpose(-1, -2)) * scale  # (Hq, L, L)
+        if causal:
+            s = s.masked_fill(torch.ones_like(s, dtype=torch.bool).triu(1), float("-inf"))
+        out[s0:s1] = (torch.softmax(s, dim=-1) @ vs).transpose(0, 1).to(q.dtype)
+    return out
