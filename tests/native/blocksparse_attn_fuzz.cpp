@@ -20,11 +20,12 @@ using namespace slimrt;
 int main() {
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> U(-1, 1);
-  int fails = 0, runs = 0;
+  int fails = 0, runs = 0, varlen_runs = 0;
   for (int it = 0; it < 300; ++it) {
     int64_t B = 1 + rng() % 2, Hkv = 1 + rng() % 2, G = 1 + rng() % 3, Hq = Hkv * G;
     int64_t Lq = 1 + rng() % 70, Lk = 1 + rng() % 300, D = 1 + rng() % 80, bs = 1 + rng() % 40;
     if (rng() % 3 == 0) Lq = 1 + rng() % 8;
+    if (rng() % 3 == 0) Lk = Lq;  // self-attention shapes (and varlen candidates)
     bool bf = rng() % 2;
     int64_t nqb = div_up(Lq, bs), nkb = div_up(Lk, bs);
     // exact-size allocations so ASan sees any over-read
@@ -56,6 +57,22 @@ int main() {
     a.block_size = bs; a.causal = rng() % 2; a.window = rng() % 3 ? 0 : 1 + rng() % 20; a.num_global = rng() % 3;
     a.token_mask = use_tok ? tok.data() : nullptr; a.st[0] = B == 1 ? 0 : Hm * Lq * Lk; a.st[1] = per_head ? Lq * Lk : 0; a.st[2] = Lk;
     a.scale = 0.3f;
+    a.so[0] = Hq * Lq * D; a.so[1] = Lq * D; a.so[2] = D;
+    // Varlen mode (packed sequences): B sequences of random length <= Lq laid out (T, H, D) in the same
+    // buffers, every key block listed for every query block (the pattern varlen_attention uses).
+    std::vector<int64_t> cu(B + 1, 0);
+    std::vector<int32_t> all_idx(nkb), all_cnt(1, static_cast<int32_t>(nkb));
+    if (Lq == Lk && !use_tok && Lq > 8 && rng() % 3 == 0) {
+      for (int64_t b = 0; b < B; ++b) cu[b + 1] = cu[b] + rng() % (Lq + 1);
+      for (int64_t i = 0; i < nkb; ++i) all_idx[i] = static_cast<int32_t>(i);
+      a.cu_seqlens = cu.data();
+      a.sq[0] = a.sk[0] = a.sv[0] = a.so[0] = 0;
+      a.sq[1] = a.so[1] = D; a.sq[2] = a.so[2] = Hq * D;
+      a.sk[1] = a.sv[1] = D; a.sk[2] = a.sv[2] = Hkv * D;
+      a.kv_num_blocks = all_cnt.data(); a.kv_indices = all_idx.data();
+      a.sn[0] = a.sn[1] = a.sn[2] = a.si[0] = a.si[1] = a.si[2] = 0;
+      ++varlen_runs;
+    }
     size_t n = B * Hq * Lq * D;
     std::vector<float> o_ref_f(n), o_f(n); std::vector<uint16_t> o_ref_b(n), o_b(n);
     a.out = bf ? (void*)o_ref_b.data() : o_ref_f.data();
@@ -72,6 +89,6 @@ int main() {
       if (err > (bf ? 2e-2 : 1e-5)) { ++fails; printf("mismatch it=%d isa=%d err=%g B%ld Hq%ld Hkv%ld Lq%ld Lk%ld D%ld bs%ld bf%d\n", it, (int)isa, err, B, Hq, Hkv, Lq, Lk, D, bs, bf); }
     }
   }
-  printf("runs=%d fails=%d\n", runs, fails);
+  printf("runs=%d (varlen cases %d) fails=%d\n", runs, varlen_runs, fails);
   return fails != 0;
 }
