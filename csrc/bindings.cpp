@@ -81,14 +81,17 @@ PYBIND11_MODULE(_C, m) {
                    static_cast<OutType>(out_dt), ldc, M, N, K, nt);
   });
   // int8_w8a8_linear: quantize_per_token(x) then int8_gemm, in one call (the W8A8 decode path).
+  // act: the epilogue activation (Act in int8_gemm.h: 0 none, 1 gelu, 2 gelu_tanh, 3 relu).
   m.def("int8_w8a8_linear", [](uintptr_t x, int x_dt, int64_t ldx, uintptr_t b, int64_t ldb, uintptr_t b_packed,
                                uintptr_t b_scale, uintptr_t bias, uintptr_t out, int out_dt, int64_t ldc, int64_t M,
-                               int64_t N, int64_t K, int nt) {
+                               int64_t N, int64_t K, int nt, int act) {
     py::gil_scoped_release nogil;
     int8_w8a8_linear(ptr<const void>(x), static_cast<DType>(x_dt), ldx, ptr<const int8_t>(b), ldb,
                      ptr<const int8_t>(b_packed), ptr<const float>(b_scale), ptr<const float>(bias), ptr<void>(out),
-                     static_cast<OutType>(out_dt), ldc, M, N, K, nt);
-  });
+                     static_cast<OutType>(out_dt), ldc, M, N, K, nt, static_cast<Act>(act));
+  }, py::arg("x"), py::arg("x_dt"), py::arg("ldx"), py::arg("b"), py::arg("ldb"), py::arg("b_packed"),
+     py::arg("b_scale"), py::arg("bias"), py::arg("out"), py::arg("out_dt"), py::arg("ldc"), py::arg("M"),
+     py::arg("N"), py::arg("K"), py::arg("nt"), py::arg("act") = 0);
   // probe_int8_peak: int8 ops/s of a register-only vpdpbusd loop on num_threads threads.
   m.def("probe_int8_peak", [](int nt, double seconds) {
     py::gil_scoped_release nogil;

@@ -83,24 +83,29 @@ else:
 
 @triton.jit
 def apply_activation(y, ACTIVATION: tl.constexpr):
-    """Epilogue activation on an fp32 tile: "" (none), "relu", "silu" or "gelu" (erf form, torch's default)."""
+    """Epilogue activation on an fp32 tile: "" (none), "relu", "silu", "gelu" (erf form, torch's default)
+    or "gelu_tanh" (the tanh approximation: 1 + tanh(z) = 2 / (1 + e^{-2z}))."""
     if ACTIVATION == "relu":
         y = tl.maximum(y, 0.0)
     elif ACTIVATION == "silu":
         y = y / (1.0 + tl.exp(-y))
     elif ACTIVATION == "gelu":
         y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
+    elif ACTIVATION == "gelu_tanh":
+        z = 0.7978845608028654 * (y + 0.044715 * y * y * y)
+        e = tl.exp(-2.0 * tl.abs(z))
+        y = y * tl.where(z >= 0, 1.0, e) / (1.0 + e)
     return y
 
 
-ACTIVATIONS = ("", "relu", "silu", "gelu")
+ACTIVATIONS = ("", "relu", "silu", "gelu", "gelu_tanh")
 
 
 def check_activation(op: str, activation: str | None) -> str:
     act = activation or ""
-    if act not in ACTIVATIONS:
-        raise ValueError(f"{op}: activation {activation!r} is not one of None, 'relu', 'silu', 'gelu'")
-    return act
+    if act not in ACTIVATIONS + ("none",):
+        raise ValueError(f"{op}: activation {activation!r} is not one of None, 'relu', 'silu', 'gelu', 'gelu_tanh'")
+    return "" if act == "none" else act
 
 
 def autotune(configs: list[triton.Config], key: list[str]) -> Callable[[Any], Any]:

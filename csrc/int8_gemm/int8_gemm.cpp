@@ -2,6 +2,7 @@
 #include "int8_gemm/int8_gemm.h"
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <vector>
 
@@ -147,11 +148,23 @@ void int8_w8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, int
     avx2::int8_w8_linear_packed(x, x_dt, ldx, b_packed, b_scale, bias, out, out_dt, ldc, M, N, K, num_threads);
 }
 
+float act_scalar(float x, Act act) {
+  switch (act) {
+    case Act::Gelu: return 0.5f * x * (1.f + std::erf(x * 0.70710678118654752f));
+    case Act::GeluTanh: return 0.5f * x * (1.f + std::tanh(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+    case Act::Relu: return x > 0.f || std::isnan(x) ? x : 0.f;
+    case Act::Silu: return x / (1.f + std::exp(-x));
+    default: return x;
+  }
+}
+
 void int8_w8a8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, int64_t ldb, const int8_t* b_packed,
                       const float* b_scale, const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M,
-                      int64_t N, int64_t K, int num_threads) {
+                      int64_t N, int64_t K, int num_threads, Act act) {
   check_common("int8_linear", M, N, K);
   SLIMRT_CHECK(out_dt != OutType::I32, "int8_linear: the output is float");
+  SLIMRT_CHECK(static_cast<int>(act) >= 0 && static_cast<int>(act) <= 4, "int8_linear: unknown activation code "
+                                                                            << static_cast<int>(act));
   if (M > 0 && N > 0 && K > 0 && active_isa() == Isa::Avx512) {
     // Fused path: the same checks (and messages) as quantize_per_token + int8_gemm below.
     SLIMRT_CHECK(M <= 1 || ldx >= K, "quantize_per_token: row stride " << ldx << " < K=" << K);
@@ -166,7 +179,25 @@ void int8_w8a8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, i
       b_packed = tmp.data();
     }
     return avx512::int8_w8a8_linear_packed(x, x_dt, ldx, b_packed, b_scale, bias, out, out_dt, ldc, M, N, K,
-                                           num_threads);
+                                           num_threads, act);
+  }
+  if (act != Act::None && M > 0 && N > 0) {
+    // Other ISAs: the linear into fp32, then the activation and the output cast in one pass (the
+    // reference's order: activation in fp32, before rounding to bf16).
+    const bool direct = out_dt == OutType::F32;
+    std::unique_ptr<float[]> tmp(direct ? nullptr : new float[static_cast<size_t>(M * N)]);
+    float* y = direct ? static_cast<float*>(out) : tmp.get();
+    const int64_t ldy = direct ? ldc : N;
+    int8_w8a8_linear(x, x_dt, ldx, b, ldb, b_packed, b_scale, bias, y, OutType::F32, ldy, M, N, K, num_threads);
+    parallel_for(M, num_threads, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+          const float v = act_scalar(y[m * ldy + n], act);
+          if (direct) y[m * ldy + n] = v;
+          else static_cast<uint16_t*>(out)[m * ldc + n] = f32_to_bf16(v);
+        }
+    });
+    return;
   }
   // (M, K) per-token int8 activations; default-initialized (quantize_per_token writes every byte).
   std::unique_ptr<int8_t[]> q(new int8_t[static_cast<size_t>(std::max<int64_t>(M * K, 1))]);

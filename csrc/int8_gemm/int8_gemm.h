@@ -31,6 +31,12 @@ namespace slimrt {
 
 enum class OutType : int { F32 = 0, BF16 = 1, I32 = 2 };
 
+// Epilogue activation of the W8A8 linear, applied in fp32 after the bias, before the output cast:
+//   Gelu: 0.5 x (1 + erf(x / sqrt 2)); GeluTanh: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)));
+//   Relu: max(x, 0) (NaN stays NaN); Silu: x / (1 + e^-x).
+enum class Act : int { None = 0, Gelu = 1, GeluTanh = 2, Relu = 3, Silu = 4 };
+float act_scalar(float x, Act act);
+
 constexpr int64_t kPackMagic = 0x3150384d49'4c53LL;  // "SLIM8P1"
 constexpr int64_t kPackHeader = 64;
 constexpr int64_t kPanel = 16;  // output columns per panel
@@ -56,7 +62,7 @@ void int8_w8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, int
 // Python on the decode path instead of two plus two tensor allocations.
 void int8_w8a8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, int64_t ldb, const int8_t* b_packed,
                       const float* b_scale, const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M,
-                      int64_t N, int64_t K, int num_threads);
+                      int64_t N, int64_t K, int num_threads, Act act = Act::None);
 
 // Per-ISA paths. The scalar path reads b unpacked; the vector paths read the packed layout.
 namespace ref {
@@ -92,7 +98,7 @@ namespace avx512 {
 // Fused quantize_per_token + int8_gemm_packed (float out): x is read once, the quantized chunk stays in L2.
 void int8_w8a8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t* packed, const float* b_scale,
                              const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M, int64_t N,
-                             int64_t K, int num_threads);
+                             int64_t K, int num_threads, Act act);
 double probe_vnni_loop(int64_t iters);  // returns int8 ops done
 uint64_t probe_read(const uint8_t* p, int64_t n);
 }  // namespace avx512

@@ -74,6 +74,56 @@ inline void store_out(void* out, OutType dt, int64_t off, __mmask16 m, __m512 v)
     _mm256_mask_storeu_epi16(static_cast<uint16_t*>(out) + off, m, to_bf16(v));
 }
 
+// e^x for x <= 0 (also -inf -> 0): 2^n * p(f) with x log2(e) = n + f, |f| <= 1/2, p a degree-6
+// Taylor polynomial of 2^f (relative error < 3e-8 before rounding); below 2^-126 it returns 0.
+inline __m512 exp_nonpos(__m512 x) {
+  const __m512 y = _mm512_max_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f)), _mm512_set1_ps(-126.f));
+  const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(y, n);
+  __m512 p = _mm512_set1_ps(1.5403530393381606e-04f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-02f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  const __mmask16 tiny = _mm512_cmp_ps_mask(y, _mm512_set1_ps(-126.f), _CMP_LE_OQ);
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~tiny), _mm512_mul_ps(p, _mm512_castsi512_ps(e)));
+}
+
+// The epilogue activations (Act in int8_gemm.h), in fp32. erf by Abramowitz & Stegun 7.1.26 (|error|
+// <= 1.5e-7): with u = |x| / sqrt 2, c = 1 - erf(u) = t (a1 + t (a2 + ...)) e^{-u^2}, t = 1 / (1 + p u),
+// so 1 + erf(x / sqrt 2) is 2 - c for x >= 0 and c for x < 0 (no cancellation on the negative side).
+// tanh by e = e^{-2|z|}: 1 + tanh(z) = 2 / (1 + e) for z >= 0 and 2 e / (1 + e) below; sigmoid alike
+// with e = e^{-|x|}: 1 / (1 + e) for x >= 0, e / (1 + e) below.
+inline __m512 act_vec(__m512 x, Act act) {
+  if (act == Act::Relu) return _mm512_max_ps(_mm512_setzero_ps(), x);  // max(0, NaN) = NaN
+  const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.f);
+  if (act == Act::Gelu) {
+    const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    const __m512 u = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.70710678118654752f));
+    const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(u, _mm512_set1_ps(0.3275911f), one));
+    __m512 p = _mm512_set1_ps(1.061405429f);
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
+    const __m512 c = _mm512_mul_ps(_mm512_mul_ps(p, t), exp_nonpos(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), u), u)));
+    const __m512 s = _mm512_mask_mov_ps(_mm512_sub_ps(_mm512_set1_ps(2.f), c), neg, c);  // 1 + erf(x / sqrt 2)
+    return _mm512_mul_ps(_mm512_mul_ps(half, x), s);
+  }
+  // GeluTanh: x (1 + tanh z) / 2 with z as below; Silu: x sigmoid(x), the same form with z = x / 2.
+  const __m512 z = act == Act::Silu ? _mm512_mul_ps(half, x)
+                                    : _mm512_mul_ps(_mm512_set1_ps(0.79788456080286536f),
+                                                    _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), x),
+                                                                    _mm512_mul_ps(x, x), x));
+  const __mmask16 zneg = _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_LT_OQ);
+  const __m512 e = exp_nonpos(_mm512_mul_ps(_mm512_set1_ps(-2.f), _mm512_abs_ps(z)));
+  const __m512 num = _mm512_mask_mov_ps(one, zneg, e);  // (1 + tanh z) / 2 = num / (1 + e)
+  return _mm512_mul_ps(x, _mm512_div_ps(num, _mm512_add_ps(one, e)));
+}
+
 struct Gemm {
   const uint8_t* au;  // (M, k_pad) a + 128, row stride lda_u
   int64_t lda_u, k_pad, kq;
@@ -84,6 +134,7 @@ struct Gemm {
   OutType out_dt;
   int64_t ldc, N;
   int64_t am0;  // row of au[0] and a_scale[0] (a thread's chunk buffer in the fused linear; else 0)
+  Act act = Act::None;  // epilogue activation (fused linear only)
 };
 
 // k blocks of up to 128 4-deep groups (a 32 KiB slab block per 64-column tile): partial sums go to a
@@ -141,6 +192,7 @@ void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t
       __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][j], cv));
       f = _mm512_mul_ps(_mm512_mul_ps(f, _mm512_set1_ps(g.a_scale[m0 - g.am0 + r])), bs);
       if (g.bias) f = _mm512_add_ps(f, bb);
+      if (g.act != Act::None) f = act_vec(f, g.act);
       store_out(g.out, g.out_dt, (m0 + r) * g.ldc + n, mk, f);
     }
   }
@@ -400,14 +452,14 @@ void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t
 // followed by int8_gemm_packed, bit for bit (the same quant_row, tiles and epilogue).
 void int8_w8a8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t* packed, const float* b_scale,
                              const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M, int64_t N,
-                             int64_t K, int num_threads) {
+                             int64_t K, int num_threads, Act act) {
   int64_t hdr[5];
   std::memcpy(hdr, packed, sizeof(hdr));
   const int64_t n_pad = hdr[3], k_pad = hdr[4];
   const int64_t lda_u = round_up(k_pad, 64) + 64;
   Gemm g{nullptr, lda_u, k_pad, k_pad / 4, packed + kPackHeader,
          reinterpret_cast<const int32_t*>(packed + kPackHeader + n_pad * k_pad),
-         nullptr, b_scale, bias, out, out_dt, ldc, N, 0};
+         nullptr, b_scale, bias, out, out_dt, ldc, N, 0, act};
   const QuantSrc src{x, x_dt, ldx, K};
   run_tiles(g, n_pad, M, num_threads, &src);
 }

@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from slimrt import _native, ops
+from slimrt.ops import reference
 from slimrt.nn import Int8Linear
 from slimrt.ops import reference as R
 
@@ -324,6 +325,7 @@ def test_opcheck_every_op():
         (torch.ops.slimrt.int8_pack_weight.default, (b,)),
         (torch.ops.slimrt.int8_linear.default, (x, b, b_s, torch.randn(33), wp)),
         (torch.ops.slimrt.int8_linear.default, (x.bfloat16(), b, b_s, None, None)),
+        (torch.ops.slimrt.int8_linear.default, (x, b, b_s, torch.randn(33), wp, "gelu")),
         (torch.ops.slimrt.int8_weight_only_linear.default, (x, b, b_s, torch.randn(33), wp)),
     ]
     for op, args in calls:
@@ -462,3 +464,53 @@ def test_int8_linear_survives_model_to_bf16():
     assert y16.dtype == torch.bfloat16
     err = (y16.float() - y32).abs().max().item()
     assert err < 0.05, f"bf16 model output differs from fp32 by {err}"
+
+
+# ---- epilogue activations of int8_linear ------------------------------------------------------------
+
+ACTS = ["none", "gelu", "gelu_tanh", "relu", "silu"]
+
+
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,k,n", [(1, 7, 17), (67, 257, 193), (200, 384, 1536)])
+def test_fused_activation_matches_reference(isa, activation, dtype, m, k, n):
+    """act(linear) fused in the kernel's epilogue equals the reference (linear in fp32, torch's
+    activation, then the cast) up to the activation's float error: the pre-activation is exact."""
+    g = torch.Generator().manual_seed(m * 7 + n)
+    x = (torch.randn(m, k, generator=g) * 3).to(dtype)
+    w_q, w_s = ops.quantize_per_channel(torch.randn(n, k, generator=g))
+    bias = torch.randn(n, generator=g)
+    got = ops.int8_linear(x, w_q, w_s, bias, ops.int8_pack_weight(w_q), activation)
+    want = reference.int8_linear(x, w_q, w_s, bias, activation)
+    assert got.dtype == dtype and got.shape == want.shape
+    if activation in ("none", "relu"):
+        _assert_equal(got, want, f"int8_linear activation={activation}")
+        return
+    pre = reference.int8_linear(x, w_q, w_s, bias).float()
+    # fp32: the erf/tanh/exp approximations (~1e-7 relative) on values up to |pre|; bf16: one rounding step
+    tol = 4e-7 * pre.abs() + 1e-6 if dtype == torch.float32 else 2 ** -7 * pre.abs() + 1e-6
+    err = (got.float() - want.float()).abs()
+    assert bool((err <= tol).all()), f"{activation} {dtype}: max err {err.max().item():.3g}"
+
+
+def test_fused_activation_special_values(isa):
+    """NaN stays NaN through every activation, +inf stays +inf, zero rows give act(bias)."""
+    w_q = torch.ones(16, 16, dtype=torch.int8)
+    w_s = torch.ones(16)
+    x = torch.zeros(3, 16)
+    x[0, 0] = float("nan")
+    x[1, 0] = float("inf")
+    bias = torch.linspace(-3, 3, 16)
+    for act in ACTS:
+        y = ops.int8_linear(x, w_q, w_s, bias, ops.int8_pack_weight(w_q), act)
+        want = reference.int8_linear(x, w_q, w_s, bias, act)
+        assert torch.isnan(y[0]).all() and torch.isnan(y[1]).all(), act  # an Inf row's scale is NaN too
+        torch.testing.assert_close(y[2], want[2], atol=1e-6, rtol=1e-6)
+
+
+def test_unknown_activation_is_refused():
+    w_q = torch.ones(4, 8, dtype=torch.int8)
+    for fn in (ops.int8_linear, lambda *a: reference.int8_linear(*a[:4], a[5])):
+        with pytest.raises(ValueError, match="activation='tanh' is not one of"):
+            fn(torch.randn(2, 8), w_q, torch.ones(4), None, None, "tanh")

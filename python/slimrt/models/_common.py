@@ -47,17 +47,42 @@ def _int8_linear(module: Int8Linear, rules: tuple[tuple[int, str], ...]) -> Line
         # weight kept beside the int8 copy, only for layers where measurement found it fastest.
         dense_w = module.dequantized_weight()
         dense_b = None if module.bias is None else module.bias.float()
-    first, rest = rules[0][1], rules[1:]
-
     def call(x: Tensor) -> Tensor:
-        m = x.numel() // max(x.shape[-1], 1)
-        kernel = first
-        for m_min, k in rest:
-            if m >= m_min:
-                kernel = k
+        kernel = _kernel_for(rules, x.numel() // max(x.shape[-1], 1))
         if kernel == "dense":
             return F.linear(x, dense_w.to(x.dtype), None if dense_b is None else dense_b.to(x.dtype))
         return fwd(x, kernel)
+
+    return call
+
+
+def _kernel_for(rules: tuple[tuple[int, str], ...], m: int) -> str:
+    """The kernel the policy's rules give a call of m rows: the last rule whose m_min <= m."""
+    kernel = rules[0][1]
+    for m_min, k in rules[1:]:
+        if m >= m_min:
+            kernel = k
+    return kernel
+
+
+# Hugging Face activation names -> the int8_linear epilogue activation with the same math.
+_FUSABLE_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
+                "silu": "silu", "swish": "silu"}
+
+
+def make_linear_act(module: nn.Module, policy: KernelPolicy, hf_act: str | None, act_fn: Callable) -> Linear:
+    """``y = act_fn(linear(x))``; where the call runs the W8A8 kernel, the activation is fused into the
+    GEMM epilogue instead (``hf_act``: the config's activation name; unknown names are never fused)."""
+    lin = make_linear(module, policy)
+    fused = _FUSABLE_ACT.get(hf_act) if isinstance(hf_act, str) else None
+    if fused is None or not isinstance(module, Int8Linear):
+        return lambda x: act_fn(lin(x))
+    rules, fwd = policy.rules(module), module.forward
+
+    def call(x: Tensor) -> Tensor:
+        if _kernel_for(rules, x.numel() // max(x.shape[-1], 1)) == "w8a8":
+            return fwd(x, "w8a8", fused)
+        return act_fn(lin(x))
 
     return call
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimrt import ops
-from slimrt.models._common import make_linear
+from slimrt.models._common import make_linear, make_linear_act
 from slimrt.models.policy import KernelPolicy
 
 MODEL_TYPES = ("bert",)
@@ -42,7 +42,8 @@ class BertLean:
             self.layers.append((
                 make_linear(sa.query, policy), make_linear(sa.key, policy), make_linear(sa.value, policy),
                 make_linear(so.dense, policy), (so.LayerNorm.weight, so.LayerNorm.bias, so.LayerNorm.eps),
-                make_linear(layer.intermediate.dense, policy), layer.intermediate.intermediate_act_fn,
+                make_linear_act(layer.intermediate.dense, policy, getattr(cfg, "hidden_act", None),
+                                layer.intermediate.intermediate_act_fn),
                 make_linear(layer.output.dense, policy),
                 (layer.output.LayerNorm.weight, layer.output.LayerNorm.bias, layer.output.LayerNorm.eps),
             ))
@@ -73,13 +74,13 @@ class BertLean:
         x = F.embedding(ids, self.word) + F.embedding(pos, self.pos) + self.type0  # (N, C)
         n, c = x.shape
         x = F.layer_norm(x, (c,), self.emb_ln[0], self.emb_ln[1], self.emb_ln[2])
-        for q_lin, k_lin, v_lin, o_lin, ln1, fc1, act, fc2, ln2 in self.layers:
+        for q_lin, k_lin, v_lin, o_lin, ln1, fc1_act, fc2, ln2 in self.layers:
             q = q_lin(x).view(n, -1, self.head_dim)  # (N, H, D); -1: pruned heads
             k = k_lin(x).view(n, -1, self.head_dim)
             v = v_lin(x).view(n, -1, self.head_dim)
             o = ops.varlen_attention(q, k, v, cu).view(n, -1)
             x = F.layer_norm(o_lin(o) + x, (c,), ln1[0], ln1[1], ln1[2])
-            x = F.layer_norm(fc2(act(fc1(x))) + x, (c,), ln2[0], ln2[1], ln2[2])
+            x = F.layer_norm(fc2(fc1_act(x)) + x, (c,), ln2[0], ln2[1], ln2[2])
         if full:
             return x.view(b, t, c)
         out = x.new_zeros((b * t, c))

@@ -136,18 +136,25 @@ class Int8Linear(nn.Module):
         self.repack()
         return out
 
-    def forward(self, x: Tensor, mode: str | None = None) -> Tensor:
+    def forward(self, x: Tensor, mode: str | None = None, activation: str = "none") -> Tensor:
+        """y = x W^T + b like nn.Linear; ``mode`` overrides the module's kernel for this call, and
+        ``activation`` (a name of ops.reference.ACTIVATIONS) is applied to y: fused into the W8A8
+        kernel's epilogue, after the weight-only kernel."""
         mode = mode or self.mode
         if torch.is_grad_enabled() and _train.needs_grad(x, self):  # training (slimrt.distill) only
-            return self._forward_differentiable(x, mode)
+            y = self._forward_differentiable(x, mode)
+            return y if activation == "none" else _activation(activation)(y)
         buf = self._buffers  # one dict instead of four nn.Module.__getattr__ walks: this is the decode path
         smooth = buf.get("smooth")
         if smooth is not None:
             x = x * smooth.to(x.dtype)
         if mode == "w8a8":
-            return ops.int8_linear(x, buf["w_q"], buf["w_scale"], buf.get("bias"), buf["w_packed"])
+            if activation == "none":
+                return ops.int8_linear(x, buf["w_q"], buf["w_scale"], buf.get("bias"), buf["w_packed"])
+            return ops.int8_linear(x, buf["w_q"], buf["w_scale"], buf.get("bias"), buf["w_packed"], activation)
         if mode == "w8":
-            return ops.int8_weight_only_linear(x, buf["w_q"], buf["w_scale"], buf.get("bias"), buf["w_packed"])
+            y = ops.int8_weight_only_linear(x, buf["w_q"], buf["w_scale"], buf.get("bias"), buf["w_packed"])
+            return y if activation == "none" else _activation(activation)(y)
         raise ValueError(f"Int8Linear: mode={mode!r} is not one of {MODES}")
 
     def _forward_differentiable(self, x: Tensor, mode: str) -> Tensor:
@@ -169,3 +176,11 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, mode={self.mode}" + (", smooth=True" if self.smooth is not None else "")
+
+
+def _activation(name: str):
+    """The activation function named ``name`` (ops.reference.ACTIVATIONS), or a ValueError."""
+    from slimrt.ops import reference
+
+    reference.check_activation("Int8Linear", name)
+    return reference.ACTIVATIONS[name]

@@ -23,7 +23,11 @@ SCHEMAS = {
     # Packs an (N, K) int8 weight into the layout the device's kernel wants; an empty tensor means
     # "no packed form" and the linear ops then read w_q directly. Packing is done once per module.
     "int8_pack_weight": "int8_pack_weight(Tensor w_q) -> Tensor",
-    "int8_linear": "int8_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias, Tensor? w_packed) -> Tensor",
+    # activation: "none" | "gelu" | "gelu_tanh" | "relu", applied in fp32 after the bias (reference.ACTIVATIONS).
+    "int8_linear": (
+        "int8_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias, Tensor? w_packed, str activation=\"none\") "
+        "-> Tensor"
+    ),
     "int8_weight_only_linear": (
         "int8_weight_only_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias, Tensor? w_packed) -> Tensor"
     ),
@@ -44,7 +48,9 @@ DEFAULTS = {
     "quantize_per_channel": reference.quantize_per_channel,
     "int8_gemm": reference.int8_gemm,
     "int8_pack_weight": _no_pack,
-    "int8_linear": lambda x, w_q, w_scale, bias, w_packed: reference.int8_linear(x, w_q, w_scale, bias),
+    "int8_linear": lambda x, w_q, w_scale, bias, w_packed, activation="none": reference.int8_linear(
+        x, w_q, w_scale, bias, activation
+    ),
     "int8_weight_only_linear": lambda x, w_q, w_scale, bias, w_packed: reference.int8_weight_only_linear(
         x, w_q, w_scale, bias
     ),
@@ -84,7 +90,8 @@ def _(w_q: Tensor) -> Tensor:
 
 
 @torch.library.register_fake("slimrt::int8_linear")
-def _(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Tensor | None) -> Tensor:
+def _(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Tensor | None,
+      activation: str = "none") -> Tensor:
     return x.new_empty((*x.shape[:-1], w_q.shape[0]))
 
 

@@ -133,8 +133,11 @@ def _linear_args_ok(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None
                                   and not bias.requires_grad)))
 
 
+_ACT_CODE = {"none": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3, "silu": 4}  # Act in csrc/int8_gemm/int8_gemm.h
+
+
 def _linear(op: str, x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Tensor | None,
-            weight_only: bool) -> Tensor:
+            weight_only: bool, activation: str = "none") -> Tensor:
     # Decode-path budget: every line here costs ~0.1-1 us, about what the kernel itself takes at M = 1.
     if w_q.dim() != 2 or not _linear_args_ok(x, w_q, w_scale, bias, w_q.shape[0], w_q.shape[1]):
         reference._check_linear(op, x, w_q, w_scale, bias)
@@ -154,14 +157,22 @@ def _linear(op: str, x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | Non
         b32 = _bias32(bias)
         ws = _vec(w_scale)  # bound to a name: a temporary copy must outlive the C call
         ext = _native.load()
-        fn = ext.int8_w8_linear if weight_only else ext.int8_w8a8_linear
-        fn(x2.data_ptr(), _DT[x.dtype], _ld(x2), w2.data_ptr(), _ld(w2), packed, ws.data_ptr(),
-           0 if b32 is None else b32.data_ptr(), out.data_ptr(), _OUT_DT[x.dtype], n, m, n, k, torch.get_num_threads())
+        if weight_only:
+            ext.int8_w8_linear(x2.data_ptr(), _DT[x.dtype], _ld(x2), w2.data_ptr(), _ld(w2), packed, ws.data_ptr(),
+                               0 if b32 is None else b32.data_ptr(), out.data_ptr(), _OUT_DT[x.dtype], n, m, n, k,
+                               torch.get_num_threads())
+        else:
+            ext.int8_w8a8_linear(x2.data_ptr(), _DT[x.dtype], _ld(x2), w2.data_ptr(), _ld(w2), packed, ws.data_ptr(),
+                                 0 if b32 is None else b32.data_ptr(), out.data_ptr(), _OUT_DT[x.dtype], n, m, n, k,
+                                 torch.get_num_threads(), _ACT_CODE[activation])
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
 
 
-def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Tensor | None) -> Tensor:
-    return _linear("int8_linear", x, w_q, w_scale, bias, w_packed, weight_only=False)
+def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Tensor | None,
+                activation: str = "none") -> Tensor:
+    if activation not in _ACT_CODE:
+        reference.check_activation("int8_linear", activation)
+    return _linear("int8_linear", x, w_q, w_scale, bias, w_packed, weight_only=False, activation=activation)
 
 
 def int8_weight_only_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None,

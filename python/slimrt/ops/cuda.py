@@ -89,12 +89,14 @@ def int8_gemm(a: Tensor, b: Tensor, a_scale: Tensor | None, b_scale: Tensor | No
         return mod.int8_gemm(a, b, a_scale, b_scale, out_dtype)
 
 
-def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Tensor | None) -> Tensor:
+def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Tensor | None,
+                activation: str = "none") -> Tensor:
     # w_packed is a CPU layout (int8_pack_weight returns an empty tensor on CUDA): w_q is read directly.
     reference._check_linear("int8_linear", x, w_q, w_scale, bias)
+    reference.check_activation("int8_linear", activation)
     mod = _kernels("int8_gemm")
     with _launch_on("int8_linear", mod, x):
-        return mod.int8_linear(x, w_q, w_scale, bias)
+        return mod.int8_linear(x, w_q, w_scale, bias, activation=activation)
 
 
 def int8_weight_only_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None,

@@ -122,19 +122,42 @@ def _check_linear(op: str, x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor
     _check.no_grad_needed(op, x=x, bias=bias)
 
 
-def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None = None) -> Tensor:
+# Epilogue activations of int8_linear, by name: applied to the fp32 result (after the bias, before
+# the cast to x.dtype). "gelu" is the exact (erf) GELU, "gelu_tanh" the tanh approximation (GPT-2's
+# gelu_new), "relu" max(x, 0), "silu" x * sigmoid(x).
+ACTIVATIONS = {
+    "none": None,
+    "gelu": lambda y: torch.nn.functional.gelu(y),
+    "gelu_tanh": lambda y: torch.nn.functional.gelu(y, approximate="tanh"),
+    "relu": torch.relu,
+    "silu": torch.nn.functional.silu,
+}
+
+
+def check_activation(op: str, activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{op}: activation={activation!r} is not one of {', '.join(map(repr, ACTIVATIONS))}")
+    return None
+
+
+def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None = None,
+                activation: str = "none") -> Tensor:
     """W8A8 linear with dynamic per-token activation quantization.
 
     x (..., K) float32|bfloat16, w_q (N, K) int8, w_scale (N,) float32, bias (N,) or None
     -> y (..., N) in x.dtype:  x_q, x_s = quantize_per_token(x);
-    y = int8_gemm(x_q, w_q, x_s, w_scale) + bias, bias added in fp32 before the cast.
+    y = act(int8_gemm(x_q, w_q, x_s, w_scale) + bias), bias and activation (ACTIVATIONS) in fp32
+    before the cast.
     """
     _check_linear("int8_linear", x, w_q, w_scale, bias)
+    check_activation("int8_linear", activation)
     lead, k = x.shape[:-1], x.shape[-1]
     x_q, x_s = quantize_per_token(x.reshape(math.prod(lead), k))  # (M, K); -1 is ambiguous when K == 0
     y = int8_gemm(x_q, w_q, x_s, w_scale, torch.float32)
     if bias is not None:
         y = y + bias.float()
+    if ACTIVATIONS[activation] is not None:
+        y = ACTIVATIONS[activation](y)
     return y.to(x.dtype).reshape(*lead, w_q.shape[0])
 
 
