@@ -10,7 +10,8 @@ from triton_env import interpreter_only
 
 pytestmark = [interpreter_only, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
-ACTS = {"relu": torch.relu, "silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu}
+ACTS = {"relu": torch.relu, "silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu,
+        "gelu_tanh": lambda y: torch.nn.functional.gelu(y, approximate="tanh")}
 
 
 @pytest.fixture(scope="module")
