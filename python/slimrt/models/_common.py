@@ -305,3 +305,55 @@ def new_cache(pattern: dict[str, int] | None, n_layers: int, batch: int, n_kv_he
         return KVCache(n_layers, batch, n_kv_heads, max_len, head_dim, dtype, device)
     return WindowKVCache(n_layers, batch, n_kv_heads, max_len, head_dim, dtype, device, pattern["window"],
                          pattern["num_global"], pattern["block_size"])
+
+
+# ---- fused projections (runner-side repack; checkpoints stay unchanged) ----
+
+def fuse_linears(modules: list[nn.Module]) -> nn.Module | None:
+    """One linear computing the given linears' outputs side by side (their rows concatenated), or None.
+
+    For projections that read the same input (q/k/v): one GEMM of N = sum N_i instead of several
+    smaller ones, the input quantized once. Fusable: all nn.Linear, or all Int8Linear with one mode,
+    K and the same SmoothQuant vector (or none). Biases missing on some are zeros in the fused one.
+    """
+    if len(modules) < 2:
+        return None
+    first = modules[0]
+    if all(type(m) is nn.Linear for m in modules):
+        w = [m.weight for m in modules]
+        if len({(t.shape[1], t.dtype, t.device) for t in w}) != 1:
+            return None
+        has_bias = any(m.bias is not None for m in modules)
+        fused = nn.Linear(w[0].shape[1], sum(t.shape[0] for t in w), bias=has_bias, device=w[0].device,
+                          dtype=w[0].dtype)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat(w))
+            if has_bias:
+                fused.bias.copy_(torch.cat([m.bias if m.bias is not None else w_.new_zeros(w_.shape[0])
+                                            for m, w_ in zip(modules, w)]))
+        return fused.requires_grad_(False)
+    if not all(type(m) is Int8Linear for m in modules):
+        return None
+    if len({(m.mode, m.in_features, m.w_q.device) for m in modules}) != 1:
+        return None
+    smooth = [m.smooth for m in modules]
+    if any(s is None for s in smooth) != all(s is None for s in smooth):
+        return None
+    if smooth[0] is not None and not all(torch.equal(s, smooth[0]) for s in smooth[1:]):
+        return None
+    has_bias = any(m.bias is not None for m in modules)
+    bias_dtype = next((m.bias.dtype for m in modules if m.bias is not None), torch.float32)
+    n = sum(m.out_features for m in modules)
+    fused = Int8Linear(first.in_features, n, bias=has_bias, mode=first.mode, device=first.w_q.device,
+                       bias_dtype=bias_dtype, smooth=smooth[0] is not None)
+    with torch.no_grad():
+        fused.w_q.copy_(torch.cat([m.w_q for m in modules]))
+        fused.w_scale.copy_(torch.cat([m.w_scale for m in modules]))
+        if has_bias:
+            fused.bias.copy_(torch.cat([m.bias.to(bias_dtype) if m.bias is not None
+                                        else torch.zeros(m.out_features, dtype=bias_dtype, device=m.w_q.device)
+                                        for m in modules]))
+        if smooth[0] is not None:
+            fused.smooth.copy_(smooth[0])
+    fused.repack()
+    return fused

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimrt import ops
-from slimrt.models._common import make_linear, make_linear_act
+from slimrt.models._common import fuse_linears, make_linear, make_linear_act
 from slimrt.models.policy import KernelPolicy
 
 MODEL_TYPES = ("bert",)
@@ -39,8 +39,13 @@ class BertLean:
         self.layers = []
         for layer in bert.encoder.layer:
             sa, so = layer.attention.self, layer.attention.output
+            # q, k and v read the same x: one fused projection (one GEMM, x quantized once) when the
+            # three modules allow it, else three calls.
+            qkv = fuse_linears([sa.query, sa.key, sa.value])
+            sizes = (sa.query.out_features, sa.key.out_features, sa.value.out_features)
             self.layers.append((
-                make_linear(sa.query, policy), make_linear(sa.key, policy), make_linear(sa.value, policy),
+                (make_linear(qkv, policy), sizes) if qkv is not None else
+                (make_linear(sa.query, policy), make_linear(sa.key, policy), make_linear(sa.value, policy)),
                 make_linear(so.dense, policy), (so.LayerNorm.weight, so.LayerNorm.bias, so.LayerNorm.eps),
                 make_linear_act(layer.intermediate.dense, policy, getattr(cfg, "hidden_act", None),
                                 layer.intermediate.intermediate_act_fn),
@@ -74,10 +79,13 @@ class BertLean:
         x = F.embedding(ids, self.word) + F.embedding(pos, self.pos) + self.type0  # (N, C)
         n, c = x.shape
         x = F.layer_norm(x, (c,), self.emb_ln[0], self.emb_ln[1], self.emb_ln[2])
-        for q_lin, k_lin, v_lin, o_lin, ln1, fc1_act, fc2, ln2 in self.layers:
-            q = q_lin(x).view(n, -1, self.head_dim)  # (N, H, D); -1: pruned heads
-            k = k_lin(x).view(n, -1, self.head_dim)
-            v = v_lin(x).view(n, -1, self.head_dim)
+        for proj, o_lin, ln1, fc1_act, fc2, ln2 in self.layers:
+            if len(proj) == 2:  # fused: column views of one (N, Nq + Nk + Nv) output, no copies
+                q, k, v = proj[0](x).split(proj[1], dim=-1)
+            else:
+                q, k, v = (lin(x) for lin in proj)
+            # (N, H, D) each; -1: pruned heads
+            q, k, v = (t.view(n, -1, self.head_dim) for t in (q, k, v))
             o = ops.varlen_attention(q, k, v, cu).view(n, -1)
             x = F.layer_norm(o_lin(o) + x, (c,), ln1[0], ln1[1], ln1[2])
             x = F.layer_norm(fc2(fc1_act(x)) + x, (c,), ln2[0], ln2[1], ln2[2])
