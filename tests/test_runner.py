@@ -248,6 +248,26 @@ def test_bert_hidden_states_match_hf_with_padding():
     assert err < 1e-5, f"max |runner - HF| over real tokens = {err}"
 
 
+def test_bert_unpadded_forward_matches_hf_with_left_padding_and_empty_rows():
+    """The lean BERT forward drops padding (packed tokens + varlen attention): left padding, a fully
+    padded row and an unpadded batch all give Hugging Face's hidden states on the real tokens."""
+    model = tiny_bert()
+    rt = Runner(model)
+    ids = torch.randint(1, 300, (4, 9))
+    mask = torch.ones(4, 9, dtype=torch.long)
+    mask[1, :4] = 0  # left padding
+    mask[2, 3:7] = 0  # a hole in the middle (the mask is honoured as given)
+    mask[3, :] = 0  # nothing real: zeros out, no NaN
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        want_full = model(input_ids=ids).last_hidden_state
+    got = rt.lean.forward(ids, mask)
+    real = mask.bool()
+    assert (got - want)[real].abs().max().item() < 1e-5
+    assert torch.equal(got[~real], torch.zeros_like(got[~real]))
+    assert (rt.lean.forward(ids, torch.ones_like(mask)) - want_full).abs().max().item() < 1e-5
+
+
 @pytest.mark.parametrize("pooling", ["mean", "cls", "max", "mean_sqrt_len"])
 def test_pooling_modes(pooling):
     model = tiny_bert(1)

@@ -59,9 +59,10 @@ class BertLean:
 
         Padding is removed before the first layer: the real tokens of every row are packed back to
         back (N, C), every linear and norm runs on N rows instead of B * T, and attention runs within
-        each sequence (slimrt.ops.varlen_attention). Rows are right- or left-padded alike; positions
-        count the real tokens of each row from 0, as in the unpadded model. Padded slots of the
-        returned hidden state are zeros (pooling ignores them through the mask).
+        each sequence (slimrt.ops.varlen_attention). A token's position id is its slot in the padded
+        row, as Hugging Face BERT numbers them (with right padding, which the runner uses, that is its
+        position in the unpadded text). Padded slots of the returned hidden state are zeros (pooling
+        ignores them through the mask).
         """
         b, t = input_ids.shape
         if attention_mask.shape != (b, t):
@@ -72,8 +73,6 @@ class BertLean:
         torch.cumsum(lens, 0, out=cu[1:])
         full = bool(keep.all())
         ids = input_ids.reshape(-1) if full else input_ids.reshape(-1)[keep]
-        # Position of each kept token within its row: HF BERT counts positions over the padded row
-        # (right padding: the same numbers; the runner pads right).
         pos = torch.arange(t, device=input_ids.device).repeat(b)
         pos = pos if full else pos[keep]
         x = F.embedding(ids, self.word) + F.embedding(pos, self.pos) + self.type0  # (N, C)
