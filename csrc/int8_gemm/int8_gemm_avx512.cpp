@@ -84,7 +84,7 @@ struct Gemm {
   void* out;
   OutType out_dt;
   int64_t ldc, N;
-  int64_t am0;  // row of au[0] and a_scale[0] (a thread's chunk buffer in the fused linear; else 0)
+  int64_t am0;  // row of au[0] and a_scale[0] (the first row of a thread's chunk buffer; 0 when shared)
 };
 
 // k blocks of up to 1024 4-deep groups (K = 4096: one block, a 256 KiB weight slab per 64-column
@@ -471,8 +471,8 @@ void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t
   }, std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)));
 }
 
-// W8A8 linear, fused: per-token quantization of each row chunk into a thread-local u8 buffer
-// (row stride as in int8_gemm_packed), then that chunk's tiles; the same results as quantize_per_token
+// W8A8 linear, fused: per-token quantization of each row chunk into the u8 operand buffer (a thread's
+// own, or the one the threads share; see run_tiles), then that chunk's tiles; the same results as quantize_per_token
 // followed by int8_gemm_packed, bit for bit (the same quant_row, tiles and epilogue).
 void int8_w8a8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t* packed, const float* b_scale,
                              const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M, int64_t N,
