@@ -278,8 +278,11 @@ void run_part(const Gemm& g0, int64_t r0, int64_t r1, int64_t pa, int64_t pb, in
           nx_nq = std::min(kc, g.kq);
           nx_np = std::min<int64_t>(kNB, pb - p1);
         }
+        // segs runs per panel, one per row tile, rounded down so that every line is covered (the
+        // last n_rt % nx_np row tiles prefetch nothing). Measured: +1% over rounding up (22 row tiles,
+        // 4 panels: 6 runs per panel, the last run of panels 2 and 3 was never prefetched).
         const bool spread = nx && n_rt >= nx_np;
-        const int64_t segs = spread ? div_up(n_rt, nx_np) : 1, seg = div_up(nx_nq, segs);
+        const int64_t segs = spread ? n_rt / nx_np : 1, seg = div_up(nx_nq, segs);
         int64_t rt = 0;
         for (int64_t m0 = m_beg; m0 < m_end; m0 += kMR, ++rt) {
           const int64_t mr = std::min<int64_t>(kMR, m_end - m0);
