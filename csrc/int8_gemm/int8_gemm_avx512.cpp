@@ -112,8 +112,10 @@ void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t
   for (int64_t q = 0; q < nq; ++q, a += 4, b += 64) {
     __m512i bv[NB];
     for (int j = 0; j < NB; ++j) bv[j] = _mm512_loadu_si512(b + j * ps);
-    // The first row tile of a block pulls the next k block of the slab toward L1: each panel's
-    // block is one 4 KiB run, and hardware prefetchers do not cross into the next one on their own.
+    // pfp[0, pfn): this row tile's run of the weight block that runs next (see run_part), a line per
+    // k step. pfd (only when a chunk has too few row tiles to spread that over): the first row tile
+    // pulls the next pfd groups of its own panels, whose runs the hardware prefetchers do not follow
+    // across 4 KiB pages.
     if (q < pfn) _mm_prefetch(reinterpret_cast<const char*>(pfp + q * 64), _MM_HINT_T0);
     if (pfd)
       for (int j = 0; j < NB; ++j) _mm_prefetch(reinterpret_cast<const char*>(b + j * ps + pfd * 64), _MM_HINT_T0);
