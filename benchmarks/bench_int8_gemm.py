@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="CI-size grid")
     ap.add_argument("--reps", type=int, default=15, help="timed rounds per shape (default 15)")
+    ap.add_argument("--shapes", default=None,
+                    help="only these shapes, 'M,K,N;M,K,N' (e.g. the M >= 128 targets: "
+                         "'128,4096,4096;512,4096,4096;128,4096,11008;512,4096,11008')")
     ap.add_argument("--csv", default=str(Path(__file__).resolve().parent / "out" / "int8_gemm.csv"))
     ap.add_argument("--md", default=None, help="also write the markdown summary to this file")
     ap.add_argument("--threads", type=int, default=None,
@@ -151,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bounds: int8 peak {peak / 1e9:.0f} GOP/s (vpdpbusd loop, {nt} threads), read bandwidth {bw / 1e9:.1f} GB/s")
 
     shapes = QUICK if args.quick else [(m, k, n) for (k, n) in KN_GRID for m in M_GRID]
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";") if s.strip()]
     csv_out = Csv(args.csv, info)
     summary = []
     for m, k, n in shapes:

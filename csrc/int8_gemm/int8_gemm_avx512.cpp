@@ -15,6 +15,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <memory>
 #include <vector>
@@ -141,21 +142,25 @@ struct Gemm {
   void* out;
   OutType out_dt;
   int64_t ldc, N;
-  int64_t am0;  // row of au[0] and a_scale[0] (a thread's chunk buffer in the fused linear; else 0)
+  int64_t am0;  // row of au[0] and a_scale[0] (the first row of a thread's chunk buffer; 0 when shared)
   Act act = Act::None;  // epilogue activation (fused linear only)
 };
 
-// k blocks of up to 128 4-deep groups (a 32 KiB slab block per 64-column tile): partial sums go to a
-// per-chunk int32 buffer between blocks. Measured on Zen 5 (1 thread): blocks of 64 cost 15-20% at
-// K = 384/1536 (the partial-sum round trips and a 128-deep tail), 96..384 are within noise.
-constexpr int64_t kKcq = 128;  // max 4-deep k groups per block
-constexpr int64_t kMC = 96;   // rows per row chunk (16 row tiles)
+// k blocks of up to 1024 4-deep groups (K = 4096: one block, a 256 KiB weight slab per 64-column
+// tile, streamed from L2 by every row tile); longer K is split evenly and the partial sums go to a
+// per-chunk int32 buffer between blocks. Measured on Zen 5 (1 thread, 512 x 4096 x 4096): blocks of
+// 128 groups (the slab block in L1) 88%, 256: 90%, 512: 91%, 1024: 93% of the peak; the round trips
+// of the partial sums cost more than streaming the weight from L2 does.
+constexpr int64_t kKcq = 1024;
+// Bytes of u8 activations per row chunk (all of K): the chunk stays in L2 (1 MiB on Zen 5) next to
+// the weight slab while every column tile passes over it. K = 4096: 132 rows.
+constexpr int64_t kAChunkBytes = 576 << 10;
 
 // acc[r][j] (+)= sum over k groups [q0, q0 + nq) of (a[m0 + r] + 128) * b[panel p0 + j]; on the last
 // block the epilogue writes out, otherwise the partial sums go to cbuf (row stride 64 int32).
 template <int MR, int NB>
 void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t* cbuf, bool first, bool last,
-          bool prefetch) {
+          int64_t pfd, const int8_t* pfp, int64_t pfn) {
   __m512i acc[MR][NB];
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < NB; ++j)
@@ -166,10 +171,13 @@ void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t
   for (int64_t q = 0; q < nq; ++q, a += 4, b += 64) {
     __m512i bv[NB];
     for (int j = 0; j < NB; ++j) bv[j] = _mm512_loadu_si512(b + j * ps);
-    // The first row tile of a block pulls the next k block of the slab toward L1: each panel's
-    // block is one 4 KiB run, and hardware prefetchers do not cross into the next one on their own.
-    if (prefetch)
-      for (int j = 0; j < NB; ++j) _mm_prefetch(reinterpret_cast<const char*>(b + j * ps + nq * 64), _MM_HINT_T0);
+    // pfp[0, pfn): this row tile's run of the weight block that runs next (see run_part), a line per
+    // k step. pfd (only when a chunk has too few row tiles to spread that over): the first row tile
+    // pulls the next pfd groups of its own panels, whose runs the hardware prefetchers do not follow
+    // across 4 KiB pages.
+    if (q < pfn) _mm_prefetch(reinterpret_cast<const char*>(pfp + q * 64), _MM_HINT_T0);
+    if (pfd)
+      for (int j = 0; j < NB; ++j) _mm_prefetch(reinterpret_cast<const char*>(b + j * ps + pfd * 64), _MM_HINT_T0);
     for (int r = 0; r < MR; ++r) {
       const __m512i av = _mm512_set1_epi32(load32(a + r * g.lda_u));
       for (int j = 0; j < NB; ++j) acc[r][j] = dpbusd(acc[r][j], av, bv[j]);
@@ -206,7 +214,7 @@ void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t
   }
 }
 
-using TileFn = void (*)(const Gemm&, int64_t, int64_t, int64_t, int64_t, int32_t*, bool, bool, bool);
+using TileFn = void (*)(const Gemm&, int64_t, int64_t, int64_t, int64_t, int32_t*, bool, bool, int64_t, const int8_t*, int64_t);
 template <int MR>
 constexpr TileFn row_fns[kNB] = {tile<MR, 1>, tile<MR, 2>, tile<MR, 3>, tile<MR, 4>};
 constexpr const TileFn* kTiles[kMR] = {row_fns<1>, row_fns<2>, row_fns<3>, row_fns<4>, row_fns<5>, row_fns<6>};
@@ -255,66 +263,160 @@ float quant_row(const void* x, DType x_dt, int64_t off, int64_t next_off, int64_
   return amax / 127.f;
 }
 
-// Activations to quantize on the fly (the fused linear), or none: au already holds a + 128.
-struct QuantSrc {
+// a + 128 (xor 0x80) of one int8 row a[0, K) into dst[0, k_pad) u8; the pad (0x80) multiplies zero weights.
+void flip_row(const int8_t* a, int64_t K, int64_t k_pad, uint8_t* dst) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t k = 0; k < k_pad; k += 64) {
+    const int64_t n = std::min<int64_t>(64, K - k);
+    const __mmask64 mk = n <= 0 ? 0 : (n >= 64 ? ~__mmask64(0) : (__mmask64(1) << n) - 1);
+    const __mmask64 mst = k_pad - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (k_pad - k)) - 1;
+    const __m512i v = _mm512_xor_si512(mk == ~__mmask64(0) ? _mm512_loadu_si512(a + k) : _mm512_maskz_loadu_epi8(mk, a + k), flip);
+    if (mst == ~__mmask64(0)) _mm512_storeu_si512(dst + k, v);
+    else _mm512_mask_storeu_epi8(dst + k, mst, v);
+  }
+}
+
+// The activations: int8 rows (the GEMM: a + 128, scales from the caller) or float rows quantized
+// per token on the fly (the fused linear: scales from quant_row), written into the u8 operand
+// buffer a row chunk at a time, so the chunk stays in L2 and there is no separate pass over a.
+struct ASrc {
   const void* x;
   DType x_dt;
   int64_t ldx, K;
+  bool quant;
 };
 
-void run_tiles(const Gemm& g0, int64_t n_pad, int64_t M, int num_threads, const QuantSrc* q) {
-  const int64_t panels = n_pad / kPanel;
-  const int64_t n_tiles = div_up(panels, kNB);
-  // k blocks of at most kKcq groups, split evenly (K = 384 is one block, no partial sums at all;
-  // K = 1536 is 3 x 128, K = 4096 8 x 128).
-  const int64_t kblocks = div_up(g0.kq, kKcq), kc = div_up(g0.kq, kblocks);
-  // Work item = (row chunk of mc rows, 64-column tile), row-chunk major, so a thread owns whole row
-  // chunks: the chunk's activations (mc x k_pad u8, <= 400 KiB at K = 4096) stay in L2 while every
-  // column tile passes over them, and each tile's k block of the weight slab (<= 32 KiB) stays in L1/L2
-  // while the chunk's row tiles stream past it. The weight is re-read once per row chunk: at mc = 96
-  // that is 192 int8 ops per weight byte, far below any cache or memory bound. Chunks are equal in
-  // size (M = 128: 66 + 62 rows, one per thread on 2 threads). A small M is one chunk, so the threads
-  // split the column tiles and the weight (the big operand then: 16 MiB at 4096 x 4096) is read once
-  // in all; only when there are too few column tiles to feed the threads are rows split further.
-  int64_t m_chunks = div_up(M, kMC);
-  if (m_chunks * n_tiles < 2 * num_threads)
-    m_chunks = std::max(m_chunks, std::min(div_up(M, kMR), div_up(2 * num_threads, n_tiles)));
-  const int64_t mc = round_up(div_up(M, m_chunks), kMR);
-  m_chunks = div_up(M, mc);
-  parallel_for(n_tiles * m_chunks, num_threads, [&](int64_t i0, int64_t i1) {
-    std::vector<int32_t> cbuf(kblocks > 1 ? static_cast<size_t>(mc * 64) : 0);
-    Gemm g = g0;
-    // Fused linear: each row chunk is quantized into this thread's buffer right before its column
-    // tiles run, so x is read once and the u8 activations never leave L2.
-    std::unique_ptr<uint8_t[]> abuf(q ? new uint8_t[static_cast<size_t>(mc * g.lda_u)] : nullptr);
-    std::unique_ptr<float[]> sbuf(q ? new float[static_cast<size_t>(mc)] : nullptr);
-    int64_t have = -1;
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t mci = i / n_tiles, nt = i % n_tiles;
-      const int64_t p0 = nt * kNB, nb = std::min<int64_t>(kNB, panels - p0);
-      const int64_t m_beg = mci * mc, m_end = std::min(M, m_beg + mc);
-      if (q && mci != have) {
-        for (int64_t m = m_beg; m < m_end; ++m)
-          sbuf[m - m_beg] = quant_row(q->x, q->x_dt, m * q->ldx, (m + 1) * q->ldx, q->K, g.k_pad,
-                                      reinterpret_cast<int8_t*>(abuf.get() + (m - m_beg) * g.lda_u), true);
-        g.au = abuf.get();
-        g.a_scale = sbuf.get();
-        g.am0 = m_beg;
-        have = mci;
+// Row m of the source into dst (k_pad bytes); returns its scale (quant) or 0.
+inline float fill_row(const ASrc& s, int64_t m, int64_t k_pad, uint8_t* dst) {
+  if (!s.quant) {
+    flip_row(static_cast<const int8_t*>(s.x) + m * s.ldx, s.K, k_pad, dst);
+    return 0.f;
+  }
+  return quant_row(s.x, s.x_dt, m * s.ldx, (m + 1) * s.ldx, s.K, k_pad, reinterpret_cast<int8_t*>(dst), true);
+}
+
+// One thread's share of the product: rows [r0, r1) x panels [pa, pb), a row chunk at a time. With
+// `src` each chunk is filled into this thread's buffer first; without, g0.au already holds all rows.
+void run_part(const Gemm& g0, int64_t r0, int64_t r1, int64_t pa, int64_t pb, int64_t mc, int64_t kc,
+              const ASrc* src) {
+  if (r0 >= r1 || pa >= pb) return;
+  const int64_t kblocks = div_up(g0.kq, kc);
+  std::vector<int32_t> cbuf(kblocks > 1 ? static_cast<size_t>(mc * 64) : 0);
+  Gemm g = g0;
+  std::unique_ptr<uint8_t[]> abuf(src ? new uint8_t[static_cast<size_t>(mc * g.lda_u)] : nullptr);
+  std::unique_ptr<float[]> sbuf(src && src->quant ? new float[static_cast<size_t>(mc)] : nullptr);
+  const int64_t n_chunks = div_up(r1 - r0, mc);
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const int64_t m_beg = r0 + c * mc, m_end = std::min(r1, m_beg + mc);
+    if (src) {
+      for (int64_t m = m_beg; m < m_end; ++m) {
+        const float sc = fill_row(*src, m, g.k_pad, abuf.get() + (m - m_beg) * g.lda_u);
+        if (src->quant) sbuf[m - m_beg] = sc;
       }
+      g.au = abuf.get();
+      g.am0 = m_beg;
+      // a_scale is indexed with the chunk's rows: m - am0.
+      g.a_scale = src->quant ? sbuf.get() : (g0.a_scale ? g0.a_scale + m_beg : nullptr);
+    }
+    const int64_t n_rt = div_up(m_end - m_beg, kMR);
+    for (int64_t p0 = pa; p0 < pb; p0 += kNB) {
+      const int64_t nb = std::min<int64_t>(kNB, pb - p0);
       for (int64_t q0 = 0; q0 < g.kq; q0 += kc) {
         const int64_t nq = std::min(kc, g.kq - q0);
-        for (int64_t m0 = m_beg; m0 < m_end; m0 += kMR) {
+        // The weight block that runs next (this tile's next k block, else the next tile's first, else
+        // the next chunk's first tile) is prefetched a line per k step, spread over this block's row
+        // tiles (each takes one contiguous run of one panel): it is in L1/L2 in time, with no burst of
+        // misses at the block start (hardware prefetchers do not cross the 4 KiB pages it spans).
+        // Measured on Zen 5: +8-14% over prefetching the whole next block from the first row tile.
+        const int8_t* nx = nullptr;
+        int64_t nx_nq = 0, nx_np = 0;
+        if (q0 + nq < g.kq) {
+          nx = g.panels + p0 * kPanel * g.k_pad + (q0 + nq) * 64;
+          nx_nq = std::min(kc, g.kq - q0 - nq);
+          nx_np = nb;
+        } else if (p0 + kNB < pb || c + 1 < n_chunks) {
+          const int64_t p1 = p0 + kNB < pb ? p0 + kNB : pa;
+          nx = g.panels + p1 * kPanel * g.k_pad;
+          nx_nq = std::min(kc, g.kq);
+          nx_np = std::min<int64_t>(kNB, pb - p1);
+        }
+        // segs runs per panel, one per row tile, rounded down so that every line is covered (the
+        // last n_rt % nx_np row tiles prefetch nothing). Measured: +1% over rounding up (22 row tiles,
+        // 4 panels: 6 runs per panel, the last run of panels 2 and 3 was never prefetched).
+        const bool spread = nx && n_rt >= nx_np;
+        const int64_t segs = spread ? n_rt / nx_np : 1, seg = div_up(nx_nq, segs);
+        int64_t rt = 0;
+        for (int64_t m0 = m_beg; m0 < m_end; m0 += kMR, ++rt) {
           const int64_t mr = std::min<int64_t>(kMR, m_end - m0);
-          // The next row tile's activations for this k block toward L1: the rows are lda_u apart,
-          // which hardware prefetchers do not follow. Prefetches never fault.
-          for (int64_t r = 0; r < kMR; ++r)
-            for (int64_t c = 0; c < nq * 4; c += 64)
-              _mm_prefetch(reinterpret_cast<const char*>(g.au + (m0 + kMR + r - g.am0) * g.lda_u + q0 * 4 + c), _MM_HINT_T0);
-          kTiles[mr - 1][nb - 1](g, m0, p0, q0, nq, kblocks > 1 ? cbuf.data() + (m0 - m_beg) * 64 : nullptr, q0 == 0, q0 + nq >= g.kq,
-                                 m0 == m_beg);
+          const int8_t* pf = nullptr;
+          int64_t pfn = 0;
+          if (spread) {
+            const int64_t j = rt % nx_np, si = rt / nx_np;
+            pf = nx + j * kPanel * g.k_pad + si * seg * 64;
+            pfn = std::max<int64_t>(0, std::min(seg, nx_nq - si * seg));
+          }
+          // Too few row tiles to spread over: the first one prefetches the whole next block.
+          kTiles[mr - 1][nb - 1](g, m0, p0, q0, nq, kblocks > 1 ? cbuf.data() + (m0 - m_beg) * 64 : nullptr,
+                                 q0 == 0, q0 + nq >= g.kq, (!spread && nx && m0 == m_beg) ? nq : 0, pf, pfn);
         }
       }
+    }
+  }
+}
+
+void run_tiles(const Gemm& g0, int64_t n_pad, int64_t M, int num_threads, const ASrc& src) {
+  const int64_t panels = n_pad / kPanel;
+  const int64_t kblocks = div_up(g0.kq, kKcq), kc = div_up(g0.kq, kblocks);
+  const int nt = std::max(1, num_threads);
+  // Rows per chunk: the chunk's u8 activations (all of K) stay in L2 while every column tile passes.
+  const int64_t mc_max = std::max<int64_t>(4 * kMR, kAChunkBytes / g0.lda_u / kMR * kMR);
+  // Partition: every thread gets the same work to a row or a panel, so none waits at the end.
+  //  - col: every thread takes all rows and an equal run of panels. For few rows (a row split would
+  //    leave each thread too few row tiles), and when M fits one chunk while the weight outgrows L2:
+  //    the weight, the big operand then, is read once in all instead of once per thread.
+  //  - row: rows split evenly (to the row) and all panels; each thread chunks its own rows.
+  const bool col = panels >= nt && (div_up(M, kMR) < 2 * nt ||
+                              (M <= mc_max && panels >= int64_t(kNB) * nt && n_pad * g0.k_pad > (2 << 20)));
+  // At most one thread per 64-column tile (col) or row tile (row): a tiny product (the decode shape
+  // M = 1, N = 64) runs on the calling thread, with no pool wake-up at all (0.7 us a call, not 14).
+  const int64_t tr = col ? 1 : std::min<int64_t>(nt, div_up(M, kMR)),
+                tc = col ? std::min<int64_t>(nt, div_up(panels, kNB)) : 1;
+  const int64_t rows_per = div_up(M, tr);
+  const int64_t mc = round_up(div_up(rows_per, div_up(rows_per, mc_max)), kMR);
+  // col: the threads fill disjoint rows of one shared buffer (rows claimed from a counter), then each
+  // waits until every claimed row is done. A thread only ever waits on rows that another running
+  // thread holds, so this cannot deadlock, also when parallel_for runs the items one after another
+  // on one thread (that thread then claims every row itself).
+  Gemm gs = g0;
+  std::unique_ptr<uint8_t[]> abuf;
+  std::unique_ptr<float[]> sbuf;
+  std::atomic<int64_t> next{0}, done{0};
+  if (col) {
+    abuf.reset(new uint8_t[static_cast<size_t>(M * g0.lda_u)]);
+    gs.au = abuf.get();
+    gs.am0 = 0;
+    if (src.quant) {
+      sbuf.reset(new float[static_cast<size_t>(M)]);
+      gs.a_scale = sbuf.get();
+    }
+  }
+  parallel_for(tr * tc, nt, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t ir = i / tc, ic = i % tc;
+      if (col) {
+        constexpr int64_t kRows = 4;
+        for (int64_t r; (r = next.fetch_add(kRows)) < M;) {
+          const int64_t re = std::min(M, r + kRows);
+          for (int64_t m = r; m < re; ++m) {
+            const float sc = fill_row(src, m, gs.k_pad, abuf.get() + m * gs.lda_u);
+            if (src.quant) sbuf[m] = sc;
+          }
+          done.fetch_add(re - r, std::memory_order_release);
+        }
+        while (done.load(std::memory_order_acquire) < M) _mm_pause();
+      }
+      run_part(gs, M * ir / tr, M * (ir + 1) / tr, panels * ic / tc, panels * (ic + 1) / tc, mc, kc,
+               col ? nullptr : &src);
     }
   });
 }
@@ -327,31 +429,13 @@ void int8_gemm_packed(const int8_t* a, int64_t lda, const int8_t* packed, const 
   int64_t hdr[5];
   std::memcpy(hdr, packed, sizeof(hdr));
   const int64_t n_pad = hdr[3], k_pad = hdr[4];
-  // a (M, K) int8 -> au (M, k_pad) u8 = a + 128 (xor 0x80); the pad multiplies zero weights. The row
-  // stride is k_pad rounded to 64 plus 64 bytes: with K = 4096 the 6 rows of a tile would otherwise
-  // sit 4 KiB apart and all map to one L1 set (4 KiB aliasing).
+  // The u8 operand rows (a + 128, see flip_row) are lda_u apart: k_pad rounded to 64 plus 64 bytes,
+  // so with K = 4096 the 6 rows of a tile do not sit 4 KiB apart in one L1 set (4 KiB aliasing).
   const int64_t lda_u = round_up(k_pad, 64) + 64;
-  // Default-initialized (no memset of M x lda_u bytes): every byte a tile reads is written below.
-  std::unique_ptr<uint8_t[]> au_buf(new uint8_t[static_cast<size_t>(M * lda_u)]);
-  uint8_t* const au = au_buf.get();
-  parallel_for(M, num_threads, [&](int64_t m0, int64_t m1) {
-    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-    for (int64_t m = m0; m < m1; ++m)
-      for (int64_t k = 0; k < k_pad; k += 64) {
-        const int64_t n = std::min<int64_t>(64, K - k);
-        const __mmask64 mk = n <= 0 ? 0 : (n >= 64 ? ~__mmask64(0) : (__mmask64(1) << n) - 1);
-        const __mmask64 mst = k_pad - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (k_pad - k)) - 1;
-        const __m512i v = _mm512_xor_si512(
-            mk == ~__mmask64(0) ? _mm512_loadu_si512(a + m * lda + k) : _mm512_maskz_loadu_epi8(mk, a + m * lda + k), flip);
-        if (mst == ~__mmask64(0)) _mm512_storeu_si512(au + m * lda_u + k, v);
-        else _mm512_mask_storeu_epi8(au + m * lda_u + k, mst, v);
-      }
-  }, std::max<int64_t>(1, 32768 / std::max<int64_t>(k_pad, 1)));
-
-  Gemm g{au, lda_u, k_pad, k_pad / 4, packed + kPackHeader,
+  Gemm g{nullptr, lda_u, k_pad, k_pad / 4, packed + kPackHeader,
          reinterpret_cast<const int32_t*>(packed + kPackHeader + n_pad * k_pad),
          a_scale, b_scale, bias, out, out_dt, ldc, N, 0};
-  run_tiles(g, n_pad, M, num_threads, nullptr);
+  run_tiles(g, n_pad, M, num_threads, ASrc{a, DType::F32, lda, K, false});
 }
 
 namespace {
@@ -455,8 +539,8 @@ void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t
   }, std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)));
 }
 
-// W8A8 linear, fused: per-token quantization of each row chunk into a thread-local u8 buffer
-// (row stride as in int8_gemm_packed), then that chunk's tiles; the same results as quantize_per_token
+// W8A8 linear, fused: per-token quantization of each row chunk into the u8 operand buffer (a thread's
+// own, or the one the threads share; see run_tiles), then that chunk's tiles; the same results as quantize_per_token
 // followed by int8_gemm_packed, bit for bit (the same quant_row, tiles and epilogue).
 void int8_w8a8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t* packed, const float* b_scale,
                              const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M, int64_t N,
@@ -468,8 +552,7 @@ void int8_w8a8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_
   Gemm g{nullptr, lda_u, k_pad, k_pad / 4, packed + kPackHeader,
          reinterpret_cast<const int32_t*>(packed + kPackHeader + n_pad * k_pad),
          nullptr, b_scale, bias, out, out_dt, ldc, N, 0, act};
-  const QuantSrc src{x, x_dt, ldx, K};
-  run_tiles(g, n_pad, M, num_threads, &src);
+  run_tiles(g, n_pad, M, num_threads, ASrc{x, x_dt, ldx, K, true});
 }
 
 // Probes: a register-only vpdpbusd loop (16 independent chains hide the latency) and a streaming read.

@@ -156,23 +156,29 @@ def test_linear_paths_match_reference(isa, m, k, n, dtype, packed):
 
 # ---- perf helper: large-M tiling (row chunks, k blocks, per-thread fused quantization) -------------
 
-@pytest.mark.parametrize("threads", [1, 2])
+# (M, K, N, threads): the AVX-512 partitions. 203 x 1100: rows split per thread, one k block.
+# 300 x 4300: rows split (3 threads: uneven thirds), two row chunks per thread (132 rows fit the
+# L2 budget at K = 4300) and two k blocks with int32 partial sums. 67 x 4300 x 520: few rows and a
+# weight beyond L2, so the threads split the 33 panels (partial 64-column tiles at the split) and
+# fill one shared activation buffer. 7 x 100 x 200: too few rows to split, panels split.
+@pytest.mark.parametrize("m,k,n,threads", [(203, 1100, 70, 1), (203, 1100, 70, 2), (300, 4300, 70, 2),
+                                           (300, 4300, 70, 3), (67, 4300, 520, 2), (67, 4300, 520, 3),
+                                           (7, 100, 200, 2)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_many_row_chunks_and_k_blocks_are_exact(isa, threads, dtype):
-    # M = 203 spans several 96-row chunks (and a thread boundary inside one), K = 1100 several k
-    # blocks plus a tail; rows of NaN, Inf and zeros sit in later chunks. The fused AVX-512 linear
-    # quantizes each chunk per thread: it must match the reference bit for bit, like the gemm.
-    g = torch.Generator().manual_seed(threads)
-    m, k, n = 203, 1100, 70
+def test_many_row_chunks_and_k_blocks_are_exact(isa, m, k, n, threads, dtype):
+    # Rows of NaN, Inf and zeros sit in later chunks. The fused AVX-512 linear quantizes the
+    # activations per chunk (or into a shared buffer): it must match the reference bit for bit.
+    g = torch.Generator().manual_seed(threads * 7 + m)
     x = torch.randn(m, k, generator=g)
-    x[100] = 0.0
-    x[150, 3] = float("nan")
-    x[190, 7] = float("inf")
+    x[m // 2] = 0.0
+    x[(3 * m) // 4, 3] = float("nan")
+    x[m - 2, 7] = float("inf")
     x = x.to(dtype)
     w = _rand_i8(n, k, gen=g)
     s = torch.rand(n, generator=g) * 0.01 + 1e-4
     bias = torch.randn(n, generator=g)
     a = _rand_i8(m, k, gen=g)
+    a_s = torch.rand(m, generator=g) + 0.01
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -181,6 +187,7 @@ def test_many_row_chunks_and_k_blocks_are_exact(isa, threads, dtype):
         _assert_equal(ops.int8_linear(x, w, s, None, None), R.int8_linear(x, w, s, None), f"w8a8 {isa} unpacked")
         _assert_equal(ops.int8_gemm(a, w, None, None, torch.int32), R.int8_gemm(a, w, None, None, torch.int32),
                       f"gemm {isa}")
+        _assert_equal(ops.int8_gemm(a, w, a_s, s, dtype), R.int8_gemm(a, w, a_s, s, dtype), f"gemm {isa} {dtype}")
     finally:
         torch.set_num_threads(before)
 
