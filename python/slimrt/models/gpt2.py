@@ -7,7 +7,7 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimrt.models._common import Batch, KVCache, WindowKVCache, check_pattern_dtype, make_linear, new_cache
+from slimrt.models._common import Batch, KVCache, WindowKVCache, check_pattern_dtype, make_linear, make_linear_act, new_cache
 from slimrt.compress.sparse_attention import read_pattern
 from slimrt.models.policy import KernelPolicy
 
@@ -39,7 +39,8 @@ class GPT2Lean:
             self.layers.append((
                 (blk.ln_1.weight, blk.ln_1.bias), make_linear(blk.attn.c_attn, policy),
                 make_linear(blk.attn.c_proj, policy), (blk.ln_2.weight, blk.ln_2.bias),
-                make_linear(blk.mlp.c_fc, policy), make_linear(blk.mlp.c_proj, policy), blk.mlp.act, scale,
+                make_linear_act(blk.mlp.c_fc, policy, getattr(cfg, "activation_function", None), blk.mlp.act),
+                make_linear(blk.mlp.c_proj, policy), scale,
             ))
         self.lm_head = make_linear(model.lm_head, policy)
         self.pattern = read_pattern(cfg)  # sliding window + sinks (recipe method sparse_attention) or None
@@ -59,13 +60,13 @@ class GPT2Lean:
         b, t = ids.shape
         x = F.embedding(ids, self.wte) + pos_emb[:, start:start + t]  # (B, T, C)
         c = x.shape[-1]
-        for i, (ln1, c_attn, c_proj, ln2, c_fc, mlp_proj, act, scale) in enumerate(self.layers):
+        for i, (ln1, c_attn, c_proj, ln2, c_fc_act, mlp_proj, scale) in enumerate(self.layers):
             h = F.layer_norm(x, (c,), ln1[0], ln1[1], self.eps)
             qkv = c_attn(h).view(b, t, 3, self.n_heads, self.head_dim)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
             o = cache.attend(i, start, q, k, v, mask, causal, scale)  # (B, H, T, D); writes k, v into the cache
             x = x + c_proj(o.transpose(1, 2).reshape(b, t, c))
             h = F.layer_norm(x, (c,), ln2[0], ln2[1], self.eps)
-            x = x + mlp_proj(act(c_fc(h)))
+            x = x + mlp_proj(c_fc_act(h))  # the activation fused into c_fc's epilogue where it runs W8A8
         h = F.layer_norm(x[:, -1], (c,), self.ln_f[0], self.ln_f[1], self.eps)
         return self.lm_head(h).float()

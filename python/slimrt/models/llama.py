@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimrt.models._common import Batch, KVCache, WindowKVCache, check_pattern_dtype, make_linear, new_cache
+from slimrt.models._common import Batch, KVCache, WindowKVCache, check_pattern_dtype, make_linear, make_linear_act, new_cache
 from slimrt.compress.sparse_attention import read_pattern
 from slimrt.models.policy import KernelPolicy
 
@@ -71,8 +71,9 @@ class LlamaLean:
             self.layers.append((
                 layer.input_layernorm.weight, make_linear(at.q_proj, policy), make_linear(at.k_proj, policy),
                 make_linear(at.v_proj, policy), make_linear(at.o_proj, policy), qk_norm,
-                layer.post_attention_layernorm.weight, make_linear(mlp.gate_proj, policy),
-                make_linear(mlp.up_proj, policy), make_linear(mlp.down_proj, policy), mlp.act_fn,
+                layer.post_attention_layernorm.weight,
+                make_linear_act(mlp.gate_proj, policy, getattr(cfg, "hidden_act", None), mlp.act_fn),
+                make_linear(mlp.up_proj, policy), make_linear(mlp.down_proj, policy),
             ))
         self.lm_head = make_linear(model.lm_head, policy)
         # KV heads per layer: prune_heads may leave different counts in different layers.
@@ -109,7 +110,7 @@ class LlamaLean:
         b, t = ids.shape
         cos, sin = rope[0][:, :, start:start + t], rope[1][:, :, start:start + t]  # (B, 1, T, D)
         x = F.embedding(ids, self.embed)  # (B, T, C)
-        for i, (ln1, q_proj, k_proj, v_proj, o_proj, qk_norm, ln2, gate, up, down, act) in enumerate(self.layers):
+        for i, (ln1, q_proj, k_proj, v_proj, o_proj, qk_norm, ln2, gate_act, up, down) in enumerate(self.layers):
             h = _rms_norm(x, ln1, self.eps)
             q = q_proj(h).view(b, t, -1, self.head_dim)  # -1: per-layer head counts (pruning)
             k = k_proj(h).view(b, t, -1, self.head_dim)
@@ -122,6 +123,6 @@ class LlamaLean:
             o = cache.attend(i, start, q, k, v, mask, causal)  # (B, H, T, D); writes k, v into the cache
             x = x + o_proj(o.transpose(1, 2).reshape(b, t, -1))
             h = _rms_norm(x, ln2, self.eps)
-            x = x + down(act(gate(h)) * up(h))
+            x = x + down(gate_act(h) * up(h))  # act(gate(h)), fused into gate's epilogue where it runs W8A8
         h = _rms_norm(x[:, -1], self.norm_w, self.eps)  # only the last position is sampled
         return self.lm_head(h).float()
