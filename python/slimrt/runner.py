@@ -22,6 +22,7 @@ from slimrt import models
 from slimrt.models._common import Batch
 from slimrt.models.policy import KernelPolicy
 from slimrt.models.bert import pool
+from slimrt.models.decode_step import NativeDecoder
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 
@@ -121,10 +122,12 @@ class Runner:
     for the default threshold rule, or "tune" to measure this model's shapes on this machine first
     (a few seconds; ``rt.policy.to_dict()`` keeps the result). ``pooling``
     (mean, cls, max, mean_sqrt_len) and ``max_seq_length`` apply to ``embed``.
+    ``native``: batch-1 decode steps run as one native call each (models.decode_step) where the
+    model allows it (``rt.native_reason`` says why not otherwise); False keeps the eager step.
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any = None, *, policy: KernelPolicy | str | None = None,
-                 pooling: str | None = None, max_seq_length: int | None = None) -> None:
+                 pooling: str | None = None, max_seq_length: int | None = None, native: bool = True) -> None:
         if pooling is not None and pooling not in POOLING_MODES:
             raise ValueError(f"Runner: pooling={pooling!r} is not one of {', '.join(POOLING_MODES)}")
         self.model = model.eval()
@@ -137,6 +140,11 @@ class Runner:
         self.policy = policy or KernelPolicy()
         self.lean = models.build(model, self.policy)
         self.kind: str = self.lean.kind
+        self.native: NativeDecoder | None = None
+        self.native_reason = "disabled (native=False)" if not native else "not a decoder"
+        if native and self.kind == "decoder":
+            self.native = NativeDecoder.build(model, self.policy, self.lean.family)
+            self.native_reason = "" if self.native is not None else NativeDecoder.last_reason
         self.pooling = pooling or "mean"
         self.max_seq_length = min(max_seq_length or self.lean.max_positions, self.lean.max_positions)
 
@@ -288,6 +296,8 @@ class Runner:
                 cache.set_padding(batch)
             step_mask = batch.decode_mask()
             logits = lean.forward(ids, pos, cache, 0, batch.prefill_mask(), not batch.padded)  # prefill
+            # Batch 1: each decode step is one native call (models.decode_step), else the eager forward.
+            native = self.native.session(cache, pos, max_len) if self.native is not None and b == 1 else None
             finished = torch.zeros(b, dtype=torch.bool, device=device)
         t1 = time.perf_counter()
         if stats is not None:
@@ -310,7 +320,10 @@ class Runner:
             with torch.inference_mode():  # decode_one_token: slot plen + step, attends to [0, plen + step]
                 slot = plen + step
                 mask = None if step_mask is None else step_mask[..., :slot + 1]
-                logits = lean.forward(tok.unsqueeze(1), pos, cache, slot, mask, False)
+                if native is not None:
+                    logits = native.step(tok, slot)
+                else:
+                    logits = lean.forward(tok.unsqueeze(1), pos, cache, slot, mask, False)
             decode_s += time.perf_counter() - t0
 
     # ----- checks ---------------------------------------------------------------------------

@@ -1,0 +1,227 @@
+// decode_step: see decode_step.h. The linears go through int8_w8_linear (ISA dispatch, packed
+// weights); everything else is small (C = 768: a few microseconds per layer) and runs here as
+// plain fp32 loops on the calling thread, except attention, which is split over heads.
+#include "decode_step/decode_step.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "int8_gemm/int8_gemm.h"
+#include "parallel.h"
+
+namespace slimrt {
+namespace {
+
+void check_linear(const char* what, const W8Linear& l, int64_t n, int64_t k) {
+  SLIMRT_CHECK(l.packed != nullptr || l.w != nullptr, "decode_step: " << what << " has no weight");
+  SLIMRT_CHECK(l.scale != nullptr, "decode_step: " << what << " has no scale");
+  SLIMRT_CHECK(l.N == n && l.K == k,
+               "decode_step: " << what << " is (" << l.N << ", " << l.K << "), expected (" << n << ", " << k << ")");
+  if (l.packed) int8_check_packed(l.packed, int8_packed_size(n, k), n, k);
+}
+
+// y (N,) = W x at M = 1: the same kernel call as the eager Int8Linear, so the same bits.
+void linear(const W8Linear& l, const float* x, float* y, int num_threads) {
+  int8_w8_linear(x, DType::F32, l.K, l.w, l.K, l.packed, l.scale, l.bias, y, OutType::F32, l.N, 1, l.N, l.K,
+                 num_threads);
+}
+
+// RMSNorm (b null) or LayerNorm of x (n,) into y; y may alias x. Sums in double: the result is
+// within fp32 rounding of PyTorch's, whatever order its vectorized reduction adds in.
+void norm(NormKind kind, const float* x, const float* w, const float* b, float* y, int64_t n, float eps) {
+  if (kind == NormKind::RMS) {
+    double ss = 0;
+    for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+    const float r = 1.f / std::sqrt(static_cast<float>(ss / n) + eps);
+    for (int64_t i = 0; i < n; ++i) y[i] = w ? (x[i] * r) * w[i] : x[i] * r;
+    return;
+  }
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += x[i];
+  const float mean = static_cast<float>(s / n);
+  double v = 0;
+  for (int64_t i = 0; i < n; ++i) v += static_cast<double>(x[i] - mean) * (x[i] - mean);
+  const float r = 1.f / std::sqrt(static_cast<float>(v / n) + eps);
+  for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - mean) * r * w[i] + b[i];
+}
+
+// x (D,) in place: x[:rot] = x[:rot] * cos + rot(x[:rot]) * sin, rot(x)[i] = x[(i + rot/2) % rot].
+void rope(float* x, const float* cos, const float* sin, int64_t rot, float* tmp) {
+  const int64_t half = rot / 2;
+  std::copy(x, x + rot, tmp);
+  for (int64_t i = 0; i < rot; ++i) x[i] = tmp[i] * cos[i] + tmp[(i + half) % rot] * sin[i];
+}
+
+float act(ActKind kind, float g) {
+  switch (kind) {
+    case ActKind::SiluGated: return g / (1.f + std::exp(-g));
+    case ActKind::GeluTanh:  // HF gelu_new / gelu_pytorch_tanh
+      return 0.5f * g * (1.f + std::tanh(0.7978845608028654f * (g + 0.044715f * (g * g * g))));
+    case ActKind::GeluErf: return 0.5f * g * (1.f + std::erf(g * 0.7071067811865476f));
+  }
+  return g;
+}
+
+}  // namespace
+
+DecodePlan::DecodePlan(const DecodeConfig& cfg) : cfg_(cfg) {
+  SLIMRT_CHECK(cfg.hidden > 0 && cfg.head_dim > 0 && cfg.vocab > 0, "DecodePlan: hidden, head_dim and vocab must be > 0");
+  SLIMRT_CHECK(cfg.rot_dim >= 0 && cfg.rot_dim <= cfg.head_dim && cfg.rot_dim % 2 == 0,
+               "DecodePlan: rot_dim=" << cfg.rot_dim << " must be even and in [0, head_dim=" << cfg.head_dim << "]");
+  SLIMRT_CHECK(static_cast<int>(cfg.norm) >= 0 && static_cast<int>(cfg.norm) <= 1, "DecodePlan: unknown norm kind");
+  SLIMRT_CHECK(static_cast<int>(cfg.act) >= 0 && static_cast<int>(cfg.act) <= 2, "DecodePlan: unknown activation");
+}
+
+void DecodePlan::add_layer(const DecodeLayer& l) {
+  const int64_t C = cfg_.hidden, D = cfg_.head_dim, I = l.down.K;
+  const bool layer_norm = cfg_.norm == NormKind::Layer;
+  SLIMRT_CHECK(l.ln1_w && l.ln2_w && (!layer_norm || (l.ln1_b && l.ln2_b)), "decode_step: a layer norm is missing");
+  SLIMRT_CHECK(l.n_heads > 0 && l.n_kv_heads > 0 && l.n_heads % l.n_kv_heads == 0,
+               "decode_step: n_heads=" << l.n_heads << " must be a positive multiple of n_kv_heads=" << l.n_kv_heads);
+  SLIMRT_CHECK((l.q_norm == nullptr) == (l.k_norm == nullptr), "decode_step: q_norm and k_norm go together");
+  check_linear("qkv", l.qkv, (l.n_heads + 2 * l.n_kv_heads) * D, C);
+  check_linear("o", l.o, C, l.n_heads * D);
+  SLIMRT_CHECK(I > 0, "decode_step: the MLP has width 0");
+  check_linear("up", l.up, cfg_.act == ActKind::SiluGated ? 2 * I : I, C);
+  check_linear("down", l.down, C, I);
+  layers_.push_back(l);
+}
+
+void DecodePlan::set_head(const float* embed, const float* norm_w, const float* norm_b, const W8Linear& lm_head) {
+  SLIMRT_CHECK(embed && norm_w && (cfg_.norm == NormKind::RMS || norm_b), "decode_step: embedding or final norm missing");
+  check_linear("lm_head", lm_head, cfg_.vocab, cfg_.hidden);
+  embed_ = embed;
+  norm_w_ = norm_w;
+  norm_b_ = norm_b;
+  lm_head_ = lm_head;
+  has_head_ = true;
+}
+
+DecodeSession::DecodeSession(const DecodePlan& plan, const std::vector<float*>& k_cache,
+                             const std::vector<float*>& v_cache, int64_t max_len, const float* cos, const float* sin,
+                             const float* pos_embed)
+    : plan_(plan), k_cache_(k_cache), v_cache_(v_cache), max_len_(max_len), cos_(cos), sin_(sin),
+      pos_embed_(pos_embed) {
+  const DecodeConfig& c = plan.cfg_;
+  SLIMRT_CHECK(plan.has_head_ && !plan.layers_.empty(), "DecodeSession: the plan has no layers or no head");
+  SLIMRT_CHECK(static_cast<int64_t>(k_cache.size()) == plan.num_layers() &&
+                   static_cast<int64_t>(v_cache.size()) == plan.num_layers(),
+               "DecodeSession: " << k_cache.size() << " k and " << v_cache.size() << " v caches for "
+                                 << plan.num_layers() << " layers");
+  for (int64_t i = 0; i < plan.num_layers(); ++i)
+    SLIMRT_CHECK(k_cache[i] && v_cache[i], "DecodeSession: layer " << i << " has a null cache");
+  SLIMRT_CHECK(max_len > 0, "DecodeSession: max_len=" << max_len << " must be > 0");
+  SLIMRT_CHECK(c.rot_dim > 0 ? (cos && sin) : pos_embed != nullptr,
+               "DecodeSession: " << (c.rot_dim > 0 ? "rope cos/sin tables" : "pos_embed") << " missing");
+  int64_t qkv = 0, att = 0, heads = 0, mlp = 0, inter = 0;
+  for (const DecodeLayer& l : plan.layers_) {
+    qkv = std::max(qkv, l.qkv.N);
+    att = std::max(att, l.n_heads * c.head_dim);
+    heads = std::max(heads, l.n_heads);
+    mlp = std::max(mlp, l.up.N);
+    inter = std::max(inter, l.down.K);
+  }
+  x_.resize(c.hidden);
+  h_.resize(c.hidden);
+  tmp_.resize(c.hidden);
+  qkv_.resize(qkv);
+  att_.resize(att);
+  mlp_.resize(mlp);
+  act_.resize(inter);
+  scores_.resize(heads * max_len + c.head_dim);  // + one head_dim of rope scratch
+}
+
+void DecodeSession::attention(const DecodeLayer& l, int64_t layer, int64_t slot, int num_threads) {
+  const int64_t D = plan_.cfg_.head_dim, H = l.n_heads, Hkv = l.n_kv_heads, group = H / Hkv, L = slot + 1;
+  const float* q = qkv_.data();
+  const float* kc = k_cache_[layer];
+  const float* vc = v_cache_[layer];
+  const float scale = l.attn_scale;
+  parallel_for(H, num_threads, [&](int64_t h0, int64_t h1) {
+    for (int64_t h = h0; h < h1; ++h) {
+      const float* qh = q + h * D;
+      const float* kh = kc + (h / group) * max_len_ * D;
+      const float* vh = vc + (h / group) * max_len_ * D;
+      float* s = scores_.data() + h * max_len_;
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < L; ++j) {
+        float dot = 0.f;
+        for (int64_t d = 0; d < D; ++d) dot += qh[d] * kh[j * D + d];
+        s[j] = dot * scale;
+        mx = std::max(mx, s[j]);
+      }
+      float sum = 0.f;
+      for (int64_t j = 0; j < L; ++j) {
+        s[j] = std::exp(s[j] - mx);
+        sum += s[j];
+      }
+      const float inv = 1.f / sum;
+      float* o = att_.data() + h * D;
+      std::fill(o, o + D, 0.f);
+      for (int64_t j = 0; j < L; ++j) {
+        const float p = s[j] * inv;
+        for (int64_t d = 0; d < D; ++d) o[d] += p * vh[j * D + d];
+      }
+    }
+  });
+}
+
+void DecodeSession::step(const int64_t* token, int64_t slot, float* logits, int num_threads) {
+  const DecodePlan& p = plan_;
+  const DecodeConfig& c = p.cfg_;
+  const int64_t C = c.hidden, D = c.head_dim;
+  SLIMRT_CHECK(token != nullptr && logits != nullptr, "decode_step: token and logits must not be null");
+  const int64_t tok = *token;
+  SLIMRT_CHECK(tok >= 0 && tok < c.vocab, "decode_step: token " << tok << " is outside [0, " << c.vocab << ")");
+  SLIMRT_CHECK(slot >= 0 && slot < max_len_, "decode_step: slot " << slot << " is outside [0, " << max_len_ << ")");
+  float* x = x_.data();
+  float* h = h_.data();
+  const float* e = p.embed_ + tok * C;
+  if (c.rot_dim > 0) {
+    std::copy(e, e + C, x);
+  } else {
+    const float* pe = pos_embed_ + slot * C;
+    for (int64_t i = 0; i < C; ++i) x[i] = e[i] + pe[i];
+  }
+  float* rope_tmp = scores_.data() + scores_.size() - D;
+  for (int64_t li = 0; li < p.num_layers(); ++li) {
+    const DecodeLayer& l = p.layers_[li];
+    const int64_t H = l.n_heads, Hkv = l.n_kv_heads;
+    norm(c.norm, x, l.ln1_w, l.ln1_b, h, C, c.eps);
+    linear(l.qkv, h, qkv_.data(), num_threads);
+    float* q = qkv_.data();
+    float* k = q + H * D;
+    const float* v = k + Hkv * D;
+    if (l.q_norm) {
+      for (int64_t hh = 0; hh < H; ++hh) norm(NormKind::RMS, q + hh * D, l.q_norm, nullptr, q + hh * D, D, c.eps);
+      for (int64_t hh = 0; hh < Hkv; ++hh) norm(NormKind::RMS, k + hh * D, l.k_norm, nullptr, k + hh * D, D, c.eps);
+    }
+    if (c.rot_dim > 0) {
+      const float* cs = cos_ + slot * c.rot_dim;
+      const float* sn = sin_ + slot * c.rot_dim;
+      for (int64_t hh = 0; hh < H; ++hh) rope(q + hh * D, cs, sn, c.rot_dim, rope_tmp);
+      for (int64_t hh = 0; hh < Hkv; ++hh) rope(k + hh * D, cs, sn, c.rot_dim, rope_tmp);
+    }
+    for (int64_t hh = 0; hh < Hkv; ++hh) {
+      std::copy(k + hh * D, k + (hh + 1) * D, k_cache_[li] + (hh * max_len_ + slot) * D);
+      std::copy(v + hh * D, v + (hh + 1) * D, v_cache_[li] + (hh * max_len_ + slot) * D);
+    }
+    attention(l, li, slot, num_threads);
+    linear(l.o, att_.data(), tmp_.data(), num_threads);
+    for (int64_t i = 0; i < C; ++i) x[i] += tmp_[i];
+    norm(c.norm, x, l.ln2_w, l.ln2_b, h, C, c.eps);
+    linear(l.up, h, mlp_.data(), num_threads);
+    const int64_t I = l.down.K;
+    if (c.act == ActKind::SiluGated) {
+      for (int64_t i = 0; i < I; ++i) act_[i] = act(c.act, mlp_[i]) * mlp_[I + i];
+    } else {
+      for (int64_t i = 0; i < I; ++i) act_[i] = act(c.act, mlp_[i]);
+    }
+    linear(l.down, act_.data(), tmp_.data(), num_threads);
+    for (int64_t i = 0; i < C; ++i) x[i] += tmp_[i];
+  }
+  norm(c.norm, x, p.norm_w_, p.norm_b_, h, C, c.eps);
+  linear(p.lm_head_, h, logits, num_threads);
+}
+
+}  // namespace slimrt
