@@ -1,11 +1,15 @@
 // decode_step: see decode_step.h. The linears go through int8_w8_linear (ISA dispatch, packed
-// weights); everything else is small (C = 768: a few microseconds per layer) and runs here as
-// plain fp32 loops on the calling thread, except attention, which is split over heads.
+// weights); everything else is small (C = 768: a few microseconds per layer) and runs on the calling
+// thread, except attention, which is split over heads. The small kernels have a portable and an
+// AVX-512 version (decode_step_impl.h): at 1 thread the portable attention and SiLU cost 0.72 and
+// 0.16 ms per 12-layer Llama-style step, the AVX-512 ones 0.13 and 0.006 ms.
 #include "decode_step/decode_step.h"
 
 #include <algorithm>
 #include <cmath>
 
+#include "cpu_features.h"
+#include "decode_step/decode_step_impl.h"
 #include "int8_gemm/int8_gemm.h"
 #include "parallel.h"
 
@@ -26,16 +30,10 @@ void linear(const W8Linear& l, const float* x, float* y, int num_threads) {
                  num_threads);
 }
 
-// RMSNorm (b null) or LayerNorm of x (n,) into y; y may alias x. Sums in double: the result is
-// within fp32 rounding of PyTorch's, whatever order its vectorized reduction adds in.
-void norm(NormKind kind, const float* x, const float* w, const float* b, float* y, int64_t n, float eps) {
-  if (kind == NormKind::RMS) {
-    double ss = 0;
-    for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
-    const float r = 1.f / std::sqrt(static_cast<float>(ss / n) + eps);
-    for (int64_t i = 0; i < n; ++i) y[i] = w ? (x[i] * r) * w[i] : x[i] * r;
-    return;
-  }
+// RMSNorm (b null) or LayerNorm of x (n,) into y; y may alias x. LayerNorm sums in double: within
+// fp32 rounding of PyTorch's result, whatever order its vectorized reduction adds in.
+void norm(bool wide, NormKind kind, const float* x, const float* w, const float* b, float* y, int64_t n, float eps) {
+  if (kind == NormKind::RMS) return wide ? avx512::rms_norm(x, w, y, n, eps) : portable::rms_norm(x, w, y, n, eps);
   double s = 0;
   for (int64_t i = 0; i < n; ++i) s += x[i];
   const float mean = static_cast<float>(s / n);
@@ -52,17 +50,92 @@ void rope(float* x, const float* cos, const float* sin, int64_t rot, float* tmp)
   for (int64_t i = 0; i < rot; ++i) x[i] = tmp[i] * cos[i] + tmp[(i + half) % rot] * sin[i];
 }
 
-float act(ActKind kind, float g) {
-  switch (kind) {
-    case ActKind::SiluGated: return g / (1.f + std::exp(-g));
-    case ActKind::GeluTanh:  // HF gelu_new / gelu_pytorch_tanh
-      return 0.5f * g * (1.f + std::tanh(0.7978845608028654f * (g + 0.044715f * (g * g * g))));
-    case ActKind::GeluErf: return 0.5f * g * (1.f + std::erf(g * 0.7071067811865476f));
-  }
-  return g;
+}  // namespace
+
+// Portable versions (any x86-64; the AVX-512 ones are in decode_step_avx512.cpp).
+namespace portable {
+namespace {
+// exp(x) to ~2 ulp (Cephes expf: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, 2^n in the exponent
+// bits), written with no call and no branch so the loops below vectorize: libm's expf is a call per
+// element, ~120 us per 12-layer step in SiLU alone. x below -87.3 gives 0, above 88.7 +inf.
+inline float exp_fast(float x) {
+  const float xc = std::min(std::max(x, -87.3f), 88.7f);
+  const float n = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round to nearest
+  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  const float y = p * scale;
+  return x > 88.7f ? INFINITY : (x < -87.3f ? 0.f : y);
 }
 
 }  // namespace
+
+// a (I,) = act(g) [* u]: SiLU-gated, tanh GELU (tanh(y) = 1 - 2 / (exp(2y) + 1)), or erf GELU.
+void activation(ActKind kind, const float* g, const float* u, float* a, int64_t n) {
+  switch (kind) {
+    case ActKind::SiluGated:
+      for (int64_t i = 0; i < n; ++i) a[i] = g[i] / (1.f + exp_fast(-g[i])) * u[i];
+      return;
+    case ActKind::GeluTanh:  // HF gelu_new / gelu_pytorch_tanh
+      for (int64_t i = 0; i < n; ++i) {
+        const float x = g[i], y = 0.7978845608028654f * (x + 0.044715f * (x * x * x));
+        a[i] = 0.5f * x * (2.f - 2.f / (exp_fast(2.f * y) + 1.f));
+      }
+      return;
+    case ActKind::GeluErf:
+      for (int64_t i = 0; i < n; ++i) a[i] = 0.5f * g[i] * (1.f + std::erf(g[i] * 0.7071067811865476f));
+      return;
+  }
+}
+
+namespace {
+// sum_d a[d] b[d] in 8 independent lanes (vectorizes; one serial add chain would cost ~4 cycles a term).
+inline float dot(const float* a, const float* b, int64_t n) {
+  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  int64_t d = 0;
+  for (; d + 8 <= n; d += 8)
+    for (int u = 0; u < 8; ++u) acc[u] += a[d + u] * b[d + u];
+  float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
+
+}  // namespace
+
+void attend_head(const float* q, const float* k, const float* v, int64_t L, int64_t D, float scale, float* scores,
+                 float* out) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < L; ++j) {
+    scores[j] = dot(q, k + j * D, D) * scale;
+    mx = std::max(mx, scores[j]);
+  }
+  for (int64_t j = 0; j < L; ++j) scores[j] = exp_fast(scores[j] - mx);
+  float sum = 0.f;
+  for (int64_t j = 0; j < L; ++j) sum += scores[j];
+  const float inv = 1.f / sum;
+  std::fill(out, out + D, 0.f);
+  for (int64_t j = 0; j < L; ++j) {
+    const float pj = scores[j] * inv;
+    for (int64_t d = 0; d < D; ++d) out[d] += pj * v[j * D + d];
+  }
+}
+
+void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
+  double ss = 0;
+  for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const float r = 1.f / std::sqrt(static_cast<float>(ss / n) + eps);
+  for (int64_t i = 0; i < n; ++i) y[i] = w ? (x[i] * r) * w[i] : x[i] * r;
+}
+
+}  // namespace portable
 
 DecodePlan::DecodePlan(const DecodeConfig& cfg) : cfg_(cfg) {
   SLIMRT_CHECK(cfg.hidden > 0 && cfg.head_dim > 0 && cfg.vocab > 0, "DecodePlan: hidden, head_dim and vocab must be > 0");
@@ -137,31 +210,13 @@ void DecodeSession::attention(const DecodeLayer& l, int64_t layer, int64_t slot,
   const float* kc = k_cache_[layer];
   const float* vc = v_cache_[layer];
   const float scale = l.attn_scale;
+  const bool wide = active_isa() == Isa::Avx512;
   parallel_for(H, num_threads, [&](int64_t h0, int64_t h1) {
     for (int64_t h = h0; h < h1; ++h) {
-      const float* qh = q + h * D;
       const float* kh = kc + (h / group) * max_len_ * D;
       const float* vh = vc + (h / group) * max_len_ * D;
       float* s = scores_.data() + h * max_len_;
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < L; ++j) {
-        float dot = 0.f;
-        for (int64_t d = 0; d < D; ++d) dot += qh[d] * kh[j * D + d];
-        s[j] = dot * scale;
-        mx = std::max(mx, s[j]);
-      }
-      float sum = 0.f;
-      for (int64_t j = 0; j < L; ++j) {
-        s[j] = std::exp(s[j] - mx);
-        sum += s[j];
-      }
-      const float inv = 1.f / sum;
-      float* o = att_.data() + h * D;
-      std::fill(o, o + D, 0.f);
-      for (int64_t j = 0; j < L; ++j) {
-        const float p = s[j] * inv;
-        for (int64_t d = 0; d < D; ++d) o[d] += p * vh[j * D + d];
-      }
+      (wide ? avx512::attend_head : portable::attend_head)(q + h * D, kh, vh, L, D, scale, s, att_.data() + h * D);
     }
   });
 }
@@ -174,6 +229,7 @@ void DecodeSession::step(const int64_t* token, int64_t slot, float* logits, int 
   const int64_t tok = *token;
   SLIMRT_CHECK(tok >= 0 && tok < c.vocab, "decode_step: token " << tok << " is outside [0, " << c.vocab << ")");
   SLIMRT_CHECK(slot >= 0 && slot < max_len_, "decode_step: slot " << slot << " is outside [0, " << max_len_ << ")");
+  const bool wide = active_isa() == Isa::Avx512;
   float* x = x_.data();
   float* h = h_.data();
   const float* e = p.embed_ + tok * C;
@@ -187,14 +243,14 @@ void DecodeSession::step(const int64_t* token, int64_t slot, float* logits, int 
   for (int64_t li = 0; li < p.num_layers(); ++li) {
     const DecodeLayer& l = p.layers_[li];
     const int64_t H = l.n_heads, Hkv = l.n_kv_heads;
-    norm(c.norm, x, l.ln1_w, l.ln1_b, h, C, c.eps);
+    norm(wide, c.norm, x, l.ln1_w, l.ln1_b, h, C, c.eps);
     linear(l.qkv, h, qkv_.data(), num_threads);
     float* q = qkv_.data();
     float* k = q + H * D;
     const float* v = k + Hkv * D;
     if (l.q_norm) {
-      for (int64_t hh = 0; hh < H; ++hh) norm(NormKind::RMS, q + hh * D, l.q_norm, nullptr, q + hh * D, D, c.eps);
-      for (int64_t hh = 0; hh < Hkv; ++hh) norm(NormKind::RMS, k + hh * D, l.k_norm, nullptr, k + hh * D, D, c.eps);
+      for (int64_t hh = 0; hh < H; ++hh) norm(wide, NormKind::RMS, q + hh * D, l.q_norm, nullptr, q + hh * D, D, c.eps);
+      for (int64_t hh = 0; hh < Hkv; ++hh) norm(wide, NormKind::RMS, k + hh * D, l.k_norm, nullptr, k + hh * D, D, c.eps);
     }
     if (c.rot_dim > 0) {
       const float* cs = cos_ + slot * c.rot_dim;
@@ -209,18 +265,14 @@ void DecodeSession::step(const int64_t* token, int64_t slot, float* logits, int 
     attention(l, li, slot, num_threads);
     linear(l.o, att_.data(), tmp_.data(), num_threads);
     for (int64_t i = 0; i < C; ++i) x[i] += tmp_[i];
-    norm(c.norm, x, l.ln2_w, l.ln2_b, h, C, c.eps);
+    norm(wide, c.norm, x, l.ln2_w, l.ln2_b, h, C, c.eps);
     linear(l.up, h, mlp_.data(), num_threads);
     const int64_t I = l.down.K;
-    if (c.act == ActKind::SiluGated) {
-      for (int64_t i = 0; i < I; ++i) act_[i] = act(c.act, mlp_[i]) * mlp_[I + i];
-    } else {
-      for (int64_t i = 0; i < I; ++i) act_[i] = act(c.act, mlp_[i]);
-    }
+    (wide ? avx512::activation : portable::activation)(c.act, mlp_.data(), mlp_.data() + I, act_.data(), I);
     linear(l.down, act_.data(), tmp_.data(), num_threads);
     for (int64_t i = 0; i < C; ++i) x[i] += tmp_[i];
   }
-  norm(c.norm, x, p.norm_w_, p.norm_b_, h, C, c.eps);
+  norm(wide, c.norm, x, p.norm_w_, p.norm_b_, h, C, c.eps);
   linear(p.lm_head_, h, logits, num_threads);
 }
 
