@@ -85,20 +85,36 @@ class Pool {
     while (static_cast<int>(workers_.size()) < n) workers_.emplace_back([this] { loop(); });
   }
 
-  // Spins up to kSpinUs for the next run before sleeping on the condition variable. A decode step
-  // calls ~50-100 small kernels a few microseconds apart; a sleeping worker costs a futex wake-up
-  // each (and on a VM the woken thread was often queued behind the caller on the same core: two
-  // threads ran at one thread's speed, 12-layer decode kernels 4.8 ms vs 2.5 ms spinning).
+  // While keep_warm's deadline lasts, spins for the next run instead of sleeping on the condition
+  // variable. A decode step calls ~60 small kernels a few microseconds apart; a sleeping worker
+  // costs a futex wake-up each (and on a VM the woken thread was often queued behind the caller on
+  // the same core: two threads ran at one thread's speed, 12-layer decode kernels 4.8 ms vs 2.5 ms
+  // spinning). Only on request: between the kernels of an eager PyTorch forward, a spinning worker
+  // holds the core PyTorch's own OpenMP threads need (a 32-token prefill took 200-300 ms instead
+  // of 25 ms with an unconditional 300 us spin). After kPauseUs the spin also yields between checks.
   void spin_for_next_run(uint64_t seen) const {
     using clock = std::chrono::steady_clock;
-    const auto until = clock::now() + std::chrono::microseconds(kSpinUs);
+    const auto start = clock::now();
+    const auto yield_from = start + std::chrono::microseconds(kPauseUs);
     for (int i = 1; gen_.load(std::memory_order_acquire) == seen; ++i) {
 #if defined(__x86_64__)
       __builtin_ia32_pause();
 #endif
-      if (i % 64 == 0 && clock::now() > until) return;
+      if (i % 64 == 0) {
+        const auto now = clock::now();
+        if (now.time_since_epoch().count() > warm_until_.load(std::memory_order_relaxed)) return;
+        if (now > yield_from) std::this_thread::yield();
+      }
     }
   }
+
+ public:
+  void keep_warm(int64_t us) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+    warm_until_.store(until.time_since_epoch().count(), std::memory_order_relaxed);
+  }
+
+ private:
 
   void loop() {
     uint64_t seen = 0;
@@ -146,7 +162,8 @@ class Pool {
   std::exception_ptr error_;
   uint64_t generation_ = 0;
   std::atomic<uint64_t> gen_{0};  // generation_, readable without the lock (the workers' spin)
-  static constexpr int kSpinUs = 300;
+  std::atomic<int64_t> warm_until_{0};  // steady_clock ticks; workers spin until then (keep_warm)
+  static constexpr int kPauseUs = 30;
   bool stop_ = false;
 };
 
@@ -156,6 +173,8 @@ Pool& pool() {
 }
 
 }  // namespace
+
+void parallel_keep_warm(int64_t microseconds) { pool().keep_warm(microseconds); }
 
 void parallel_for(int64_t n, int num_threads, const std::function<void(int64_t, int64_t)>& fn, int64_t grain) {
   if (n <= 0) return;

@@ -16,6 +16,8 @@
 namespace slimrt {
 namespace {
 
+constexpr int64_t kWarmUs = 1000;
+
 void check_linear(const char* what, const W8Linear& l, int64_t n, int64_t k) {
   SLIMRT_CHECK(l.packed != nullptr || l.w != nullptr, "decode_step: " << what << " has no weight");
   SLIMRT_CHECK(l.scale != nullptr, "decode_step: " << what << " has no scale");
@@ -241,6 +243,10 @@ void DecodeSession::step(const int64_t* token, int64_t slot, float* logits, int 
   }
   float* rope_tmp = scores_.data() + scores_.size() - D;
   for (int64_t li = 0; li < p.num_layers(); ++li) {
+    // Workers spin between this layer's kernels (and, after the last layer, into the runner's
+    // sampling and the next step) instead of sleeping: see parallel_keep_warm. A layer takes
+    // ~0.1-0.3 ms, so the deadline is refreshed well before it runs out.
+    parallel_keep_warm(kWarmUs);
     const DecodeLayer& l = p.layers_[li];
     const int64_t H = l.n_heads, Hkv = l.n_kv_heads;
     norm(wide, c.norm, x, l.ln1_w, l.ln1_b, h, C, c.eps);
@@ -272,8 +278,10 @@ void DecodeSession::step(const int64_t* token, int64_t slot, float* logits, int 
     linear(l.down, act_.data(), tmp_.data(), num_threads);
     for (int64_t i = 0; i < C; ++i) x[i] += tmp_[i];
   }
+  parallel_keep_warm(kWarmUs);
   norm(wide, c.norm, x, p.norm_w_, p.norm_b_, h, C, c.eps);
   linear(p.lm_head_, h, logits, num_threads);
+  parallel_keep_warm(kWarmUs);
 }
 
 }  // namespace slimrt
