@@ -198,5 +198,9 @@ PYBIND11_MODULE(_C, m) {
       .def("step", [](DecodeSession& s, uintptr_t token, int64_t slot, uintptr_t logits, int nt) {
         py::gil_scoped_release nogil;
         s.step(ptr<const int64_t>(token), slot, ptr<float>(logits), nt);
+      })
+      .def("forward", [](DecodeSession& s, uintptr_t tokens, int64_t T, int64_t start, uintptr_t logits, int nt) {
+        py::gil_scoped_release nogil;
+        s.forward(ptr<const int64_t>(tokens), T, start, ptr<float>(logits), nt);
       });
 }

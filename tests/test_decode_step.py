@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 import slimrt  # noqa: E402
 from slimrt import _native  # noqa: E402
+from slimrt.models import KernelPolicy  # noqa: E402
 from slimrt.models._common import Batch  # noqa: E402
 from slimrt.recipe import Recipe  # noqa: E402
 from slimrt.runner import Runner  # noqa: E402
@@ -64,8 +65,8 @@ def test_native_greedy_equals_eager_and_hf(name):
 
 
 def _logits_both(rt: Runner, prompt: list[int], steps: int):
-    """Per step: (native logits, eager logits, native cache, eager cache) from the same prefill, fed
-    the eager forward's greedy tokens."""
+    """The prefill, then per step: (native logits, eager logits, native cache, eager cache, last slot),
+    each side on its own cache, both fed the eager forward's greedy tokens."""
     lean = rt.lean
     max_len = len(prompt) + steps + 1
     batch = Batch.left_padded([len(prompt)], max_len, torch.device("cpu"))
@@ -74,9 +75,11 @@ def _logits_both(rt: Runner, prompt: list[int], steps: int):
     out = []
     with torch.inference_mode():
         c_nat, c_eag = lean.new_cache(1, max_len), lean.new_cache(1, max_len)
-        logits = lean.forward(ids, pos, c_nat, 0, None, True)
-        lean.forward(ids, pos, c_eag, 0, None, True)
         sess = rt.native.session(c_nat, pos, max_len)
+        assert sess.max_prefill >= len(prompt)
+        got = sess.prefill(ids[0]).clone()
+        logits = lean.forward(ids, pos, c_eag, 0, None, True)
+        out.append((got, logits, c_nat, c_eag, len(prompt) - 1))
         for s in range(steps):
             tok = logits.argmax(-1)
             slot = len(prompt) + s
@@ -112,6 +115,13 @@ def test_native_step_logits_and_cache_match_the_eager_forward(name, isa):
                 b = getattr(c_eag, kind)[layer][:, :, :slot + 1]
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5,
                                            msg=lambda m: f"{name} layer {layer} {kind} cache: {m}")
+
+
+def test_prefill_runs_natively_only_where_every_linear_runs_w8():
+    assert Runner(MODELS["llama"]()).native.max_prefill == float("inf")
+    rt = Runner(MODELS["llama-mha-w8a8-modules"]())  # w8a8 modules: M >= 2 runs w8a8, so an eager prefill
+    assert rt.native.max_prefill == 1
+    assert Runner(rt.model, policy=KernelPolicy(mode="auto", w8a8_min_m=5)).native.max_prefill == 4
 
 
 def test_head_and_ffn_pruned_w8_model_runs_native():
@@ -205,6 +215,14 @@ def test_bad_input_is_a_clear_error():
         sess.step(torch.tensor([3.0]), 4)
     with pytest.raises(ValueError, match="tok must be one int64"):
         sess.step(torch.tensor([3, 4]), 4)
+    with pytest.raises(ValueError, match="ids must be a 1-D int64"):
+        sess.prefill(torch.tensor([[3, 4]]))
+    with pytest.raises(ValueError, match="0 tokens"):
+        sess.prefill(torch.tensor([], dtype=torch.long))
+    with pytest.raises(ValueError, match="token 300 is outside"):
+        sess.prefill(torch.tensor([3, 300, 4]))
+    with pytest.raises(ValueError, match="slot 8 is outside"):
+        sess.prefill(torch.arange(9))
     ext = _native.load()
     with pytest.raises(ValueError, match="caches for"):
         ext.DecodeSession(rt.native.plan, [t.data_ptr() for t in cache.k[:1]], [t.data_ptr() for t in cache.v],

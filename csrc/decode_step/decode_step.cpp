@@ -26,9 +26,9 @@ void check_linear(const char* what, const W8Linear& l, int64_t n, int64_t k) {
   if (l.packed) int8_check_packed(l.packed, int8_packed_size(n, k), n, k);
 }
 
-// y (N,) = W x at M = 1: the same kernel call as the eager Int8Linear, so the same bits.
-void linear(const W8Linear& l, const float* x, float* y, int num_threads) {
-  int8_w8_linear(x, DType::F32, l.K, l.w, l.K, l.packed, l.scale, l.bias, y, OutType::F32, l.N, 1, l.N, l.K,
+// y (M, N) = x (M, K) W^T: the same kernel call as the eager Int8Linear's w8 path, so the same bits.
+void linear(const W8Linear& l, const float* x, float* y, int64_t M, int num_threads) {
+  int8_w8_linear(x, DType::F32, l.K, l.w, l.K, l.packed, l.scale, l.bias, y, OutType::F32, l.N, M, l.N, l.K,
                  num_threads);
 }
 
@@ -188,99 +188,125 @@ DecodeSession::DecodeSession(const DecodePlan& plan, const std::vector<float*>& 
   SLIMRT_CHECK(max_len > 0, "DecodeSession: max_len=" << max_len << " must be > 0");
   SLIMRT_CHECK(c.rot_dim > 0 ? (cos && sin) : pos_embed != nullptr,
                "DecodeSession: " << (c.rot_dim > 0 ? "rope cos/sin tables" : "pos_embed") << " missing");
-  int64_t qkv = 0, att = 0, heads = 0, mlp = 0, inter = 0;
-  for (const DecodeLayer& l : plan.layers_) {
-    qkv = std::max(qkv, l.qkv.N);
-    att = std::max(att, l.n_heads * c.head_dim);
-    heads = std::max(heads, l.n_heads);
-    mlp = std::max(mlp, l.up.N);
-    inter = std::max(inter, l.down.K);
-  }
-  x_.resize(c.hidden);
-  h_.resize(c.hidden);
-  tmp_.resize(c.hidden);
-  qkv_.resize(qkv);
-  att_.resize(att);
-  mlp_.resize(mlp);
-  act_.resize(inter);
+  int64_t heads = 0;
+  for (const DecodeLayer& l : plan.layers_) heads = std::max(heads, l.n_heads);
+  ensure_rows(1);
   scores_.resize(heads * max_len + c.head_dim);  // + one head_dim of rope scratch
 }
 
-void DecodeSession::attention(const DecodeLayer& l, int64_t layer, int64_t slot, int num_threads) {
-  const int64_t D = plan_.cfg_.head_dim, H = l.n_heads, Hkv = l.n_kv_heads, group = H / Hkv, L = slot + 1;
-  const float* q = qkv_.data();
+// Queries t < T at slots start + t attend to slots [0, start + t] (causal over the new rows).
+void DecodeSession::attention(const DecodeLayer& l, int64_t layer, int64_t start, int64_t T, int num_threads) {
+  const int64_t D = plan_.cfg_.head_dim, H = l.n_heads, Hkv = l.n_kv_heads, group = H / Hkv;
+  const int64_t ldq = l.qkv.N, ldo = H * D;
   const float* kc = k_cache_[layer];
   const float* vc = v_cache_[layer];
   const float scale = l.attn_scale;
-  const bool wide = active_isa() == Isa::Avx512;
-  parallel_for(H, num_threads, [&](int64_t h0, int64_t h1) {
-    for (int64_t h = h0; h < h1; ++h) {
+  const auto attend = active_isa() == Isa::Avx512 ? avx512::attend_head : portable::attend_head;
+  parallel_for(H * T, num_threads, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t h = i / T, t = i % T;
       const float* kh = kc + (h / group) * max_len_ * D;
       const float* vh = vc + (h / group) * max_len_ * D;
-      float* s = scores_.data() + h * max_len_;
-      (wide ? avx512::attend_head : portable::attend_head)(q + h * D, kh, vh, L, D, scale, s, att_.data() + h * D);
+      attend(qkv_.data() + t * ldq + h * D, kh, vh, start + t + 1, D, scale, scores_.data() + h * max_len_,
+             att_.data() + t * ldo + h * D);
     }
-  });
+  }, T);  // whole heads per chunk: two chunks never share a head's scores row
+}
+
+void DecodeSession::ensure_rows(int64_t T) {
+  if (T <= rows_) return;
+  const DecodeConfig& c = plan_.cfg_;
+  int64_t qkv = 0, att = 0, mlp = 0, inter = 0;
+  for (const DecodeLayer& l : plan_.layers_) {
+    qkv = std::max(qkv, l.qkv.N);
+    att = std::max(att, l.n_heads * c.head_dim);
+    mlp = std::max(mlp, l.up.N);
+    inter = std::max(inter, l.down.K);
+  }
+  x_.resize(T * c.hidden);
+  h_.resize(T * c.hidden);
+  tmp_.resize(T * c.hidden);
+  qkv_.resize(T * qkv);
+  att_.resize(T * att);
+  mlp_.resize(T * mlp);
+  act_.resize(T * inter);
+  rows_ = T;
 }
 
 void DecodeSession::step(const int64_t* token, int64_t slot, float* logits, int num_threads) {
+  forward(token, 1, slot, logits, num_threads);
+}
+
+void DecodeSession::forward(const int64_t* tokens, int64_t T, int64_t start, float* logits, int num_threads) {
   const DecodePlan& p = plan_;
   const DecodeConfig& c = p.cfg_;
   const int64_t C = c.hidden, D = c.head_dim;
-  SLIMRT_CHECK(token != nullptr && logits != nullptr, "decode_step: token and logits must not be null");
-  const int64_t tok = *token;
-  SLIMRT_CHECK(tok >= 0 && tok < c.vocab, "decode_step: token " << tok << " is outside [0, " << c.vocab << ")");
-  SLIMRT_CHECK(slot >= 0 && slot < max_len_, "decode_step: slot " << slot << " is outside [0, " << max_len_ << ")");
+  SLIMRT_CHECK(tokens != nullptr && logits != nullptr, "decode_step: tokens and logits must not be null");
+  SLIMRT_CHECK(T >= 1, "decode_step: " << T << " tokens; need at least 1");
+  SLIMRT_CHECK(start >= 0 && start + T <= max_len_,
+               "decode_step: slot " << start + T - 1 << " is outside [0, " << max_len_ << ")");
+  for (int64_t t = 0; t < T; ++t)
+    SLIMRT_CHECK(tokens[t] >= 0 && tokens[t] < c.vocab,
+                 "decode_step: token " << tokens[t] << " is outside [0, " << c.vocab << ")");
+  ensure_rows(T);
   const bool wide = active_isa() == Isa::Avx512;
-  float* x = x_.data();
-  float* h = h_.data();
-  const float* e = p.embed_ + tok * C;
-  if (c.rot_dim > 0) {
-    std::copy(e, e + C, x);
-  } else {
-    const float* pe = pos_embed_ + slot * C;
-    for (int64_t i = 0; i < C; ++i) x[i] = e[i] + pe[i];
+  float* x = x_.data();  // (T, C) residual stream
+  float* h = h_.data();  // (T, C) normed
+  for (int64_t t = 0; t < T; ++t) {
+    const float* e = p.embed_ + tokens[t] * C;
+    if (c.rot_dim > 0) {
+      std::copy(e, e + C, x + t * C);
+    } else {
+      const float* pe = pos_embed_ + (start + t) * C;
+      for (int64_t i = 0; i < C; ++i) x[t * C + i] = e[i] + pe[i];
+    }
   }
   float* rope_tmp = scores_.data() + scores_.size() - D;
   for (int64_t li = 0; li < p.num_layers(); ++li) {
     // Workers spin between this layer's kernels (and, after the last layer, into the runner's
     // sampling and the next step) instead of sleeping: see parallel_keep_warm. A layer takes
-    // ~0.1-0.3 ms, so the deadline is refreshed well before it runs out.
+    // ~0.1-0.3 ms at T = 1, so the deadline is refreshed well before it runs out.
     parallel_keep_warm(kWarmUs);
     const DecodeLayer& l = p.layers_[li];
-    const int64_t H = l.n_heads, Hkv = l.n_kv_heads;
-    norm(wide, c.norm, x, l.ln1_w, l.ln1_b, h, C, c.eps);
-    linear(l.qkv, h, qkv_.data(), num_threads);
-    float* q = qkv_.data();
-    float* k = q + H * D;
-    const float* v = k + Hkv * D;
-    if (l.q_norm) {
-      for (int64_t hh = 0; hh < H; ++hh) norm(wide, NormKind::RMS, q + hh * D, l.q_norm, nullptr, q + hh * D, D, c.eps);
-      for (int64_t hh = 0; hh < Hkv; ++hh) norm(wide, NormKind::RMS, k + hh * D, l.k_norm, nullptr, k + hh * D, D, c.eps);
+    const int64_t H = l.n_heads, Hkv = l.n_kv_heads, ldq = l.qkv.N, I = l.down.K;
+    for (int64_t t = 0; t < T; ++t) norm(wide, c.norm, x + t * C, l.ln1_w, l.ln1_b, h + t * C, C, c.eps);
+    linear(l.qkv, h, qkv_.data(), T, num_threads);  // (T, (H + 2 Hkv) D)
+    for (int64_t t = 0; t < T; ++t) {
+      float* q = qkv_.data() + t * ldq;
+      float* k = q + H * D;
+      const float* v = k + Hkv * D;
+      if (l.q_norm) {
+        for (int64_t hh = 0; hh < H; ++hh) norm(wide, NormKind::RMS, q + hh * D, l.q_norm, nullptr, q + hh * D, D, c.eps);
+        for (int64_t hh = 0; hh < Hkv; ++hh) norm(wide, NormKind::RMS, k + hh * D, l.k_norm, nullptr, k + hh * D, D, c.eps);
+      }
+      const int64_t slot = start + t;
+      if (c.rot_dim > 0) {
+        const float* cs = cos_ + slot * c.rot_dim;
+        const float* sn = sin_ + slot * c.rot_dim;
+        for (int64_t hh = 0; hh < H; ++hh) rope(q + hh * D, cs, sn, c.rot_dim, rope_tmp);
+        for (int64_t hh = 0; hh < Hkv; ++hh) rope(k + hh * D, cs, sn, c.rot_dim, rope_tmp);
+      }
+      for (int64_t hh = 0; hh < Hkv; ++hh) {
+        std::copy(k + hh * D, k + (hh + 1) * D, k_cache_[li] + (hh * max_len_ + slot) * D);
+        std::copy(v + hh * D, v + (hh + 1) * D, v_cache_[li] + (hh * max_len_ + slot) * D);
+      }
     }
-    if (c.rot_dim > 0) {
-      const float* cs = cos_ + slot * c.rot_dim;
-      const float* sn = sin_ + slot * c.rot_dim;
-      for (int64_t hh = 0; hh < H; ++hh) rope(q + hh * D, cs, sn, c.rot_dim, rope_tmp);
-      for (int64_t hh = 0; hh < Hkv; ++hh) rope(k + hh * D, cs, sn, c.rot_dim, rope_tmp);
+    attention(l, li, start, T, num_threads);  // (T, H D)
+    linear(l.o, att_.data(), tmp_.data(), T, num_threads);
+    for (int64_t i = 0; i < T * C; ++i) x[i] += tmp_[i];
+    for (int64_t t = 0; t < T; ++t) norm(wide, c.norm, x + t * C, l.ln2_w, l.ln2_b, h + t * C, C, c.eps);
+    linear(l.up, h, mlp_.data(), T, num_threads);  // (T, 2I) or (T, I)
+    for (int64_t t = 0; t < T; ++t) {
+      const float* g = mlp_.data() + t * l.up.N;
+      (wide ? avx512::activation : portable::activation)(c.act, g, g + I, act_.data() + t * I, I);
     }
-    for (int64_t hh = 0; hh < Hkv; ++hh) {
-      std::copy(k + hh * D, k + (hh + 1) * D, k_cache_[li] + (hh * max_len_ + slot) * D);
-      std::copy(v + hh * D, v + (hh + 1) * D, v_cache_[li] + (hh * max_len_ + slot) * D);
-    }
-    attention(l, li, slot, num_threads);
-    linear(l.o, att_.data(), tmp_.data(), num_threads);
-    for (int64_t i = 0; i < C; ++i) x[i] += tmp_[i];
-    norm(wide, c.norm, x, l.ln2_w, l.ln2_b, h, C, c.eps);
-    linear(l.up, h, mlp_.data(), num_threads);
-    const int64_t I = l.down.K;
-    (wide ? avx512::activation : portable::activation)(c.act, mlp_.data(), mlp_.data() + I, act_.data(), I);
-    linear(l.down, act_.data(), tmp_.data(), num_threads);
-    for (int64_t i = 0; i < C; ++i) x[i] += tmp_[i];
+    linear(l.down, act_.data(), tmp_.data(), T, num_threads);
+    for (int64_t i = 0; i < T * C; ++i) x[i] += tmp_[i];
   }
   parallel_keep_warm(kWarmUs);
-  norm(wide, c.norm, x, p.norm_w_, p.norm_b_, h, C, c.eps);
-  linear(p.lm_head_, h, logits, num_threads);
+  // Only the last position is sampled.
+  norm(wide, c.norm, x + (T - 1) * C, p.norm_w_, p.norm_b_, h, C, c.eps);
+  linear(p.lm_head_, h, logits, 1, num_threads);
   parallel_keep_warm(kWarmUs);
 }
 

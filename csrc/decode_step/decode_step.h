@@ -105,9 +105,13 @@ class DecodeSession {
                 int64_t max_len, const float* cos, const float* sin, const float* pos_embed);
   // One token: *token in [0, V) at slot in [0, max_len) (attends to slots [0, slot]) -> logits (V,).
   void step(const int64_t* token, int64_t slot, float* logits, int num_threads);
+  // T tokens at slots [start, start + T) (the prefill: each attends to [0, its slot]), every linear
+  // at M = T -> logits (V,) of the last one.
+  void forward(const int64_t* tokens, int64_t T, int64_t start, float* logits, int num_threads);
 
  private:
-  void attention(const DecodeLayer& l, int64_t layer, int64_t slot, int num_threads);
+  void attention(const DecodeLayer& l, int64_t layer, int64_t start, int64_t T, int num_threads);
+  void ensure_rows(int64_t T);  // scratch for T rows
 
   const DecodePlan& plan_;
   std::vector<float*> k_cache_, v_cache_;
@@ -116,6 +120,7 @@ class DecodeSession {
   const float* sin_;
   const float* pos_embed_;
   std::vector<float> x_, h_, qkv_, att_, tmp_, mlp_, act_, scores_;
+  int64_t rows_ = 0;
 };
 
 }  // namespace slimrt

@@ -295,9 +295,13 @@ class Runner:
             if hasattr(cache, "set_padding"):  # sliding-window ring cache: per-row true positions
                 cache.set_padding(batch)
             step_mask = batch.decode_mask()
-            logits = lean.forward(ids, pos, cache, 0, batch.prefill_mask(), not batch.padded)  # prefill
-            # Batch 1: each decode step is one native call (models.decode_step), else the eager forward.
+            # Batch 1: the prefill and each decode step are one native call each (models.decode_step)
+            # where the model allows it, else the eager forward.
             native = self.native.session(cache, pos, max_len) if self.native is not None and b == 1 else None
+            if native is not None and plen <= native.max_prefill:
+                logits = native.prefill(ids[0])
+            else:
+                logits = lean.forward(ids, pos, cache, 0, batch.prefill_mask(), not batch.padded)  # prefill
             finished = torch.zeros(b, dtype=torch.bool, device=device)
         t1 = time.perf_counter()
         if stats is not None:

@@ -44,9 +44,19 @@ class Ineligible(Exception):
     """This model (or call) has a part the native step does not run; the message says which."""
 
 
-def _fused(mods: list[Int8Linear], policy: KernelPolicy, what: str) -> tuple[tuple, list[Tensor]]:
+def _w8_up_to(module: Int8Linear, policy: KernelPolicy) -> float:
+    """The largest M whose call the policy gives the w8 kernel (inf: every M; 0: not even M = 1)."""
+    rules = policy.rules(module)
+    if rules[0][1] != "w8":
+        return 0
+    later = [m for m, k in rules[1:] if k != "w8"]
+    return later[0] - 1 if later else math.inf
+
+
+def _fused(mods: list[Int8Linear], policy: KernelPolicy, what: str,
+           w8_max: list[float]) -> tuple[tuple, list[Tensor]]:
     """One (w, packed, scale, bias, N, K) linear whose rows are ``mods``' rows in order, and the
-    tensors it points into (to keep alive)."""
+    tensors it points into (to keep alive); appends to ``w8_max`` the largest M each runs as w8."""
     for m in mods:
         if not isinstance(m, Int8Linear):
             raise Ineligible(f"{what} is a {type(m).__name__}, not an Int8Linear")
@@ -54,6 +64,7 @@ def _fused(mods: list[Int8Linear], policy: KernelPolicy, what: str) -> tuple[tup
             raise Ineligible(f"{what} has a smoothing vector")
         if policy.kernel(m, 1) != "w8":
             raise Ineligible(f"{what} runs the {policy.kernel(m, 1)!r} kernel at M = 1, not 'w8'")
+        w8_max.append(_w8_up_to(m, policy))
         if m.w_q.device.type != "cpu" or (m.bias is not None and m.bias.dtype != torch.float32):
             raise Ineligible(f"{what} is not on the CPU with a float32 bias")
     if len(mods) == 1:
@@ -90,9 +101,13 @@ class NativeDecoder:
 
     last_reason: str = ""
 
-    def __init__(self, plan: Any, keep: list[Tensor], rope: bool, vocab: int, fused_only: bool) -> None:
+    def __init__(self, plan: Any, keep: list[Tensor], rope: bool, vocab: int, fused_only: bool,
+                 max_prefill: float) -> None:
         self.plan, self._keep, self.rope, self.vocab = plan, keep, rope, vocab
         self.fused_only = fused_only  # some weights exist only packed: no scalar-ISA run
+        # Longest prompt whose prefill runs natively: every linear's kernel at M = T must be "w8" (the
+        # kernel the native forward calls), as the eager forward would choose it.
+        self.max_prefill = max_prefill
 
     @classmethod
     def build(cls, model: nn.Module, policy: KernelPolicy, family: str) -> "NativeDecoder | None":
@@ -127,16 +142,28 @@ class NativeDecoder:
             ptrs = (0, 0, pos.data_ptr())
         sess = _native.load().DecodeSession(self.plan, [t.data_ptr() for t in ks], [t.data_ptr() for t in vs],
                                             max_len, *ptrs)
-        return NativeSession(sess, (ks, vs, tables), self.vocab)
+        return NativeSession(sess, (ks, vs, tables), self.vocab, self.max_prefill)
 
 
 class NativeSession:
-    """``step(tok, slot)``: tok (1,) long -> logits (1, V) float32 (a buffer reused by the next step)."""
+    """``step(tok, slot)``: tok (1,) long -> logits (1, V) float32 (a buffer reused by the next step);
+    ``prefill(ids)``: ids (T,) long at slots [0, T) -> the last position's logits, when T <= max_prefill."""
 
-    def __init__(self, sess: Any, keep: tuple, vocab: int) -> None:
-        self._sess, self._keep = sess, keep
+    def __init__(self, sess: Any, keep: tuple, vocab: int, max_prefill: float) -> None:
+        self._sess, self._keep, self.max_prefill = sess, keep, max_prefill
         self.logits = torch.empty((1, vocab), dtype=torch.float32)
         self._out = self.logits.data_ptr()
+
+    def prefill(self, ids: Tensor) -> Tensor:
+        if ids.dtype != torch.long or ids.dim() != 1 or ids.device.type != "cpu":
+            raise ValueError(f"NativeSession.prefill: ids must be a 1-D int64 CPU tensor, got {ids.dtype} "
+                             f"of shape {tuple(ids.shape)}")
+        if not 1 <= ids.shape[0] <= self.max_prefill:
+            raise ValueError(f"NativeSession.prefill: {ids.shape[0]} tokens; this model prefills 1 to "
+                             f"{self.max_prefill} natively")
+        ids = ids.contiguous()
+        self._sess.forward(ids.data_ptr(), ids.shape[0], 0, self._out, torch.get_num_threads())
+        return self.logits
 
     def step(self, tok: Tensor, slot: int) -> Tensor:
         if tok.dtype != torch.long or tok.numel() != 1 or tok.device.type != "cpu":
@@ -171,6 +198,7 @@ def _build_llama(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
     inv_freq, _ = _rope_inv_freq(cfg)
     rot = 2 * inv_freq.shape[0]
     keep: list[Tensor] = []
+    w8_max: list[float] = []
     embed = _f32(base.embed_tokens.weight, "the embedding")
     plan = _native.load().DecodePlan(int(cfg.hidden_size), int(head_dim), int(rot), int(cfg.vocab_size),
                                      NORM_RMS, ACT_SILU_GATED, float(cfg.rms_norm_eps))
@@ -182,10 +210,10 @@ def _build_llama(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
             raise Ineligible(f"layer {i}'s gate, up and down projections disagree on the MLP width")
         if at.q_proj.out_features % head_dim or at.k_proj.out_features % head_dim:
             raise Ineligible(f"layer {i}'s q/k projections are not whole heads of {head_dim}")
-        qkv, k1 = _fused([at.q_proj, at.k_proj, at.v_proj], policy, f"layer {i} q/k/v")
-        o, k2 = _fused([at.o_proj], policy, f"layer {i} o_proj")
-        up, k3 = _fused([mlp.gate_proj, mlp.up_proj], policy, f"layer {i} gate/up")
-        down, k4 = _fused([mlp.down_proj], policy, f"layer {i} down_proj")
+        qkv, k1 = _fused([at.q_proj, at.k_proj, at.v_proj], policy, f"layer {i} q/k/v", w8_max)
+        o, k2 = _fused([at.o_proj], policy, f"layer {i} o_proj", w8_max)
+        up, k3 = _fused([mlp.gate_proj, mlp.up_proj], policy, f"layer {i} gate/up", w8_max)
+        down, k4 = _fused([mlp.down_proj], policy, f"layer {i} down_proj", w8_max)
         ln1 = _f32(layer.input_layernorm.weight, f"layer {i} input_layernorm")
         ln2 = _f32(layer.post_attention_layernorm.weight, f"layer {i} post_attention_layernorm")
         qn = kn = None
@@ -197,10 +225,11 @@ def _build_llama(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
         plan.add_layer(ln1.data_ptr(), 0, qkv, h, hkv, 0 if qn is None else qn.data_ptr(),
                        0 if kn is None else kn.data_ptr(), 1.0 / math.sqrt(head_dim), o, ln2.data_ptr(), 0, up, down)
     norm_w = _f32(base.norm.weight, "the final norm")
-    head, k5 = _fused([model.lm_head], policy, "lm_head")
+    head, k5 = _fused([model.lm_head], policy, "lm_head", [])  # the prefill projects one row only
     keep += [embed, norm_w] + k5
     plan.set_head(embed.data_ptr(), norm_w.data_ptr(), 0, head)
-    return NativeDecoder(plan, keep, rope=True, vocab=int(cfg.vocab_size), fused_only=fused_only)
+    return NativeDecoder(plan, keep, rope=True, vocab=int(cfg.vocab_size), fused_only=fused_only,
+                         max_prefill=min(w8_max))
 
 
 def _build_gpt2(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
@@ -212,15 +241,17 @@ def _build_gpt2(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
         raise Ineligible("the model has a sliding-window attention pattern")
     head_dim = cfg.n_embd // cfg.n_head
     act = _act_kind(tr.h[0].mlp.act, gated=False)
-    plan = _native.load().DecodePlan(int(cfg.n_embd), int(head_dim), 0, int(cfg.vocab_size), NORM_LAYER, act, float(cfg.layer_norm_epsilon))
+    plan = _native.load().DecodePlan(int(cfg.n_embd), int(head_dim), 0, int(cfg.vocab_size), NORM_LAYER, act,
+                                     float(cfg.layer_norm_epsilon))
     keep: list[Tensor] = []
+    w8_max: list[float] = []
     for i, blk in enumerate(tr.h):
         if _act_kind(blk.mlp.act, gated=False) != act:
             raise Ineligible("the activation differs between layers")
-        qkv, k1 = _fused([blk.attn.c_attn], policy, f"layer {i} c_attn")
-        o, k2 = _fused([blk.attn.c_proj], policy, f"layer {i} attn.c_proj")
-        fc, k3 = _fused([blk.mlp.c_fc], policy, f"layer {i} c_fc")
-        proj, k4 = _fused([blk.mlp.c_proj], policy, f"layer {i} mlp.c_proj")
+        qkv, k1 = _fused([blk.attn.c_attn], policy, f"layer {i} c_attn", w8_max)
+        o, k2 = _fused([blk.attn.c_proj], policy, f"layer {i} attn.c_proj", w8_max)
+        fc, k3 = _fused([blk.mlp.c_fc], policy, f"layer {i} c_fc", w8_max)
+        proj, k4 = _fused([blk.mlp.c_proj], policy, f"layer {i} mlp.c_proj", w8_max)
         lns = [_f32(t, f"layer {i} layer norm") for t in (blk.ln_1.weight, blk.ln_1.bias, blk.ln_2.weight,
                                                          blk.ln_2.bias)]
         scale = 1.0 / math.sqrt(head_dim) if cfg.scale_attn_weights else 1.0
@@ -232,7 +263,8 @@ def _build_gpt2(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
                        lns[3].data_ptr(), fc, proj)
     wte, wpe = _f32(tr.wte.weight, "wte"), _f32(tr.wpe.weight, "wpe")
     lnf = [_f32(tr.ln_f.weight, "ln_f"), _f32(tr.ln_f.bias, "ln_f")]
-    head, k5 = _fused([model.lm_head], policy, "lm_head")
+    head, k5 = _fused([model.lm_head], policy, "lm_head", [])  # the prefill projects one row only
     keep += [wte, wpe] + lnf + k5
     plan.set_head(wte.data_ptr(), lnf[0].data_ptr(), lnf[1].data_ptr(), head)
-    return NativeDecoder(plan, keep, rope=False, vocab=int(cfg.vocab_size), fused_only=False)
+    return NativeDecoder(plan, keep, rope=False, vocab=int(cfg.vocab_size), fused_only=False,
+                         max_prefill=min(w8_max))
