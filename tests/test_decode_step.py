@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -153,6 +156,22 @@ def test_ineligible_models_keep_the_eager_step_and_say_why():
     assert rt.native is None and "sliding-window" in rt.native_reason
     assert rt.generate_ids([PROMPTS[0]], NEW, eos=False) == Runner(window, native=False).generate_ids(
         [PROMPTS[0]], NEW, eos=False)
+
+
+def test_reference_backend_keeps_the_eager_step():
+    """SLIMRT_BACKEND=reference: the ops run PyTorch, so the native step (which stands in for the
+    native kernels) must not run either."""
+    code = ("import torch, slimrt\n"
+            "from test_runner import tiny_llama\n"
+            "m = tiny_llama()\n"
+            "slimrt.compress(m, slimrt.Recipe.preset('w8', ignore=[]), progress=False)\n"
+            "rt = slimrt.Runner(m)\n"
+            "print(rt.native is None, rt.native_reason)\n")
+    env = {**os.environ, "SLIMRT_BACKEND": "reference"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(__file__))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("True") and "SLIMRT_BACKEND=reference" in out.stdout, out.stdout
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

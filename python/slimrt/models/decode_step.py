@@ -18,8 +18,10 @@ whose last bits differ from PyTorch's vectorized ones (tests/test_decode_step.py
 Only the common case is native; anything else returns None from ``build`` (with the reason in
 ``NativeDecoder.last_reason``) and the runner keeps the eager step: float32 weights on CPU, every
 linear an Int8Linear without smoothing whose kernel at M = 1 is "w8", a full KV cache (no
-sliding-window pattern), SiLU / GELU activations, the native extension built and not on the
-scalar ISA, and a batch of one row.
+sliding-window pattern), SiLU / GELU activations, the CPU ops served by the native kernels
+(SLIMRT_BACKEND=auto with the extension built; the step only stands in for calls those kernels
+would serve), not the scalar ISA where fused weights exist only packed, and a batch of one row.
+The prefill runs natively too when every linear's kernel at M = prompt length is "w8".
 """
 
 from __future__ import annotations
@@ -113,8 +115,10 @@ class NativeDecoder:
     def build(cls, model: nn.Module, policy: KernelPolicy, family: str) -> "NativeDecoder | None":
         """The native decoder for a ``family`` ("llama" or "gpt2") model, or None (reason in last_reason)."""
         try:
-            if not _native.available():
-                raise Ineligible("the native extension is not built")
+            served = ops.backend()
+            if served["cpu"] != "native":  # the step replaces the native kernels' calls, nothing else
+                raise Ineligible(f"CPU ops run the {served['cpu']} implementation (SLIMRT_BACKEND="
+                                 f"{served['requested']}), not the native kernels")
             return _build_llama(model, policy) if family == "llama" else _build_gpt2(model, policy)
         except Ineligible as e:
             cls.last_reason = str(e)
