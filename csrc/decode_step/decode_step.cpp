@@ -140,7 +140,8 @@ void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
 }  // namespace portable
 
 DecodePlan::DecodePlan(const DecodeConfig& cfg) : cfg_(cfg) {
-  SLIMRT_CHECK(cfg.hidden > 0 && cfg.head_dim > 0 && cfg.vocab > 0, "DecodePlan: hidden, head_dim and vocab must be > 0");
+  SLIMRT_CHECK(cfg.hidden > 0 && cfg.head_dim > 0 && cfg.vocab > 0,
+               "DecodePlan: hidden, head_dim and vocab must be > 0");
   SLIMRT_CHECK(cfg.rot_dim >= 0 && cfg.rot_dim <= cfg.head_dim && cfg.rot_dim % 2 == 0,
                "DecodePlan: rot_dim=" << cfg.rot_dim << " must be even and in [0, head_dim=" << cfg.head_dim << "]");
   SLIMRT_CHECK(static_cast<int>(cfg.norm) >= 0 && static_cast<int>(cfg.norm) <= 1, "DecodePlan: unknown norm kind");
@@ -163,7 +164,8 @@ void DecodePlan::add_layer(const DecodeLayer& l) {
 }
 
 void DecodePlan::set_head(const float* embed, const float* norm_w, const float* norm_b, const W8Linear& lm_head) {
-  SLIMRT_CHECK(embed && norm_w && (cfg_.norm == NormKind::RMS || norm_b), "decode_step: embedding or final norm missing");
+  SLIMRT_CHECK(embed && norm_w && (cfg_.norm == NormKind::RMS || norm_b),
+               "decode_step: embedding or final norm missing");
   check_linear("lm_head", lm_head, cfg_.vocab, cfg_.hidden);
   embed_ = embed;
   norm_w_ = norm_w;
@@ -276,8 +278,10 @@ void DecodeSession::forward(const int64_t* tokens, int64_t T, int64_t start, flo
       float* k = q + H * D;
       const float* v = k + Hkv * D;
       if (l.q_norm) {
-        for (int64_t hh = 0; hh < H; ++hh) norm(wide, NormKind::RMS, q + hh * D, l.q_norm, nullptr, q + hh * D, D, c.eps);
-        for (int64_t hh = 0; hh < Hkv; ++hh) norm(wide, NormKind::RMS, k + hh * D, l.k_norm, nullptr, k + hh * D, D, c.eps);
+        for (int64_t hh = 0; hh < H; ++hh)
+          norm(wide, NormKind::RMS, q + hh * D, l.q_norm, nullptr, q + hh * D, D, c.eps);
+        for (int64_t hh = 0; hh < Hkv; ++hh)
+          norm(wide, NormKind::RMS, k + hh * D, l.k_norm, nullptr, k + hh * D, D, c.eps);
       }
       const int64_t slot = start + t;
       if (c.rot_dim > 0) {

@@ -19,8 +19,9 @@
 //   a   = silu(gate) * up  with [gate; up] = Wgu h   (gated MLP), or  a = act(Wfc h)
 //   x  += Wdown a
 // then logits (V,) = Wlm norm_f(x). Every linear is the int8_w8_linear kernel, bit for bit the
-// eager path's call; the small ops are plain fp32 loops (their rounding differs from PyTorch's
-// vectorized reductions in the last bits; tests compare against the eager forward with a tolerance).
+// eager path's call; the small ops (decode_step_impl.h: AVX-512 or portable fp32) round differently
+// from PyTorch's in the last bits (tests compare against the eager forward with a tolerance).
+// DecodeSession::forward runs T tokens at once (the prefill: every linear at M = T, causal attention).
 //
 // Layouts: KV caches (Hkv, max_len, D) fp32 contiguous per layer (the runner's KVCache at B = 1);
 // rope cos/sin (max_len, rot_dim) fp32; positional embedding (max_len, C) fp32; embedding (V, C).

@@ -37,7 +37,7 @@ inline __m512 exp16(__m512 x) {
 
 void attend_head(const float* q, const float* k, const float* v, int64_t L, int64_t D, float scale, float* scores,
                  float* out) {
-  // scores: one q . k[j] per key (D/16 FMAs + a horizontal sum), two keys at a time for overlap.
+  // scores: one q . k[j] per key (D/16 FMAs + a horizontal sum).
   __m512 mx = _mm512_set1_ps(-INFINITY);
   int64_t j = 0;
   for (; j < L; ++j) {
@@ -49,7 +49,8 @@ void attend_head(const float* q, const float* k, const float* v, int64_t L, int6
     }
     scores[j] = _mm512_reduce_add_ps(acc) * scale;
   }
-  for (j = 0; j < L; j += 16) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail(L - j), scores + j));
+  for (j = 0; j < L; j += 16)
+    mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail(L - j), scores + j));
   const __m512 vmax = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
   __m512 vsum = _mm512_setzero_ps();
   for (j = 0; j < L; j += 16) {
@@ -62,7 +63,8 @@ void attend_head(const float* q, const float* k, const float* v, int64_t L, int6
   for (int64_t d = 0; d < D; d += 16) {
     const __mmask16 m = tail(D - d);
     __m512 acc = _mm512_setzero_ps();
-    for (j = 0; j < L; ++j) acc = _mm512_fmadd_ps(_mm512_set1_ps(scores[j] * inv), _mm512_maskz_loadu_ps(m, v + j * D + d), acc);
+    for (j = 0; j < L; ++j)
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(scores[j] * inv), _mm512_maskz_loadu_ps(m, v + j * D + d), acc);
     _mm512_mask_storeu_ps(out + d, m, acc);
   }
 }
