@@ -195,12 +195,13 @@ PYBIND11_MODULE(_C, m) {
                                       ptr<const float>(pos_embed));
            }),
            py::keep_alive<1, 2>())
-      .def("step", [](DecodeSession& s, uintptr_t token, int64_t slot, uintptr_t logits, int nt) {
+      .def("step", [](DecodeSession& s, uintptr_t token, int64_t slot, uintptr_t logits, uintptr_t argmax, int nt) {
         py::gil_scoped_release nogil;
-        s.step(ptr<const int64_t>(token), slot, ptr<float>(logits), nt);
+        s.step(ptr<const int64_t>(token), slot, ptr<float>(logits), ptr<int64_t>(argmax), nt);
       })
-      .def("forward", [](DecodeSession& s, uintptr_t tokens, int64_t T, int64_t start, uintptr_t logits, int nt) {
+      .def("forward", [](DecodeSession& s, uintptr_t tokens, int64_t T, int64_t start, uintptr_t logits,
+                         uintptr_t argmax, int nt) {
         py::gil_scoped_release nogil;
-        s.forward(ptr<const int64_t>(tokens), T, start, ptr<float>(logits), nt);
+        s.forward(ptr<const int64_t>(tokens), T, start, ptr<float>(logits), ptr<int64_t>(argmax), nt);
       });
 }

@@ -81,12 +81,14 @@ def _logits_both(rt: Runner, prompt: list[int], steps: int):
         sess = rt.native.session(c_nat, pos, max_len)
         assert sess.max_prefill >= len(prompt)
         got = sess.prefill(ids[0]).clone()
+        assert sess.greedy().item() == got.argmax(-1).item()
         logits = lean.forward(ids, pos, c_eag, 0, None, True)
         out.append((got, logits, c_nat, c_eag, len(prompt) - 1))
         for s in range(steps):
             tok = logits.argmax(-1)
             slot = len(prompt) + s
             got = sess.step(tok, slot).clone()
+            assert sess.greedy().item() == got.argmax(-1).item()
             logits = lean.forward(tok.unsqueeze(1), pos, c_eag, slot, None, False)
             out.append((got, logits, c_nat, c_eag, slot))
     return out
@@ -118,6 +120,40 @@ def test_native_step_logits_and_cache_match_the_eager_forward(name, isa):
                 b = getattr(c_eag, kind)[layer][:, :, :slot + 1]
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5,
                                            msg=lambda m: f"{name} layer {layer} {kind} cache: {m}")
+
+
+def test_native_greedy_token_is_torch_argmax_on_ties_and_nan(isa):
+    """The step's own argmax (used for greedy decoding) follows torch.argmax: the first maximum, and
+    NaN counts as the maximum. lm_head rows 3 and 7 are made identical, every other row's scale 0."""
+    model = MODELS["llama"]()
+    head = model.lm_head
+    with torch.no_grad():
+        head.w_q[7] = head.w_q[3]
+        head.w_scale.zero_()
+        head.w_scale[3] = head.w_scale[7] = 1.0
+    head.repack()
+    rt = Runner(model)
+    lean = rt.lean
+    pos = lean.prepare(Batch.left_padded([3], 8, torch.device("cpu")))
+
+    def greedy():
+        sess = rt.native.session(lean.new_cache(1, 8), pos, 8)
+        logits = sess.prefill(torch.tensor([1, 2, 3]))
+        assert logits[0, 3] == logits[0, 7] or logits[0, 7].isnan()
+        return sess.greedy().item(), logits.argmax(-1).item(), logits[0, 3].item()
+
+    got, want, tied = greedy()
+    if tied < 0:  # make the tied pair the maximum
+        with torch.no_grad():
+            head.w_scale[3] = head.w_scale[7] = -1.0
+        rt = Runner(model)
+        got, want, tied = greedy()
+    assert tied > 0 and got == want == 3
+    with torch.no_grad():
+        head.w_scale[7] = float("nan")
+    rt = Runner(model)
+    got, want, _ = greedy()
+    assert got == want == 7
 
 
 def test_prefill_runs_natively_only_where_every_linear_runs_w8():

@@ -137,6 +137,15 @@ void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
   for (int64_t i = 0; i < n; ++i) y[i] = w ? (x[i] * r) * w[i] : x[i] * r;
 }
 
+int64_t argmax(const float* x, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isnan(x[i])) return i;
+    if (x[i] > x[best]) best = i;
+  }
+  return best;
+}
+
 }  // namespace portable
 
 DecodePlan::DecodePlan(const DecodeConfig& cfg) : cfg_(cfg) {
@@ -235,11 +244,12 @@ void DecodeSession::ensure_rows(int64_t T) {
   rows_ = T;
 }
 
-void DecodeSession::step(const int64_t* token, int64_t slot, float* logits, int num_threads) {
-  forward(token, 1, slot, logits, num_threads);
+void DecodeSession::step(const int64_t* token, int64_t slot, float* logits, int64_t* argmax, int num_threads) {
+  forward(token, 1, slot, logits, argmax, num_threads);
 }
 
-void DecodeSession::forward(const int64_t* tokens, int64_t T, int64_t start, float* logits, int num_threads) {
+void DecodeSession::forward(const int64_t* tokens, int64_t T, int64_t start, float* logits, int64_t* argmax,
+                            int num_threads) {
   const DecodePlan& p = plan_;
   const DecodeConfig& c = p.cfg_;
   const int64_t C = c.hidden, D = c.head_dim;
@@ -311,6 +321,7 @@ void DecodeSession::forward(const int64_t* tokens, int64_t T, int64_t start, flo
   // Only the last position is sampled.
   norm(wide, c.norm, x + (T - 1) * C, p.norm_w_, p.norm_b_, h, C, c.eps);
   linear(p.lm_head_, h, logits, 1, num_threads);
+  if (argmax) *argmax = (wide ? avx512::argmax : portable::argmax)(logits, c.vocab);
   parallel_keep_warm(kWarmUs);
 }
 

@@ -104,11 +104,12 @@ class DecodeSession {
   // pos_embed (max_len, C).
   DecodeSession(const DecodePlan& plan, const std::vector<float*>& k_cache, const std::vector<float*>& v_cache,
                 int64_t max_len, const float* cos, const float* sin, const float* pos_embed);
-  // One token: *token in [0, V) at slot in [0, max_len) (attends to slots [0, slot]) -> logits (V,).
-  void step(const int64_t* token, int64_t slot, float* logits, int num_threads);
+  // One token: *token in [0, V) at slot in [0, max_len) (attends to slots [0, slot]) -> logits (V,),
+  // and when argmax is non-null the greedy next token (torch.argmax of the logits) into *argmax.
+  void step(const int64_t* token, int64_t slot, float* logits, int64_t* argmax, int num_threads);
   // T tokens at slots [start, start + T) (the prefill: each attends to [0, its slot]), every linear
-  // at M = T -> logits (V,) of the last one.
-  void forward(const int64_t* tokens, int64_t T, int64_t start, float* logits, int num_threads);
+  // at M = T -> logits (V,) (and argmax) of the last one.
+  void forward(const int64_t* tokens, int64_t T, int64_t start, float* logits, int64_t* argmax, int num_threads);
 
  private:
   void attention(const DecodeLayer& l, int64_t layer, int64_t start, int64_t T, int num_threads);

@@ -106,5 +106,22 @@ void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
   }
 }
 
+int64_t argmax(const float* x, int64_t n) {
+  __m512 mx = _mm512_set1_ps(-INFINITY);
+  __mmask16 nan = 0;
+  for (int64_t i = 0; i < n && !nan; i += 16) {
+    const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail(n - i), x + i);
+    nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    mx = _mm512_max_ps(mx, v);
+  }
+  if (nan) return portable::argmax(x, n);  // the first NaN
+  const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 eq = _mm512_mask_cmp_ps_mask(tail(n - i), _mm512_maskz_loadu_ps(tail(n - i), x + i), m, _CMP_EQ_OQ);
+    if (eq) return i + __builtin_ctz(eq);
+  }
+  return 0;  // n == 0 or every element -inf
+}
+
 }  // namespace avx512
 }  // namespace slimrt

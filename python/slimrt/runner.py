@@ -310,7 +310,10 @@ class Runner:
         for step in range(max_new_tokens):
             t0 = time.perf_counter()
             with torch.inference_mode():
-                tok = sample(logits, temperature, top_k, top_p, generator)
+                if temperature == 0 and native is not None and logits is native.logits:
+                    tok = native.greedy()  # the native call's own argmax of these logits
+                else:
+                    tok = sample(logits, temperature, top_k, top_p, generator)
                 if eos_ids is not None:
                     tok = tok.masked_fill(finished, pad_id)
                     finished |= torch.isin(tok, eos_ids)

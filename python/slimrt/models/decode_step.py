@@ -157,6 +157,12 @@ class NativeSession:
         self._sess, self._keep, self.max_prefill = sess, keep, max_prefill
         self.logits = torch.empty((1, vocab), dtype=torch.float32)
         self._out = self.logits.data_ptr()
+        self._greedy = torch.zeros(1, dtype=torch.long)  # argmax of self.logits, written with them
+        self._greedy_ptr = self._greedy.data_ptr()
+
+    def greedy(self) -> Tensor:
+        """(1,) long: torch.argmax of the latest logits (computed natively with them; a new tensor)."""
+        return self._greedy.clone()
 
     def prefill(self, ids: Tensor) -> Tensor:
         if ids.dtype != torch.long or ids.dim() != 1 or ids.device.type != "cpu":
@@ -166,7 +172,7 @@ class NativeSession:
             raise ValueError(f"NativeSession.prefill: {ids.shape[0]} tokens; this model prefills 1 to "
                              f"{self.max_prefill} natively")
         ids = ids.contiguous()
-        self._sess.forward(ids.data_ptr(), ids.shape[0], 0, self._out, torch.get_num_threads())
+        self._sess.forward(ids.data_ptr(), ids.shape[0], 0, self._out, self._greedy_ptr, torch.get_num_threads())
         return self.logits
 
     def step(self, tok: Tensor, slot: int) -> Tensor:
@@ -174,7 +180,7 @@ class NativeSession:
             raise ValueError(f"NativeSession.step: tok must be one int64 token on the CPU, got {tok.dtype} "
                              f"of shape {tuple(tok.shape)}")
         tok = tok.contiguous()
-        self._sess.step(tok.data_ptr(), slot, self._out, torch.get_num_threads())
+        self._sess.step(tok.data_ptr(), slot, self._out, self._greedy_ptr, torch.get_num_threads())
         return self.logits
 
 
