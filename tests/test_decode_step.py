@@ -48,7 +48,11 @@ MODELS = {
     "mistral": lambda: variant("Mistral"),
     "qwen2-bias": lambda: variant("Qwen2"),
     "qwen3-qk-norm": lambda: variant("Qwen3"),
+    # odd sizes: head_dim 12 and hidden 36 (vector tails), MLP width 37, vocab 257, 3 heads on 1 KV head
+    "llama-odd-sizes": lambda: w8(tiny_llama(4, hidden_size=36, intermediate_size=37, num_attention_heads=3,
+                                             num_key_value_heads=1, vocab_size=257)),
     "gpt2": lambda: w8(tiny_gpt2()),
+    "gpt2-odd-sizes": lambda: w8(tiny_gpt2(5, n_embd=36, n_head=3, n_inner=37, vocab_size=257)),
     "gpt2-gelu-erf-inverse-layer-scale": lambda: w8(tiny_gpt2(3, activation_function="gelu",
                                                                 scale_attn_by_inverse_layer_idx=True)),
 }
@@ -106,7 +110,8 @@ def isa(request):
     ext.set_isa(before)
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen3-qk-norm", "gpt2", "gpt2-gelu-erf-inverse-layer-scale"])
+@pytest.mark.parametrize("name", ["llama", "llama-odd-sizes", "qwen3-qk-norm", "gpt2", "gpt2-odd-sizes",
+                                  "gpt2-gelu-erf-inverse-layer-scale"])
 def test_native_step_logits_and_cache_match_the_eager_forward(name, isa):
     rt = Runner(MODELS[name]())
     for got, want, c_nat, c_eag, slot in _logits_both(rt, PROMPTS[0], 6):
