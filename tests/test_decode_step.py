@@ -161,6 +161,37 @@ def test_native_greedy_token_is_torch_argmax_on_ties_and_nan(isa):
     assert got == want == 7
 
 
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_nan_in_the_model_shows_as_nan_logits(name, isa):
+    """RELIABILITY 26: a NaN embedding row reaches the logits as NaN on both paths, never hidden."""
+    model = MODELS[name]()
+    embed = model.model.embed_tokens.weight if name == "llama" else model.transformer.wte.weight
+    with torch.no_grad():
+        embed[4] = float("nan")
+    rt = Runner(model)
+    for got, want, *_ in _logits_both(rt, [1, 2, 4], 1)[:1]:
+        assert bool(want.isnan().all()) and bool(got.isnan().all())
+
+
+def test_many_sessions_and_steps_keep_memory_flat():
+    """RELIABILITY 35: sessions (per generate call) and steps allocate nothing that outlives them."""
+    from test_leaks import _growth
+
+    rt = Runner(MODELS["llama"]())
+    lean = rt.lean
+    pos = lean.prepare(Batch.left_padded([3], 16, torch.device("cpu")))
+    tok = torch.tensor([1])
+
+    def cycle():
+        sess = rt.native.session(lean.new_cache(1, 16), pos, 16)
+        sess.prefill(torch.tensor([1, 2, 3]))
+        for slot in range(3, 16):
+            sess.step(tok, slot)
+
+    grown = _growth(cycle, warmup=50, cycles=1500)
+    assert grown < 8, f"RSS grew {grown:.1f} MB over 1500 sessions of 13 steps"
+
+
 def test_prefill_runs_natively_only_where_every_linear_runs_w8():
     assert Runner(MODELS["llama"]()).native.max_prefill == float("inf")
     rt = Runner(MODELS["llama-mha-w8a8-modules"]())  # w8a8 modules: M >= 2 runs w8a8, so an eager prefill
