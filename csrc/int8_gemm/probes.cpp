@@ -72,6 +72,7 @@ double probe_read_bandwidth(int64_t nbytes, int num_threads, int passes) {
     for (uint64_t s : sums) sink = sink + s;
     best = std::max(best, static_cast<double>(nbytes) / dt);
   }
+  parallel_keep_warm(0);  // back to sleeping: whatever runs next (PyTorch's threads) gets the cores
   std::free(buf);
   return best;
 }
