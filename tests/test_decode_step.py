@@ -192,6 +192,15 @@ def test_many_sessions_and_steps_keep_memory_flat():
     assert grown < 8, f"RSS grew {grown:.1f} MB over 1500 sessions of 13 steps"
 
 
+def test_checkpoint_round_trip_runs_native(tmp_path):
+    model = MODELS["qwen3-qk-norm"]()
+    slimrt.save(model, tmp_path / "ck")
+    rt = slimrt.load(tmp_path / "ck")
+    assert rt.native is not None, rt.native_reason
+    for p in PROMPTS[:2]:
+        assert rt.generate_ids([p], NEW, eos=False)[0] == hf_greedy(model, p, NEW)
+
+
 def test_prefill_runs_natively_only_where_every_linear_runs_w8():
     assert Runner(MODELS["llama"]()).native.max_prefill == float("inf")
     rt = Runner(MODELS["llama-mha-w8a8-modules"]())  # w8a8 modules: M >= 2 runs w8a8, so an eager prefill
