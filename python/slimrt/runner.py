@@ -143,8 +143,7 @@ class Runner:
         self.native: NativeDecoder | None = None
         self.native_reason = "disabled (native=False)" if not native else "not a decoder"
         if native and self.kind == "decoder":
-            self.native = NativeDecoder.build(model, self.policy, self.lean.family)
-            self.native_reason = "" if self.native is not None else NativeDecoder.last_reason
+            self.native, self.native_reason = NativeDecoder.build(model, self.policy, self.lean.family)
         self.pooling = pooling or "mean"
         self.max_seq_length = min(max_seq_length or self.lean.max_positions, self.lean.max_positions)
 
