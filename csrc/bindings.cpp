@@ -187,12 +187,13 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("num_layers", &DecodePlan::num_layers);
   py::class_<DecodeSession>(m, "DecodeSession")
       .def(py::init([](const DecodePlan& plan, const std::vector<uintptr_t>& k, const std::vector<uintptr_t>& v,
-                       int64_t max_len, uintptr_t cos, uintptr_t sin, uintptr_t pos_embed) {
+                       int64_t max_len, uintptr_t cos, uintptr_t sin, uintptr_t pos_embed,
+                       const std::vector<int64_t>& pads) {
              std::vector<float*> kp, vp;
              for (uintptr_t a : k) kp.push_back(ptr<float>(a));
              for (uintptr_t a : v) vp.push_back(ptr<float>(a));
              return new DecodeSession(plan, kp, vp, max_len, ptr<const float>(cos), ptr<const float>(sin),
-                                      ptr<const float>(pos_embed));
+                                      ptr<const float>(pos_embed), pads);
            }),
            py::keep_alive<1, 2>())
       .def("step", [](DecodeSession& s, uintptr_t token, int64_t slot, uintptr_t logits, uintptr_t argmax, int nt) {

@@ -262,10 +262,52 @@ def test_reference_backend_keeps_the_eager_step():
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_batched_generate_uses_the_eager_step_and_matches_rows_alone(family):
-    rt = Runner(MODELS[family]())
+def test_batched_left_padded_decode_runs_native_and_equals_eager(family):
+    """A batch decodes natively (every linear at M = B is w8; the padded prefill stays eager): the
+    same tokens as the eager batched loop, and as each prompt alone."""
+    model = MODELS[family]()
+    rt, eager = Runner(model), Runner(model, native=False)
+    assert rt.native.max_batch == float("inf")
     together = rt.generate_ids(PROMPTS, NEW, eos=False)
+    assert together == eager.generate_ids(PROMPTS, NEW, eos=False)
     assert together == [rt.generate_ids([p], NEW, eos=False)[0] for p in PROMPTS]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3-qk-norm", "gpt2"])
+def test_batched_native_step_logits_match_the_eager_forward(family, isa):
+    """Left-padded rows: each row's RoPE / position row and key range [pad, slot] as the eager mask has it."""
+    rt = Runner(MODELS[family]())
+    lean = rt.lean
+    lengths = [len(p) for p in PROMPTS]
+    plen, steps = max(lengths), 5
+    max_len = plen + steps
+    batch = Batch.left_padded(lengths, max_len, torch.device("cpu"))
+    pos = lean.prepare(batch)
+    ids = torch.zeros(len(PROMPTS), plen, dtype=torch.long)
+    for r, p in enumerate(PROMPTS):
+        ids[r, plen - len(p):] = torch.tensor(p)
+    with torch.inference_mode():
+        c_nat, c_eag = lean.new_cache(len(PROMPTS), max_len), lean.new_cache(len(PROMPTS), max_len)
+        lean.forward(ids, pos, c_nat, 0, batch.prefill_mask(), False)
+        logits = lean.forward(ids, pos, c_eag, 0, batch.prefill_mask(), False)
+        sess = rt.native.session(c_nat, pos, max_len, [plen - n for n in lengths])
+        assert sess.max_prefill == 0  # a padded batch prefills eagerly
+        for s in range(steps):
+            tok = logits.argmax(-1)
+            slot = plen + s
+            got = sess.step(tok, slot).clone()
+            assert torch.equal(sess.greedy(), got.argmax(-1))
+            logits = lean.forward(tok.unsqueeze(1), pos, c_eag, slot, batch.decode_mask()[..., :slot + 1], False)
+            err = (got - logits).abs().max().item()
+            assert err <= 1e-5 * logits.abs().max().item(), f"{family} {isa} slot {slot}: max error {err:.3g}"
+
+
+def test_batched_decode_keeps_the_eager_step_where_w8a8_serves_m_above_1():
+    rt = Runner(MODELS["llama-mha-w8a8-modules"]())
+    assert rt.native.max_batch == 1
+    cache = rt.lean.new_cache(2, 8)
+    pos = rt.lean.prepare(Batch.left_padded([3, 3], 8, torch.device("cpu")))
+    assert rt.native.session(cache, pos, 8) is None
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -317,9 +359,9 @@ def test_bad_input_is_a_clear_error():
         sess.step(torch.tensor([-1]), 4)
     with pytest.raises(ValueError, match="slot 8 is outside"):
         sess.step(torch.tensor([3]), 8)
-    with pytest.raises(ValueError, match="tok must be one int64"):
+    with pytest.raises(ValueError, match="one int64 token per row"):
         sess.step(torch.tensor([3.0]), 4)
-    with pytest.raises(ValueError, match="tok must be one int64"):
+    with pytest.raises(ValueError, match="one int64 token per row"):
         sess.step(torch.tensor([3, 4]), 4)
     with pytest.raises(ValueError, match="ids must be a 1-D int64"):
         sess.prefill(torch.tensor([[3, 4]]))
@@ -332,10 +374,20 @@ def test_bad_input_is_a_clear_error():
     ext = _native.load()
     with pytest.raises(ValueError, match="caches for"):
         ext.DecodeSession(rt.native.plan, [t.data_ptr() for t in cache.k[:1]], [t.data_ptr() for t in cache.v],
-                          8, pos[0].data_ptr(), pos[1].data_ptr(), 0)
+                          8, pos[0].data_ptr(), pos[1].data_ptr(), 0, [0])
     with pytest.raises(ValueError, match="rope cos/sin"):
         ext.DecodeSession(rt.native.plan, [t.data_ptr() for t in cache.k], [t.data_ptr() for t in cache.v],
-                          8, 0, 0, 0)
+                          8, 0, 0, 0, [0])
+    with pytest.raises(ValueError, match="left padding 8 is outside"):
+        ext.DecodeSession(rt.native.plan, [t.data_ptr() for t in cache.k], [t.data_ptr() for t in cache.v],
+                          8, pos[0].data_ptr(), pos[1].data_ptr(), 0, [8])
+    padded = rt.native.session(cache, pos, 8, [5])
+    with pytest.raises(ValueError, match="inside row 0's left padding"):
+        padded.step(torch.tensor([3]), 4)
+    with pytest.raises(ValueError, match="one unpadded row only"):
+        padded.prefill(torch.tensor([3]))
+    with pytest.raises(ValueError, match="2 paddings for a cache of 1 rows"):
+        rt.native.session(cache, pos, 8, [0, 0])
     plan = ext.DecodePlan(64, 16, 16, 300, 0, 0, 1e-6)
     w = torch.zeros(7, 64, dtype=torch.int8)
     s = torch.ones(7)
@@ -348,4 +400,4 @@ def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="rot_dim=3"):
         ext.DecodePlan(64, 16, 3, 300, 0, 0, 1e-6)
     with pytest.raises(ValueError, match="no layers or no head"):
-        ext.DecodeSession(plan, [], [], 8, pos[0].data_ptr(), pos[1].data_ptr(), 0)
+        ext.DecodeSession(plan, [], [], 8, pos[0].data_ptr(), pos[1].data_ptr(), 0, [0])

@@ -185,9 +185,9 @@ void DecodePlan::set_head(const float* embed, const float* norm_w, const float* 
 
 DecodeSession::DecodeSession(const DecodePlan& plan, const std::vector<float*>& k_cache,
                              const std::vector<float*>& v_cache, int64_t max_len, const float* cos, const float* sin,
-                             const float* pos_embed)
+                             const float* pos_embed, const std::vector<int64_t>& pads)
     : plan_(plan), k_cache_(k_cache), v_cache_(v_cache), max_len_(max_len), cos_(cos), sin_(sin),
-      pos_embed_(pos_embed) {
+      pos_embed_(pos_embed), batch_(static_cast<int64_t>(pads.size())), pads_(pads) {
   const DecodeConfig& c = plan.cfg_;
   SLIMRT_CHECK(plan.has_head_ && !plan.layers_.empty(), "DecodeSession: the plan has no layers or no head");
   SLIMRT_CHECK(static_cast<int64_t>(k_cache.size()) == plan.num_layers() &&
@@ -197,6 +197,10 @@ DecodeSession::DecodeSession(const DecodePlan& plan, const std::vector<float*>& 
   for (int64_t i = 0; i < plan.num_layers(); ++i)
     SLIMRT_CHECK(k_cache[i] && v_cache[i], "DecodeSession: layer " << i << " has a null cache");
   SLIMRT_CHECK(max_len > 0, "DecodeSession: max_len=" << max_len << " must be > 0");
+  SLIMRT_CHECK(batch_ >= 1, "DecodeSession: pads must list one left padding per batch row (got none)");
+  for (int64_t b = 0; b < batch_; ++b)
+    SLIMRT_CHECK(pads[b] >= 0 && pads[b] < max_len, "DecodeSession: row " << b << "'s left padding " << pads[b]
+                                                                           << " is outside [0, " << max_len << ")");
   SLIMRT_CHECK(c.rot_dim > 0 ? (cos && sin) : pos_embed != nullptr,
                "DecodeSession: " << (c.rot_dim > 0 ? "rope cos/sin tables" : "pos_embed") << " missing");
   int64_t heads = 0;
@@ -206,26 +210,25 @@ DecodeSession::DecodeSession(const DecodePlan& plan, const std::vector<float*>& 
 }
 
 // Queries t < T at slots start + t attend to slots [0, start + t] (causal over the new rows).
-void DecodeSession::attention(const DecodeLayer& l, int64_t layer, int64_t start, int64_t T, int num_threads) {
+// Row r's query (cache row b, slot s) attends to its keys at slots [kv0, s].
+void DecodeSession::attention(const DecodeLayer& l, int64_t layer, const std::vector<Row>& rows, int num_threads) {
   const int64_t D = plan_.cfg_.head_dim, H = l.n_heads, Hkv = l.n_kv_heads, group = H / Hkv;
-  const int64_t ldq = l.qkv.N, ldo = H * D;
-  const float* kc = k_cache_[layer];
-  const float* vc = v_cache_[layer];
+  const int64_t R = static_cast<int64_t>(rows.size()), ldq = l.qkv.N, ldo = H * D;
   const float scale = l.attn_scale;
   const auto attend = active_isa() == Isa::Avx512 ? avx512::attend_head : portable::attend_head;
-  parallel_for(H * T, num_threads, [&](int64_t i0, int64_t i1) {
+  parallel_for(H * R, num_threads, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t h = i / T, t = i % T;
-      const float* kh = kc + (h / group) * max_len_ * D;
-      const float* vh = vc + (h / group) * max_len_ * D;
-      attend(qkv_.data() + t * ldq + h * D, kh, vh, start + t + 1, D, scale, scores_.data() + h * max_len_,
-             att_.data() + t * ldo + h * D);
+      const int64_t h = i / R, r = i % R;
+      const Row& row = rows[r];
+      const int64_t off = ((row.b * Hkv + h / group) * max_len_ + row.kv0) * D;
+      attend(qkv_.data() + r * ldq + h * D, k_cache_[layer] + off, v_cache_[layer] + off, row.slot - row.kv0 + 1, D,
+             scale, scores_.data() + h * max_len_, att_.data() + r * ldo + h * D);
     }
-  }, T);  // whole heads per chunk: two chunks never share a head's scores row
+  }, R);  // whole heads per chunk: two chunks never share a head's scores row
 }
 
-void DecodeSession::ensure_rows(int64_t T) {
-  if (T <= rows_) return;
+void DecodeSession::ensure_rows(int64_t R) {
+  if (R <= rows_) return;
   const DecodeConfig& c = plan_.cfg_;
   int64_t qkv = 0, att = 0, mlp = 0, inter = 0;
   for (const DecodeLayer& l : plan_.layers_) {
@@ -234,57 +237,72 @@ void DecodeSession::ensure_rows(int64_t T) {
     mlp = std::max(mlp, l.up.N);
     inter = std::max(inter, l.down.K);
   }
-  x_.resize(T * c.hidden);
-  h_.resize(T * c.hidden);
-  tmp_.resize(T * c.hidden);
-  qkv_.resize(T * qkv);
-  att_.resize(T * att);
-  mlp_.resize(T * mlp);
-  act_.resize(T * inter);
-  rows_ = T;
+  x_.resize(R * c.hidden);
+  h_.resize(R * c.hidden);
+  tmp_.resize(R * c.hidden);
+  qkv_.resize(R * qkv);
+  att_.resize(R * att);
+  mlp_.resize(R * mlp);
+  act_.resize(R * inter);
+  rows_ = R;
 }
 
-void DecodeSession::step(const int64_t* token, int64_t slot, float* logits, int64_t* argmax, int num_threads) {
-  forward(token, 1, slot, logits, argmax, num_threads);
+void DecodeSession::step(const int64_t* tokens, int64_t slot, float* logits, int64_t* argmax, int num_threads) {
+  SLIMRT_CHECK(slot >= 0 && slot < max_len_, "decode_step: slot " << slot << " is outside [0, " << max_len_ << ")");
+  std::vector<Row> rows(batch_);
+  for (int64_t b = 0; b < batch_; ++b) {
+    SLIMRT_CHECK(slot >= pads_[b], "decode_step: slot " << slot << " is inside row " << b << "'s left padding");
+    rows[b] = Row{b, slot, pads_[b]};
+  }
+  run(tokens, rows, true, logits, argmax, num_threads);
 }
 
 void DecodeSession::forward(const int64_t* tokens, int64_t T, int64_t start, float* logits, int64_t* argmax,
                             int num_threads) {
-  const DecodePlan& p = plan_;
-  const DecodeConfig& c = p.cfg_;
-  const int64_t C = c.hidden, D = c.head_dim;
-  SLIMRT_CHECK(tokens != nullptr && logits != nullptr, "decode_step: tokens and logits must not be null");
+  SLIMRT_CHECK(batch_ == 1 && pads_[0] == 0, "decode_step: forward (the prefill) runs one unpadded row, this "
+                                             "session has " << batch_ << " rows");
   SLIMRT_CHECK(T >= 1, "decode_step: " << T << " tokens; need at least 1");
   SLIMRT_CHECK(start >= 0 && start + T <= max_len_,
                "decode_step: slot " << start + T - 1 << " is outside [0, " << max_len_ << ")");
-  for (int64_t t = 0; t < T; ++t)
-    SLIMRT_CHECK(tokens[t] >= 0 && tokens[t] < c.vocab,
-                 "decode_step: token " << tokens[t] << " is outside [0, " << c.vocab << ")");
-  ensure_rows(T);
+  std::vector<Row> rows(T);
+  for (int64_t t = 0; t < T; ++t) rows[t] = Row{0, start + t, 0};
+  run(tokens, rows, false, logits, argmax, num_threads);
+}
+
+void DecodeSession::run(const int64_t* tokens, const std::vector<Row>& rows, bool all_logits, float* logits,
+                        int64_t* argmax, int num_threads) {
+  const DecodePlan& p = plan_;
+  const DecodeConfig& c = p.cfg_;
+  const int64_t C = c.hidden, D = c.head_dim, R = static_cast<int64_t>(rows.size());
+  SLIMRT_CHECK(tokens != nullptr && logits != nullptr, "decode_step: tokens and logits must not be null");
+  for (int64_t r = 0; r < R; ++r)
+    SLIMRT_CHECK(tokens[r] >= 0 && tokens[r] < c.vocab,
+                 "decode_step: token " << tokens[r] << " is outside [0, " << c.vocab << ")");
+  ensure_rows(R);
   const bool wide = active_isa() == Isa::Avx512;
-  float* x = x_.data();  // (T, C) residual stream
-  float* h = h_.data();  // (T, C) normed
-  for (int64_t t = 0; t < T; ++t) {
-    const float* e = p.embed_ + tokens[t] * C;
+  float* x = x_.data();  // (R, C) residual stream
+  float* h = h_.data();  // (R, C) normed
+  for (int64_t r = 0; r < R; ++r) {
+    const float* e = p.embed_ + tokens[r] * C;
     if (c.rot_dim > 0) {
-      std::copy(e, e + C, x + t * C);
+      std::copy(e, e + C, x + r * C);
     } else {
-      const float* pe = pos_embed_ + (start + t) * C;
-      for (int64_t i = 0; i < C; ++i) x[t * C + i] = e[i] + pe[i];
+      const float* pe = pos_embed_ + (rows[r].b * max_len_ + rows[r].slot) * C;
+      for (int64_t i = 0; i < C; ++i) x[r * C + i] = e[i] + pe[i];
     }
   }
   float* rope_tmp = scores_.data() + scores_.size() - D;
   for (int64_t li = 0; li < p.num_layers(); ++li) {
     // Workers spin between this layer's kernels (and, after the last layer, into the runner's
     // sampling and the next step) instead of sleeping: see parallel_keep_warm. A layer takes
-    // ~0.1-0.3 ms at T = 1, so the deadline is refreshed well before it runs out.
+    // ~0.1-0.3 ms at R = 1, so the deadline is refreshed well before it runs out.
     parallel_keep_warm(kWarmUs);
     const DecodeLayer& l = p.layers_[li];
     const int64_t H = l.n_heads, Hkv = l.n_kv_heads, ldq = l.qkv.N, I = l.down.K;
-    for (int64_t t = 0; t < T; ++t) norm(wide, c.norm, x + t * C, l.ln1_w, l.ln1_b, h + t * C, C, c.eps);
-    linear(l.qkv, h, qkv_.data(), T, num_threads);  // (T, (H + 2 Hkv) D)
-    for (int64_t t = 0; t < T; ++t) {
-      float* q = qkv_.data() + t * ldq;
+    for (int64_t r = 0; r < R; ++r) norm(wide, c.norm, x + r * C, l.ln1_w, l.ln1_b, h + r * C, C, c.eps);
+    linear(l.qkv, h, qkv_.data(), R, num_threads);  // (R, (H + 2 Hkv) D)
+    for (int64_t r = 0; r < R; ++r) {
+      float* q = qkv_.data() + r * ldq;
       float* k = q + H * D;
       const float* v = k + Hkv * D;
       if (l.q_norm) {
@@ -293,35 +311,40 @@ void DecodeSession::forward(const int64_t* tokens, int64_t T, int64_t start, flo
         for (int64_t hh = 0; hh < Hkv; ++hh)
           norm(wide, NormKind::RMS, k + hh * D, l.k_norm, nullptr, k + hh * D, D, c.eps);
       }
-      const int64_t slot = start + t;
-      if (c.rot_dim > 0) {
-        const float* cs = cos_ + slot * c.rot_dim;
-        const float* sn = sin_ + slot * c.rot_dim;
+      const Row& row = rows[r];
+      if (c.rot_dim > 0) {  // the tables hold each row's own positions (left padding excluded)
+        const float* cs = cos_ + (row.b * max_len_ + row.slot) * c.rot_dim;
+        const float* sn = sin_ + (row.b * max_len_ + row.slot) * c.rot_dim;
         for (int64_t hh = 0; hh < H; ++hh) rope(q + hh * D, cs, sn, c.rot_dim, rope_tmp);
         for (int64_t hh = 0; hh < Hkv; ++hh) rope(k + hh * D, cs, sn, c.rot_dim, rope_tmp);
       }
       for (int64_t hh = 0; hh < Hkv; ++hh) {
-        std::copy(k + hh * D, k + (hh + 1) * D, k_cache_[li] + (hh * max_len_ + slot) * D);
-        std::copy(v + hh * D, v + (hh + 1) * D, v_cache_[li] + (hh * max_len_ + slot) * D);
+        const int64_t off = ((row.b * Hkv + hh) * max_len_ + row.slot) * D;
+        std::copy(k + hh * D, k + (hh + 1) * D, k_cache_[li] + off);
+        std::copy(v + hh * D, v + (hh + 1) * D, v_cache_[li] + off);
       }
     }
-    attention(l, li, start, T, num_threads);  // (T, H D)
-    linear(l.o, att_.data(), tmp_.data(), T, num_threads);
-    for (int64_t i = 0; i < T * C; ++i) x[i] += tmp_[i];
-    for (int64_t t = 0; t < T; ++t) norm(wide, c.norm, x + t * C, l.ln2_w, l.ln2_b, h + t * C, C, c.eps);
-    linear(l.up, h, mlp_.data(), T, num_threads);  // (T, 2I) or (T, I)
-    for (int64_t t = 0; t < T; ++t) {
-      const float* g = mlp_.data() + t * l.up.N;
-      (wide ? avx512::activation : portable::activation)(c.act, g, g + I, act_.data() + t * I, I);
+    attention(l, li, rows, num_threads);  // (R, H D)
+    linear(l.o, att_.data(), tmp_.data(), R, num_threads);
+    for (int64_t i = 0; i < R * C; ++i) x[i] += tmp_[i];
+    for (int64_t r = 0; r < R; ++r) norm(wide, c.norm, x + r * C, l.ln2_w, l.ln2_b, h + r * C, C, c.eps);
+    linear(l.up, h, mlp_.data(), R, num_threads);  // (R, 2I) or (R, I)
+    for (int64_t r = 0; r < R; ++r) {
+      const float* g = mlp_.data() + r * l.up.N;
+      (wide ? avx512::activation : portable::activation)(c.act, g, g + I, act_.data() + r * I, I);
     }
-    linear(l.down, act_.data(), tmp_.data(), T, num_threads);
-    for (int64_t i = 0; i < T * C; ++i) x[i] += tmp_[i];
+    linear(l.down, act_.data(), tmp_.data(), R, num_threads);
+    for (int64_t i = 0; i < R * C; ++i) x[i] += tmp_[i];
   }
   parallel_keep_warm(kWarmUs);
-  // Only the last position is sampled.
-  norm(wide, c.norm, x + (T - 1) * C, p.norm_w_, p.norm_b_, h, C, c.eps);
-  linear(p.lm_head_, h, logits, 1, num_threads);
-  if (argmax) *argmax = (wide ? avx512::argmax : portable::argmax)(logits, c.vocab);
+  // Logits for every row (batched decode) or for the last one only (the prefill samples one).
+  const int64_t first = all_logits ? 0 : R - 1, n_out = R - first;
+  for (int64_t r = first; r < R; ++r)
+    norm(wide, c.norm, x + r * C, p.norm_w_, p.norm_b_, h + (r - first) * C, C, c.eps);
+  linear(p.lm_head_, h, logits, n_out, num_threads);
+  const auto amax = wide ? avx512::argmax : portable::argmax;
+  if (argmax)
+    for (int64_t r = 0; r < n_out; ++r) argmax[r] = amax(logits + r * c.vocab, c.vocab);
   parallel_keep_warm(kWarmUs);
 }
 

@@ -100,20 +100,28 @@ class DecodePlan {
 // itself (one step at a time); separate sessions over one plan may run concurrently.
 class DecodeSession {
  public:
-  // Each layer's cache (Hkv, max_len, D); rope cos/sin (max_len, rot_dim) when rot_dim > 0, else
-  // pos_embed (max_len, C).
+  // B = pads.size() rows, row b left-padded by pads[b] slots (its keys start there). Each layer's
+  // cache (B, Hkv, max_len, D); rope cos/sin (B, max_len, rot_dim) when rot_dim > 0, else pos_embed
+  // (B, max_len, C): each row's table holds its own positions.
   DecodeSession(const DecodePlan& plan, const std::vector<float*>& k_cache, const std::vector<float*>& v_cache,
-                int64_t max_len, const float* cos, const float* sin, const float* pos_embed);
-  // One token: *token in [0, V) at slot in [0, max_len) (attends to slots [0, slot]) -> logits (V,),
-  // and when argmax is non-null the greedy next token (torch.argmax of the logits) into *argmax.
-  void step(const int64_t* token, int64_t slot, float* logits, int64_t* argmax, int num_threads);
-  // T tokens at slots [start, start + T) (the prefill: each attends to [0, its slot]), every linear
-  // at M = T -> logits (V,) (and argmax) of the last one.
+                int64_t max_len, const float* cos, const float* sin, const float* pos_embed,
+                const std::vector<int64_t>& pads);
+  // One token per row: tokens (B,) in [0, V) at slot in [pads[b], max_len) (row b attends to slots
+  // [pads[b], slot]) -> logits (B, V), and when argmax is non-null each row's greedy next token
+  // (torch.argmax of its logits) into argmax (B,). Every linear at M = B.
+  void step(const int64_t* tokens, int64_t slot, float* logits, int64_t* argmax, int num_threads);
+  // One unpadded row only (B = 1): T tokens at slots [start, start + T) (the prefill: each attends
+  // to [0, its slot]), every linear at M = T -> logits (V,) (and argmax) of the last one.
   void forward(const int64_t* tokens, int64_t T, int64_t start, float* logits, int64_t* argmax, int num_threads);
 
  private:
-  void attention(const DecodeLayer& l, int64_t layer, int64_t start, int64_t T, int num_threads);
-  void ensure_rows(int64_t T);  // scratch for T rows
+  struct Row {
+    int64_t b, slot, kv0;  // cache / table row, slot of this token, first key slot it attends to
+  };
+  void run(const int64_t* tokens, const std::vector<Row>& rows, bool all_logits, float* logits, int64_t* argmax,
+           int num_threads);
+  void attention(const DecodeLayer& l, int64_t layer, const std::vector<Row>& rows, int num_threads);
+  void ensure_rows(int64_t R);  // scratch for R rows
 
   const DecodePlan& plan_;
   std::vector<float*> k_cache_, v_cache_;
@@ -121,6 +129,8 @@ class DecodeSession {
   const float* cos_;
   const float* sin_;
   const float* pos_embed_;
+  int64_t batch_;
+  std::vector<int64_t> pads_;
   std::vector<float> x_, h_, qkv_, att_, tmp_, mlp_, act_, scores_;
   int64_t rows_ = 0;
 };

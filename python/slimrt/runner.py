@@ -294,9 +294,11 @@ class Runner:
             if hasattr(cache, "set_padding"):  # sliding-window ring cache: per-row true positions
                 cache.set_padding(batch)
             step_mask = batch.decode_mask()
-            # Batch 1: the prefill and each decode step are one native call each (models.decode_step)
-            # where the model allows it, else the eager forward.
-            native = self.native.session(cache, pos, max_len) if self.native is not None and b == 1 else None
+            # The prefill (one prompt) and each decode step (any batch the w8 kernel serves) are one
+            # native call each (models.decode_step) where the model allows it, else the eager forward.
+            native = None
+            if self.native is not None:
+                native = self.native.session(cache, pos, max_len, [plen - n for n in lengths])
             if native is not None and plen <= native.max_prefill:
                 logits = native.prefill(ids[0])
             else:

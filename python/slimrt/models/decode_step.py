@@ -103,12 +103,13 @@ class NativeDecoder:
     """A built DecodePlan plus every tensor it points into; ``session(...)`` per generate call."""
 
     def __init__(self, plan: Any, keep: list[Tensor], rope: bool, vocab: int, fused_only: bool,
-                 max_prefill: float) -> None:
+                 max_prefill: float, max_batch: float) -> None:
         self.plan, self._keep, self.rope, self.vocab = plan, keep, rope, vocab
         self.fused_only = fused_only  # some weights exist only packed: no scalar-ISA run
-        # Longest prompt whose prefill runs natively: every linear's kernel at M = T must be "w8" (the
-        # kernel the native forward calls), as the eager forward would choose it.
-        self.max_prefill = max_prefill
+        # The native calls run the "w8" kernel at M = rows, so they serve only the row counts for which
+        # the eager forward would pick it too: the longest prompt a prefill runs natively (M = T; the LM
+        # head projects one row), and the most rows a batched decode step does (M = B, LM head included).
+        self.max_prefill, self.max_batch = max_prefill, max_batch
 
     @classmethod
     def build(cls, model: nn.Module, policy: KernelPolicy, family: str) -> "tuple[NativeDecoder | None, str]":
@@ -124,42 +125,48 @@ class NativeDecoder:
         except ValueError as e:  # a shape the native plan rejects (its message names it)
             return None, f"the native plan rejected the model: {e}"
 
-    def session(self, cache: Any, positions: Tensor | tuple[Tensor, Tensor], max_len: int) -> "NativeSession | None":
-        """A session over a batch-1 KVCache and the call's position tables (LlamaLean.prepare's (cos, sin)
-        or GPT2Lean.prepare's position embeddings), or None when this call must run the eager step."""
+    def session(self, cache: Any, positions: Tensor | tuple[Tensor, Tensor], max_len: int,
+                pads: list[int] | None = None) -> "NativeSession | None":
+        """A session over a KVCache of B rows (row b left-padded by ``pads[b]`` slots; default none) and
+        the call's position tables (LlamaLean.prepare's (cos, sin) or GPT2Lean.prepare's position
+        embeddings), or None when this call must run the eager step (a sliding-window cache, B above
+        ``max_batch``, the scalar ISA with fused weights)."""
         if self.fused_only and _native.load().active_isa() == "scalar":
             return None
         ks, vs = getattr(cache, "k", None), getattr(cache, "v", None)
-        if type(cache).__name__ != "KVCache" or not ks or ks[0].shape[0] != 1:
+        if type(cache).__name__ != "KVCache" or not ks:
             return None
-        if not all(t.dtype == torch.float32 and t.is_contiguous() for t in ks + vs):
+        b = ks[0].shape[0]
+        if not 1 <= b <= self.max_batch or not all(t.dtype == torch.float32 and t.is_contiguous() for t in ks + vs):
             return None
-        if self.rope:
-            cos, sin = (t.contiguous() for t in positions)
-            tables = (cos, sin)
-            ptrs = (cos.data_ptr(), sin.data_ptr(), 0)
-        else:
-            pos = positions.contiguous()
-            tables = (pos,)
-            ptrs = (0, 0, pos.data_ptr())
+        pads = [0] * b if pads is None else [int(p) for p in pads]
+        if len(pads) != b:
+            raise ValueError(f"NativeDecoder.session: {len(pads)} paddings for a cache of {b} rows")
+        tables = tuple(t.contiguous() for t in positions) if self.rope else (positions.contiguous(),)
+        if any(t.shape[0] != b or t.numel() != b * max_len * t.shape[-1] for t in tables):
+            raise ValueError(f"NativeDecoder.session: position tables of shape {tuple(tables[0].shape)} for "
+                             f"{b} rows of {max_len} slots")
+        ptrs = (tables[0].data_ptr(), tables[1].data_ptr(), 0) if self.rope else (0, 0, tables[0].data_ptr())
         sess = _native.load().DecodeSession(self.plan, [t.data_ptr() for t in ks], [t.data_ptr() for t in vs],
-                                            max_len, *ptrs)
-        return NativeSession(sess, (ks, vs, tables), self.vocab, self.max_prefill)
+                                            max_len, *ptrs, pads)
+        return NativeSession(sess, (ks, vs, tables), self.vocab, self.max_prefill if b == 1 and not any(pads) else 0,
+                             b)
 
 
 class NativeSession:
-    """``step(tok, slot)``: tok (1,) long -> logits (1, V) float32 (a buffer reused by the next step);
-    ``prefill(ids)``: ids (T,) long at slots [0, T) -> the last position's logits, when T <= max_prefill."""
+    """``step(tok, slot)``: tok (B,) long -> logits (B, V) float32 (a buffer reused by the next step);
+    ``prefill(ids)``: ids (T,) long at slots [0, T) -> the last position's logits (1, V), for one
+    unpadded row and T <= max_prefill; ``greedy()``: torch.argmax of the latest logits (B,)."""
 
-    def __init__(self, sess: Any, keep: tuple, vocab: int, max_prefill: float) -> None:
-        self._sess, self._keep, self.max_prefill = sess, keep, max_prefill
-        self.logits = torch.empty((1, vocab), dtype=torch.float32)
+    def __init__(self, sess: Any, keep: tuple, vocab: int, max_prefill: float, batch: int) -> None:
+        self._sess, self._keep, self.max_prefill, self.batch = sess, keep, max_prefill, batch
+        self.logits = torch.empty((batch, vocab), dtype=torch.float32)
         self._out = self.logits.data_ptr()
-        self._greedy = torch.zeros(1, dtype=torch.long)  # argmax of self.logits, written with them
+        self._greedy = torch.zeros(batch, dtype=torch.long)  # argmax of self.logits, written with them
         self._greedy_ptr = self._greedy.data_ptr()
 
     def greedy(self) -> Tensor:
-        """(1,) long: torch.argmax of the latest logits (computed natively with them; a new tensor)."""
+        """(B,) long: torch.argmax of the latest logits (computed natively with them; a new tensor)."""
         return self._greedy.clone()
 
     def prefill(self, ids: Tensor) -> Tensor:
@@ -167,16 +174,16 @@ class NativeSession:
             raise ValueError(f"NativeSession.prefill: ids must be a 1-D int64 CPU tensor, got {ids.dtype} "
                              f"of shape {tuple(ids.shape)}")
         if not 1 <= ids.shape[0] <= self.max_prefill:
-            raise ValueError(f"NativeSession.prefill: {ids.shape[0]} tokens; this model prefills 1 to "
-                             f"{self.max_prefill} natively")
+            raise ValueError(f"NativeSession.prefill: {ids.shape[0]} tokens; this session prefills 1 to "
+                             f"{self.max_prefill} natively (one unpadded row only)")
         ids = ids.contiguous()
         self._sess.forward(ids.data_ptr(), ids.shape[0], 0, self._out, self._greedy_ptr, torch.get_num_threads())
-        return self.logits
+        return self.logits[:1]
 
     def step(self, tok: Tensor, slot: int) -> Tensor:
-        if tok.dtype != torch.long or tok.numel() != 1 or tok.device.type != "cpu":
-            raise ValueError(f"NativeSession.step: tok must be one int64 token on the CPU, got {tok.dtype} "
-                             f"of shape {tuple(tok.shape)}")
+        if tok.dtype != torch.long or tok.numel() != self.batch or tok.device.type != "cpu":
+            raise ValueError(f"NativeSession.step: tok must hold one int64 token per row ({self.batch}) on the CPU, "
+                             f"got {tok.dtype} of shape {tuple(tok.shape)}")
         tok = tok.contiguous()
         self._sess.step(tok.data_ptr(), slot, self._out, self._greedy_ptr, torch.get_num_threads())
         return self.logits
@@ -233,11 +240,12 @@ def _build_llama(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
         plan.add_layer(ln1.data_ptr(), 0, qkv, h, hkv, 0 if qn is None else qn.data_ptr(),
                        0 if kn is None else kn.data_ptr(), 1.0 / math.sqrt(head_dim), o, ln2.data_ptr(), 0, up, down)
     norm_w = _f32(base.norm.weight, "the final norm")
-    head, k5 = _fused([model.lm_head], policy, "lm_head", [])  # the prefill projects one row only
+    head_max: list[float] = []
+    head, k5 = _fused([model.lm_head], policy, "lm_head", head_max)  # the prefill projects one row only
     keep += [embed, norm_w] + k5
     plan.set_head(embed.data_ptr(), norm_w.data_ptr(), 0, head)
     return NativeDecoder(plan, keep, rope=True, vocab=int(cfg.vocab_size), fused_only=fused_only,
-                         max_prefill=min(w8_max))
+                         max_prefill=min(w8_max), max_batch=min(w8_max + head_max))
 
 
 def _build_gpt2(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
@@ -271,8 +279,9 @@ def _build_gpt2(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
                        lns[3].data_ptr(), fc, proj)
     wte, wpe = _f32(tr.wte.weight, "wte"), _f32(tr.wpe.weight, "wpe")
     lnf = [_f32(tr.ln_f.weight, "ln_f"), _f32(tr.ln_f.bias, "ln_f")]
-    head, k5 = _fused([model.lm_head], policy, "lm_head", [])  # the prefill projects one row only
+    head_max: list[float] = []
+    head, k5 = _fused([model.lm_head], policy, "lm_head", head_max)  # the prefill projects one row only
     keep += [wte, wpe] + lnf + k5
     plan.set_head(wte.data_ptr(), lnf[0].data_ptr(), lnf[1].data_ptr(), head)
     return NativeDecoder(plan, keep, rope=False, vocab=int(cfg.vocab_size), fused_only=False,
-                         max_prefill=min(w8_max))
+                         max_prefill=min(w8_max), max_batch=min(w8_max + head_max))
