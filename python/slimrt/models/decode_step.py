@@ -1,11 +1,11 @@
-"""The native batch-1 decode step: one C++ call per token for the runner's hot loop.
+"""The native decode step: one C++ call per token (per batch of rows) for the runner's hot loop.
 
 ``NativeDecoder.build(model, policy, family)`` reads a Llama- or GPT-2-family model once and builds a
 ``slimrt._C.DecodePlan`` (csrc/decode_step/decode_step.h): per layer the norms, a fused q/k/v
 int8 weight (q_proj, k_proj and v_proj rows concatenated: one kernel call instead of three), the
 output projection, a fused gate/up weight (Llama) and the down projection. Each generate call opens
 a ``session`` over its KV cache and position tables; ``session.step(tok, slot)`` then runs a whole
-decode step (embedding to logits) in C++ with no PyTorch op on the way.
+decode step (embedding to logits, every row of the batch) in C++ with no PyTorch op on the way.
 
 Why: at batch 1 the int8 weights of a 12-layer 768-wide model stream in ~1.3-2.5 ms per token,
 while the eager step pays ~2-3 ms of Python and PyTorch dispatch on top (about 200 small ops).
@@ -21,8 +21,9 @@ runner keeps the eager step: float32 weights on CPU, every
 linear an Int8Linear without smoothing whose kernel at M = 1 is "w8", a full KV cache (no
 sliding-window pattern), SiLU / GELU activations, the CPU ops served by the native kernels
 (SLIMRT_BACKEND=auto with the extension built; the step only stands in for calls those kernels
-would serve), not the scalar ISA where fused weights exist only packed, and a batch of one row.
-The prefill runs natively too when every linear's kernel at M = prompt length is "w8".
+would serve), and not the scalar ISA where fused weights exist only packed. A left-padded batch of
+B rows decodes natively when every linear's kernel at M = B is "w8" (``max_batch``); the prefill
+of a single unpadded prompt of T tokens runs natively when it is "w8" at M = T (``max_prefill``).
 """
 
 from __future__ import annotations
