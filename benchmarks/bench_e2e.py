@@ -8,8 +8,9 @@ Side by side in one process, same inputs, same thread count:
 2. Batch-1 greedy decode on a Llama-style model (12 layers, hidden 768, intermediate 2048,
    12 heads, 4 KV heads, vocab 32000, random weights) and GPT-2 small (random weights):
    HF fp32 generate, HF generate on torch dynamic-quant int8, and the slimrt runner with the w8
-   recipe on every linear layer incl. lm_head. tokens/s and "bandwidth achieved" = weight bytes read
-   per token x tokens/s, against this machine's measured read bandwidth.
+   recipe on every linear layer incl. lm_head. tokens/s end to end (incl. the prefill) and decode-only
+   (the new tokens after the first), and "bandwidth achieved" = weight bytes read per token x tokens/s,
+   against this machine's measured read bandwidth.
 
     python benchmarks/bench_e2e.py [--quick] [--only embed|decode] [--results]
 """
@@ -210,6 +211,10 @@ def _linear_weight_bytes(model: nn.Module) -> int:
 
 
 def bench_decode(quick: bool, csv: Csv, bandwidth: float) -> list[list]:
+    """tokens/s end to end (prefill + new tokens, what a user waits for) and decode-only: the per-token
+    time of the new tokens after the first, (t(new) - t(1)) / (new - 1), timed the same way for every
+    provider. "Bandwidth achieved" is only meaningful for decode steps (each reads every weight once;
+    the prefill reads them once for the whole prompt), so it is given for both."""
     prompt_len, new = 32, (32 if quick else 64)
     rows = []
     for name, model in _decoder_models(quick):
@@ -217,33 +222,48 @@ def bench_decode(quick: bool, csv: Csv, bandwidth: float) -> list[list]:
         g = torch.Generator().manual_seed(1)
         prompt = torch.randint(0, vocab, (1, prompt_len), generator=g)
 
-        def hf(m):
+        def hf(m, n):
             def f():
                 with torch.inference_mode():
-                    m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
-                               min_new_tokens=new, do_sample=False, pad_token_id=0)
+                    m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
+                               min_new_tokens=n, do_sample=False, pad_token_id=0)
             return f
 
         qmodel = _torch_dynamic_int8(model)
         student = copy.deepcopy(model)
         slimrt.compress(student, slimrt.Recipe.preset("w8", ignore=[]), progress=False)
         rt = slimrt.Runner(student)
+        if rt.native is None:
+            print(f"(slimrt runner: eager decode step for {name}: {rt.native_reason})")
         ids = prompt[0].tolist()
-        fns = {"HF fp32 generate": hf(model), "torch dynamic int8 generate": hf(qmodel),
-               "slimrt runner w8": lambda: rt.generate_ids([ids], new, eos=False)}
+        provs = {"HF fp32 generate": lambda n: hf(model, n), "torch dynamic int8 generate": lambda n: hf(qmodel, n),
+                 "slimrt runner w8": lambda n: (lambda: rt.generate_ids([ids], n, eos=False))}
+        fns = {(p, n): make(n) for p, make in provs.items() for n in (new, 1)}
         best, _ = _time_rounds(fns, rounds=2 if quick else 3)
         wbytes = {"HF fp32 generate": _linear_weight_bytes(model),
                   "torch dynamic int8 generate": _linear_weight_bytes(student),  # same int8 bytes read
                   "slimrt runner w8": _linear_weight_bytes(student)}
-        base = new / best["torch dynamic int8 generate"]
-        for prov, t in best.items():
-            tps = new / t
-            gbs = wbytes[prov] * tps / 1e9
-            rows.append([name, prov, tps, tps / base, gbs, gbs * 1e9 / bandwidth])
+        base = new / best[("torch dynamic int8 generate", new)]
+        step_t = {p: max(best[(p, new)] - best[(p, 1)], 1e-9) / (new - 1) for p in provs}
+        for prov in provs:
+            tps = new / best[(prov, new)]
+            dtps = 1 / step_t[prov]
+            gbs = wbytes[prov] * dtps / 1e9
+            rows.append([name, prov, tps, tps / base, dtps, step_t["torch dynamic int8 generate"] / step_t[prov], gbs,
+                         gbs * 1e9 / bandwidth, wbytes[prov] * tps / bandwidth])
             csv.row(kernel="e2e_decode", provider=prov, shape=f"{name} B=1 prompt={prompt_len} new={new}",
-                    dtype="", p50_ms=t * 1e3, rate=f"{tps:.1f} tokens/s; {gbs:.1f} GB/s",
+                    dtype="", p50_ms=best[(prov, new)] * 1e3,
+                    rate=f"{tps:.1f} tokens/s; decode {dtps:.1f} tokens/s, {gbs:.1f} GB/s",
                     ratio=tps / base, quality="")
     return rows
+
+
+def _read_bandwidth(tries: int = 3) -> float:
+    """Best streaming-read bytes/s of a 256 MiB buffer on this run's thread count over a few probes: the
+    bound "of bandwidth" divides by. On a shared machine a probe that overlaps another tenant reads
+    low, and a low bound would flatter every provider alike, so the best is kept."""
+    ext = slimrt._native.load()
+    return max(ext.probe_read_bandwidth(256 << 20, torch.get_num_threads(), 3) for _ in range(tries))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     info = machine_info()
     csv = Csv(OUT / "e2e.csv", info)
-    ext = slimrt._native.load()
-    bandwidth = ext.probe_read_bandwidth(256 << 20, torch.get_num_threads(), 3)
+    bandwidth = _read_bandwidth()
     print(f"# e2e  {machine_str(info)}  {info['date']}  git {info['git_sha']}")
     print(f"measured read bandwidth: {bandwidth / 1e9:.1f} GB/s ({torch.get_num_threads()} threads)\n")
     if args.only in (None, "embed"):
@@ -265,8 +284,14 @@ def main(argv: list[str] | None = None) -> int:
         print()
     if args.only in (None, "decode"):
         rows = bench_decode(args.quick, csv, bandwidth)
-        print(markdown_table(["decode, batch 1", "provider", "tokens/s", "vs torch int8", "weights GB/s",
-                              "of bandwidth"], rows))
+        again = _read_bandwidth()
+        if again > bandwidth:  # the bound is the best the machine showed in this run
+            print(f"read bandwidth measured again after the decode runs: {again / 1e9:.1f} GB/s (used below)")
+            rows = [r[:7] + [r[7] * bandwidth / again, r[8] * bandwidth / again] for r in rows]
+            bandwidth = again
+        print(markdown_table(["decode, batch 1", "provider", "tokens/s (incl. prefill)", "vs torch int8",
+                              "decode tokens/s", "decode vs torch int8", "decode weights GB/s",
+                              "of bandwidth (decode)", "of bandwidth (incl. prefill)"], rows))
     return 0
 
 

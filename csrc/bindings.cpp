@@ -8,6 +8,7 @@
 #include "int8_gemm/int8_gemm.h"
 #include "lowrank_matmul/lowrank_matmul.h"
 #include "blocksparse_attn/blocksparse_attn.h"  // block-sparse attention
+#include "decode_step/decode_step.h"  // whole-step batch-1 decode
 
 namespace py = pybind11;
 using namespace slimrt;
@@ -186,4 +187,64 @@ PYBIND11_MODULE(_C, m) {
           py::gil_scoped_release nogil;
           block_sparse_attention(a, nt);
         });
+
+  // ---- decode_step: a whole batch-1 decode step in one call (csrc/decode_step/decode_step.h) ----
+  // A linear crosses as (w, packed, scale, bias, N, K): pointers as ints, 0 for none.
+  using LinTuple = std::tuple<uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t>;
+  auto to_lin = [](const LinTuple& t) {
+    W8Linear l;
+    l.w = ptr<const int8_t>(std::get<0>(t));
+    l.packed = ptr<const int8_t>(std::get<1>(t));
+    l.scale = ptr<const float>(std::get<2>(t));
+    l.bias = ptr<const float>(std::get<3>(t));
+    l.N = std::get<4>(t);
+    l.K = std::get<5>(t);
+    return l;
+  };
+  py::class_<DecodePlan>(m, "DecodePlan")
+      .def(py::init([](int64_t hidden, int64_t head_dim, int64_t rot_dim, int64_t vocab, int norm, int act,
+                       float eps) {
+             DecodeConfig c;
+             c.hidden = hidden, c.head_dim = head_dim, c.rot_dim = rot_dim, c.vocab = vocab;
+             c.norm = static_cast<NormKind>(norm), c.act = static_cast<ActKind>(act), c.eps = eps;
+             return new DecodePlan(c);
+           }),
+           py::arg("hidden"), py::arg("head_dim"), py::arg("rot_dim"), py::arg("vocab"), py::arg("norm"), py::arg("act"), py::arg("eps"))
+      .def("add_layer",
+           [to_lin](DecodePlan& p, uintptr_t ln1_w, uintptr_t ln1_b, const LinTuple& qkv, int64_t n_heads,
+                    int64_t n_kv_heads, uintptr_t q_norm, uintptr_t k_norm, float attn_scale, const LinTuple& o,
+                    uintptr_t ln2_w, uintptr_t ln2_b, const LinTuple& up, const LinTuple& down) {
+             DecodeLayer l;
+             l.ln1_w = ptr<const float>(ln1_w), l.ln1_b = ptr<const float>(ln1_b);
+             l.qkv = to_lin(qkv), l.n_heads = n_heads, l.n_kv_heads = n_kv_heads;
+             l.q_norm = ptr<const float>(q_norm), l.k_norm = ptr<const float>(k_norm), l.attn_scale = attn_scale;
+             l.o = to_lin(o), l.ln2_w = ptr<const float>(ln2_w), l.ln2_b = ptr<const float>(ln2_b);
+             l.up = to_lin(up), l.down = to_lin(down);
+             p.add_layer(l);
+           })
+      .def("set_head", [to_lin](DecodePlan& p, uintptr_t embed, uintptr_t norm_w, uintptr_t norm_b,
+                                const LinTuple& lm_head) {
+        p.set_head(ptr<const float>(embed), ptr<const float>(norm_w), ptr<const float>(norm_b), to_lin(lm_head));
+      })
+      .def_property_readonly("num_layers", &DecodePlan::num_layers);
+  py::class_<DecodeSession>(m, "DecodeSession")
+      .def(py::init([](const DecodePlan& plan, const std::vector<uintptr_t>& k, const std::vector<uintptr_t>& v,
+                       int64_t max_len, uintptr_t cos, uintptr_t sin, uintptr_t pos_embed,
+                       const std::vector<int64_t>& pads) {
+             std::vector<float*> kp, vp;
+             for (uintptr_t a : k) kp.push_back(ptr<float>(a));
+             for (uintptr_t a : v) vp.push_back(ptr<float>(a));
+             return new DecodeSession(plan, kp, vp, max_len, ptr<const float>(cos), ptr<const float>(sin),
+                                      ptr<const float>(pos_embed), pads);
+           }),
+           py::keep_alive<1, 2>())
+      .def("step", [](DecodeSession& s, uintptr_t token, int64_t slot, uintptr_t logits, uintptr_t argmax, int nt) {
+        py::gil_scoped_release nogil;
+        s.step(ptr<const int64_t>(token), slot, ptr<float>(logits), ptr<int64_t>(argmax), nt);
+      })
+      .def("forward", [](DecodeSession& s, uintptr_t tokens, int64_t T, int64_t start, uintptr_t logits,
+                         uintptr_t argmax, int nt) {
+        py::gil_scoped_release nogil;
+        s.forward(ptr<const int64_t>(tokens), T, start, ptr<float>(logits), ptr<int64_t>(argmax), nt);
+      });
 }

@@ -15,4 +15,10 @@ namespace slimrt {
 void parallel_for(int64_t n, int num_threads, const std::function<void(int64_t, int64_t)>& fn,
                   int64_t grain = 1);
 
+// Idle workers spin-wait for new work (instead of sleeping) until `microseconds` from now. For
+// callers that run many short kernels back to back (the decode step refreshes it per layer): a
+// wake-up per kernel costs more than a small kernel. Not for eager PyTorch code: spinning workers
+// take the cores PyTorch's own threads need between our kernels.
+void parallel_keep_warm(int64_t microseconds);
+
 }  // namespace slimrt

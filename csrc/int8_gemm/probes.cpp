@@ -54,6 +54,9 @@ double probe_read_bandwidth(int64_t nbytes, int num_threads, int passes) {
   double best = 0;
   volatile uint64_t sink = 0;
   for (int pass = 0; pass < passes; ++pass) {
+    // Workers stay on their cores between passes (a freshly woken one was often queued behind
+    // the caller on a VM: 2 threads then measured the 1-thread figure).
+    parallel_keep_warm(1000000);
     const int64_t chunks = nbytes / 4096;
     const double t0 = now_s();
     std::vector<uint64_t> sums(num_threads, 0);
@@ -69,6 +72,7 @@ double probe_read_bandwidth(int64_t nbytes, int num_threads, int passes) {
     for (uint64_t s : sums) sink = sink + s;
     best = std::max(best, static_cast<double>(nbytes) / dt);
   }
+  parallel_keep_warm(0);  // back to sleeping: whatever runs next (PyTorch's threads) gets the cores
   std::free(buf);
   return best;
 }

@@ -22,6 +22,7 @@ from slimrt import models
 from slimrt.models._common import Batch
 from slimrt.models.policy import KernelPolicy
 from slimrt.models.bert import pool
+from slimrt.models.decode_step import NativeDecoder
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 
@@ -121,10 +122,12 @@ class Runner:
     for the default threshold rule, or "tune" to measure this model's shapes on this machine first
     (a few seconds; ``rt.policy.to_dict()`` keeps the result). ``pooling``
     (mean, cls, max, mean_sqrt_len) and ``max_seq_length`` apply to ``embed``.
+    ``native``: batch-1 decode steps run as one native call each (models.decode_step) where the
+    model allows it (``rt.native_reason`` says why not otherwise); False keeps the eager step.
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any = None, *, policy: KernelPolicy | str | None = None,
-                 pooling: str | None = None, max_seq_length: int | None = None) -> None:
+                 pooling: str | None = None, max_seq_length: int | None = None, native: bool = True) -> None:
         if pooling is not None and pooling not in POOLING_MODES:
             raise ValueError(f"Runner: pooling={pooling!r} is not one of {', '.join(POOLING_MODES)}")
         self.model = model.eval()
@@ -137,6 +140,10 @@ class Runner:
         self.policy = policy or KernelPolicy()
         self.lean = models.build(model, self.policy)
         self.kind: str = self.lean.kind
+        self.native: NativeDecoder | None = None
+        self.native_reason = "disabled (native=False)" if not native else "not a decoder"
+        if native and self.kind == "decoder":
+            self.native, self.native_reason = NativeDecoder.build(model, self.policy, self.lean.family)
         self.pooling = pooling or "mean"
         self.max_seq_length = min(max_seq_length or self.lean.max_positions, self.lean.max_positions)
 
@@ -287,7 +294,15 @@ class Runner:
             if hasattr(cache, "set_padding"):  # sliding-window ring cache: per-row true positions
                 cache.set_padding(batch)
             step_mask = batch.decode_mask()
-            logits = lean.forward(ids, pos, cache, 0, batch.prefill_mask(), not batch.padded)  # prefill
+            # The prefill (one prompt) and each decode step (any batch the w8 kernel serves) are one
+            # native call each (models.decode_step) where the model allows it, else the eager forward.
+            native = None
+            if self.native is not None:
+                native = self.native.session(cache, pos, max_len, [plen - n for n in lengths])
+            if native is not None and plen <= native.max_prefill:
+                logits = native.prefill(ids[0])
+            else:
+                logits = lean.forward(ids, pos, cache, 0, batch.prefill_mask(), not batch.padded)  # prefill
             finished = torch.zeros(b, dtype=torch.bool, device=device)
         t1 = time.perf_counter()
         if stats is not None:
@@ -296,7 +311,10 @@ class Runner:
         for step in range(max_new_tokens):
             t0 = time.perf_counter()
             with torch.inference_mode():
-                tok = sample(logits, temperature, top_k, top_p, generator)
+                if temperature == 0 and native is not None and logits is native.logits:
+                    tok = native.greedy()  # the native call's own argmax of these logits
+                else:
+                    tok = sample(logits, temperature, top_k, top_p, generator)
                 if eos_ids is not None:
                     tok = tok.masked_fill(finished, pad_id)
                     finished |= torch.isin(tok, eos_ids)
@@ -310,7 +328,10 @@ class Runner:
             with torch.inference_mode():  # decode_one_token: slot plen + step, attends to [0, plen + step]
                 slot = plen + step
                 mask = None if step_mask is None else step_mask[..., :slot + 1]
-                logits = lean.forward(tok.unsqueeze(1), pos, cache, slot, mask, False)
+                if native is not None:
+                    logits = native.step(tok, slot)
+                else:
+                    logits = lean.forward(tok.unsqueeze(1), pos, cache, slot, mask, False)
             decode_s += time.perf_counter() - t0
 
     # ----- checks ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ class GPT2Lean:
     """Decoder forward: ``forward(ids, positions, cache, start)`` -> logits of the last position."""
 
     kind = "decoder"
+    family = "gpt2"  # models.decode_step builds the native batch-1 step per family
 
     def __init__(self, model: nn.Module, policy: KernelPolicy) -> None:
         cfg = model.config

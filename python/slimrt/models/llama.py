@@ -47,6 +47,7 @@ class LlamaLean:
     """Decoder forward: ``forward(ids, batch, cache, start)`` -> logits of the last position."""
 
     kind = "decoder"
+    family = "llama"  # models.decode_step builds the native batch-1 step per family
 
     def __init__(self, model: nn.Module, policy: KernelPolicy) -> None:
         cfg = model.config
