@@ -237,8 +237,10 @@ def evaluate_targets(summary: list[dict]) -> list[str]:
         pk_lin = min(s["w8a8_peak"] for s in big)
         out.append(f"{'met' if r_mm >= 1.0 else 'NOT met'}: M >= 128, K, N >= 1536: W8A8 Int8Linear vs raw "
                    f"torch._int_mm, worst {r_mm:.2f}x (raw kernel {r_gemm:.2f}x) (target >= 1.0x)")
-        out.append(f"{'met' if pk >= 0.85 else 'NOT met'}: M >= 128, K, N >= 1536: int8 GEMM kernel at worst "
-                   f"{pk:.0%} of measured int8 peak, Int8Linear incl. quantization {pk_lin:.0%} (target >= 85%)")
+        # The subject is the W8A8 Int8Linear with the activation quantization included.
+        out.append(f"{'met' if pk_lin >= 0.85 else 'NOT met'}: M >= 128, K, N >= 1536: W8A8 Int8Linear incl. "
+                   f"quantization at worst {pk_lin:.0%} of measured int8 peak (raw int8 GEMM kernel {pk:.0%}) "
+                   f"(target >= 85%)")
     dec = [s for s in summary if s["shape"] == (1, 4096, 11008)]
     if dec:
         s = dec[0]
