@@ -401,3 +401,32 @@ def test_bad_input_is_a_clear_error():
         ext.DecodePlan(64, 16, 3, 300, 0, 0, 1e-6)
     with pytest.raises(ValueError, match="no layers or no head"):
         ext.DecodeSession(plan, [], [], 8, pos[0].data_ptr(), pos[1].data_ptr(), 0, [0])
+
+
+def test_with_w8_at_m1_pins_only_m1():
+    from slimrt.models.policy import with_w8_at_m1
+
+    pol = KernelPolicy(per_shape={(8, 4): ((1, "w8a8"),), (4, 4): ((1, "w8a8"), (4, "w8")),
+                                  (2, 4): ((1, "w8"), (16, "w8a8")), (6, 4): ((1, "dense"), (2, "w8a8"))})
+    got = with_w8_at_m1(pol).per_shape
+    assert got[(8, 4)] == ((1, "w8"), (2, "w8a8"))
+    assert got[(4, 4)] == ((1, "w8"), (2, "w8a8"), (4, "w8"))
+    assert got[(2, 4)] == ((1, "w8"), (16, "w8a8"))
+    assert got[(6, 4)] == ((1, "w8"), (2, "w8a8"))
+
+
+def test_tuned_policy_keeps_the_native_step(monkeypatch):
+    """policy="tune" times each layer alone; where it picks w8a8 at M = 1 the runner pins w8 at M = 1
+    so the model still decodes natively."""
+    from slimrt.models import policy as policy_mod
+
+    model = to_int8(tiny_llama())  # w8a8 modules: the tuned w8a8 at M = 1 applies to them
+    shapes = {(m.out_features, m.in_features) for m in model.modules() if isinstance(m, slimrt.nn.Int8Linear)}
+    monkeypatch.setattr(policy_mod, "tune", lambda mdl, **kw: KernelPolicy(per_shape={s: ((1, "w8a8"),) for s in shapes}))
+    monkeypatch.setattr(slimrt.models, "tune", policy_mod.tune)
+    assert Runner(model, policy=KernelPolicy(per_shape={s: ((1, "w8a8"),) for s in shapes})).native is None
+    rt = Runner(model, policy="tune")
+    assert rt.native is not None, rt.native_reason
+    assert all(r[0] == (1, "w8") for r in rt.policy.per_shape.values())
+    # pinned rules ((1, w8), (2, w8a8)) are the default policy's: the same tokens as the default runner
+    assert rt.generate_ids(PROMPTS, 6) == Runner(model).generate_ids(PROMPTS, 6)

@@ -209,3 +209,19 @@ def tune(model: nn.Module, ms: Sequence[int] = (1, 4, 16, 64), reps: int = 5, ma
                 f"M={m} " + "/".join(f"{kk} {v:.3f}" for kk, v in t.items()) for m, t in timings.items())
                 + f" ms -> {per_shape[(n, k)]}")
     return KernelPolicy(mode="auto", per_shape=per_shape)
+
+
+def with_w8_at_m1(policy: KernelPolicy) -> KernelPolicy:
+    """``policy`` with every per-shape rule set running "w8" at M = 1 (the rest of each set kept).
+
+    The native batch-1 decode step (models.decode_step) needs "w8" at M = 1 in every layer; per-layer
+    timing (``tune``) cannot see that one native call per token beats any per-layer choice."""
+    pinned = {}
+    for shape, rules in policy.per_shape.items():
+        if rules[0][1] == "w8":
+            pinned[shape] = rules
+            continue
+        rest = rules[1:] if len(rules) > 1 and rules[1][0] == 2 else ((2, rules[0][1]),) + rules[1:]
+        merged = ((1, "w8"),) + rest
+        pinned[shape] = tuple(r for i, r in enumerate(merged) if i == 0 or r[1] != merged[i - 1][1])
+    return KernelPolicy(mode=policy.mode, w8a8_min_m=policy.w8a8_min_m, per_shape=pinned, fallback=policy.fallback)
