@@ -25,6 +25,17 @@ Isa parse_isa(const std::string& s) {
 }
 }  // namespace
 
+// The operand pointers and dtype of a BsaArgs (block_sparse_attention and varlen_attention).
+static BsaArgs bsa_operands(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, int dt) {
+  BsaArgs a{};
+  a.q = ptr<const void>(q);
+  a.k = ptr<const void>(k);
+  a.v = ptr<const void>(v);
+  a.out = ptr<void>(out);
+  a.dt = static_cast<DType>(dt);
+  return a;
+}
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "slimrt native CPU kernels (torch-free)";
 
@@ -125,12 +136,7 @@ PYBIND11_MODULE(_C, m) {
           if (sizes.size() != 6 || q_st.size() != 3 || k_st.size() != 3 || v_st.size() != 3 || kvn_st.size() != 3 ||
               kvi_st.size() != 3 || tok_st.size() != 3)
             throw std::invalid_argument("block_sparse_attention: sizes needs 6 entries and each stride list 3");
-          BsaArgs a{};
-          a.q = ptr<const void>(q);
-          a.k = ptr<const void>(k);
-          a.v = ptr<const void>(v);
-          a.out = ptr<void>(out);
-          a.dt = static_cast<DType>(dt);
+          BsaArgs a = bsa_operands(q, k, v, out, dt);
           a.B = sizes[0], a.Hq = sizes[1], a.Hkv = sizes[2], a.Lq = sizes[3], a.Lk = sizes[4], a.D = sizes[5];
           for (int i = 0; i < 3; ++i) {
             a.sq[i] = q_st[i], a.sk[i] = k_st[i], a.sv[i] = v_st[i];
@@ -166,12 +172,7 @@ PYBIND11_MODULE(_C, m) {
           std::vector<int32_t> idx(static_cast<size_t>(std::max<int64_t>(nkb, 1)));
           for (int64_t i = 0; i < nkb; ++i) idx[i] = static_cast<int32_t>(i);
           const int32_t cnt = static_cast<int32_t>(nkb);
-          BsaArgs a{};
-          a.q = ptr<const void>(q);
-          a.k = ptr<const void>(k);
-          a.v = ptr<const void>(v);
-          a.out = ptr<void>(out);
-          a.dt = static_cast<DType>(dt);
+          BsaArgs a = bsa_operands(q, k, v, out, dt);
           a.B = B, a.Hq = Hq, a.Hkv = Hkv, a.Lq = max_len, a.Lk = max_len, a.D = D;
           a.sq[0] = 0, a.sq[1] = q_st[1], a.sq[2] = q_st[0];
           a.sk[0] = 0, a.sk[1] = k_st[1], a.sk[2] = k_st[0];

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "int8_gemm/int8_gemm.h"
+#include "simd/vmath_avx512.h"
 #include "parallel.h"
 
 namespace slimrt {
@@ -75,24 +76,6 @@ inline void store_out(void* out, OutType dt, int64_t off, __mmask16 m, __m512 v)
     _mm256_mask_storeu_epi16(static_cast<uint16_t*>(out) + off, m, to_bf16(v));
 }
 
-// e^x for x <= 0 (also -inf -> 0): 2^n * p(f) with x log2(e) = n + f, |f| <= 1/2, p a degree-6
-// Taylor polynomial of 2^f (relative error < 3e-8 before rounding); below 2^-126 it returns 0.
-inline __m512 exp_nonpos(__m512 x) {
-  const __m512 y = _mm512_max_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f)), _mm512_set1_ps(-126.f));
-  const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(y, n);
-  __m512 p = _mm512_set1_ps(1.5403530393381606e-04f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-03f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-03f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-02f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-01f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-01f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  const __mmask16 tiny = _mm512_cmp_ps_mask(y, _mm512_set1_ps(-126.f), _CMP_LE_OQ);
-  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~tiny), _mm512_mul_ps(p, _mm512_castsi512_ps(e)));
-}
-
 // 1 / d for d >= 1 (finite or +inf): rcp14 plus one Newton step (relative error ~2^-28; vdivps costs
 // several times more in the epilogue). 1 / inf = 0.
 inline __m512 recip_ge1(__m512 d) {
@@ -118,7 +101,7 @@ inline __m512 act_vec(__m512 x, Act act) {
     p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
     p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
     p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
-    const __m512 c = _mm512_mul_ps(_mm512_mul_ps(p, t), exp_nonpos(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), u), u)));
+    const __m512 c = _mm512_mul_ps(_mm512_mul_ps(p, t), simd::exp16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), u), u)));
     const __m512 s = _mm512_mask_mov_ps(_mm512_sub_ps(_mm512_set1_ps(2.f), c), neg, c);  // 1 + erf(x / sqrt 2)
     return _mm512_mul_ps(_mm512_mul_ps(half, x), s);
   }
@@ -128,7 +111,7 @@ inline __m512 act_vec(__m512 x, Act act) {
                                                     _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), x),
                                                                     _mm512_mul_ps(x, x), x));
   const __mmask16 zneg = _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_LT_OQ);
-  const __m512 e = exp_nonpos(_mm512_mul_ps(_mm512_set1_ps(-2.f), _mm512_abs_ps(z)));
+  const __m512 e = simd::exp16(_mm512_mul_ps(_mm512_set1_ps(-2.f), _mm512_abs_ps(z)));
   const __m512 num = _mm512_mask_mov_ps(one, zneg, e);  // (1 + tanh z) / 2 = num / (1 + e)
   return _mm512_mul_ps(x, _mm512_mul_ps(num, recip_ge1(_mm512_add_ps(one, e))));
 }

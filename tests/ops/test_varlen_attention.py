@@ -11,24 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import slimrt
-from slimrt import _native
 from slimrt.ops import reference
 
-NATIVE = _native.available()
-ISAS = (["reference"] + list(_native.load().available_isas())) if NATIVE else ["reference"]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    """Runs the test on the reference or with the native kernel forced onto one ISA, then restores."""
-    if request.param == "reference":
-        yield "reference"
-        return
-    ext = _native.load()
-    before = ext.active_isa()
-    ext.set_isa(request.param)
-    yield request.param
-    ext.set_isa(before)
+# The `isa` fixture (reference, then the native kernel forced onto each ISA): tests/ops/conftest.py.
 
 
 def attend(isa, q, k, v, cu, causal=False, scale=None):

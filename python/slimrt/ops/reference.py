@@ -212,21 +212,19 @@ import math  # noqa: E402  (kept in this section so the shared file's header sta
 MAX_HEAD_DIM = 256
 
 
-def _check_attention(q: Tensor, k: Tensor, v: Tensor, kv_num_blocks: Tensor, kv_indices: Tensor, block_size: int,
-                     causal: bool, window: int, num_global: int, token_mask: Tensor | None,
-                     scale: float | None, check_layout: bool = True) -> None:
-    """Argument checks shared by the reference and the native kernel (the layout contents are
-    checked here only when check_layout, since the native entry checks them in C++)."""
-    op = "block_sparse_attention"
+def _check_qkv(op: str, q: Tensor, k: Tensor, v: Tensor, varlen: bool) -> None:
+    """dtype, rank and shape checks of the attention operands: q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D),
+    or with varlen q (T, Hq, D), k and v (T, Hkv, D); one float dtype, Hq % Hkv == 0, D <= 256."""
     _check.dtype(op, "q", q, _check.FLOAT_ACT_DTYPES)
     _check.dtype(op, "k", k, (q.dtype,))
     _check.dtype(op, "v", v, (q.dtype,))
     for name, t in (("q", q), ("k", k), ("v", v)):
-        _check.ndim(op, name, t, 4)
-    b, hq, lq, d = q.shape
-    if k.shape[0] != b or k.shape[3] != d:
-        raise ValueError(f"{op}: k has shape {tuple(k.shape)} but q is (B, Hq, Lq, D) = {tuple(q.shape)}; "
-                         "expected k (B, Hkv, Lk, D) with the same B and D")
+        _check.ndim(op, name, t, 3 if varlen else 4)
+    lead, hq, d = q.shape[0], q.shape[1], q.shape[-1]
+    if k.shape[0] != lead or k.shape[-1] != d:
+        want = ("(T, Hq, D)", "k (T, Hkv, D) with the same T and D") if varlen else \
+            ("(B, Hq, Lq, D)", "k (B, Hkv, Lk, D) with the same B and D")
+        raise ValueError(f"{op}: k has shape {tuple(k.shape)} but q is {want[0]} = {tuple(q.shape)}; expected {want[1]}")
     if tuple(v.shape) != tuple(k.shape):
         raise ValueError(f"{op}: v has shape {tuple(v.shape)}, expected k's shape {tuple(k.shape)}")
     hkv = k.shape[1]
@@ -234,6 +232,16 @@ def _check_attention(q: Tensor, k: Tensor, v: Tensor, kv_num_blocks: Tensor, kv_
         raise ValueError(f"{op}: q has {hq} heads, which is not a multiple of k's {hkv} heads (grouped-query attention)")
     if d > MAX_HEAD_DIM:
         raise ValueError(f"{op}: head dim D = {d} is larger than the supported {MAX_HEAD_DIM}")
+
+
+def _check_attention(q: Tensor, k: Tensor, v: Tensor, kv_num_blocks: Tensor, kv_indices: Tensor, block_size: int,
+                     causal: bool, window: int, num_global: int, token_mask: Tensor | None,
+                     scale: float | None, check_layout: bool = True) -> None:
+    """Argument checks shared by the reference and the native kernel (the layout contents are
+    checked here only when check_layout, since the native entry checks them in C++)."""
+    op = "block_sparse_attention"
+    _check_qkv(op, q, k, v, varlen=False)
+    b, hq, lq, d = q.shape
     for name, val in (("block_size", block_size), ("window", window), ("num_global", num_global)):
         if val < (1 if name == "block_size" else 0):
             raise ValueError(f"{op}: {name} = {val} is out of range")
@@ -307,22 +315,8 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, kv_num_blocks: Tenso
 def _check_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, scale: float | None) -> list[int]:
     """Checks shared by the reference and the native kernel; returns cu_seqlens as a list."""
     op = "varlen_attention"
-    _check.dtype(op, "q", q, _check.FLOAT_ACT_DTYPES)
-    _check.dtype(op, "k", k, (q.dtype,))
-    _check.dtype(op, "v", v, (q.dtype,))
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _check.ndim(op, name, t, 3)
-    t, hq, d = q.shape
-    if k.shape[0] != t or k.shape[2] != d:
-        raise ValueError(f"{op}: k has shape {tuple(k.shape)} but q is (T, Hq, D) = {tuple(q.shape)}; "
-                         "expected k (T, Hkv, D) with the same T and D")
-    if tuple(v.shape) != tuple(k.shape):
-        raise ValueError(f"{op}: v has shape {tuple(v.shape)}, expected k's shape {tuple(k.shape)}")
-    hkv = k.shape[1]
-    if hkv == 0 and hq != 0 or hkv and hq % hkv:
-        raise ValueError(f"{op}: q has {hq} heads, which is not a multiple of k's {hkv} heads (grouped-query attention)")
-    if d > MAX_HEAD_DIM:
-        raise ValueError(f"{op}: head dim D = {d} is larger than the supported {MAX_HEAD_DIM}")
+    _check_qkv(op, q, k, v, varlen=True)
+    t = q.shape[0]
     _check.dtype(op, "cu_seqlens", cu_seqlens, (torch.int64,))
     _check.ndim(op, "cu_seqlens", cu_seqlens, 1)
     if scale is not None and not math.isfinite(scale):
