@@ -93,7 +93,7 @@ PYBIND11_MODULE(_C, m) {
                    static_cast<OutType>(out_dt), ldc, M, N, K, nt);
   });
   // int8_w8a8_linear: quantize_per_token(x) then int8_gemm, in one call (the W8A8 decode path).
-  // act: the epilogue activation (Act in int8_gemm.h: 0 none, 1 gelu, 2 gelu_tanh, 3 relu).
+  // act: the epilogue activation (Act in int8_gemm.h: 0 none, 1 gelu, 2 gelu_tanh, 3 relu, 4 silu).
   m.def("int8_w8a8_linear", [](uintptr_t x, int x_dt, int64_t ldx, uintptr_t b, int64_t ldb, uintptr_t b_packed,
                                uintptr_t b_scale, uintptr_t bias, uintptr_t out, int out_dt, int64_t ldc, int64_t M,
                                int64_t N, int64_t K, int nt, int act) {

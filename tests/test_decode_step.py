@@ -388,6 +388,16 @@ def test_bad_input_is_a_clear_error():
         padded.prefill(torch.tensor([3]))
     with pytest.raises(ValueError, match="2 paddings for a cache of 1 rows"):
         rt.native.session(cache, pos, 8, [0, 0])
+    # A cache or position tables smaller than max_len promises: refused before any native write.
+    small = lean.new_cache(1, 4)
+    with pytest.raises(ValueError, match=r"layer 0's cache is k \(1, \d+, 4, \d+\)"):
+        rt.native.session(small, pos, 8)
+    with pytest.raises(ValueError, match="a cache of 1 layers"):
+        cut = lean.new_cache(1, 8)
+        cut.k, cut.v = cut.k[:1], cut.v[:1]
+        rt.native.session(cut, pos, 8)
+    with pytest.raises(ValueError, match="position tables must be float32 with last dim"):
+        rt.native.session(cache, (pos[0][..., :2], pos[1][..., :2]), 8)
     plan = ext.DecodePlan(64, 16, 16, 300, 0, 0, 1e-6)
     w = torch.zeros(7, 64, dtype=torch.int8)
     s = torch.ones(7)

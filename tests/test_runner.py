@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 
@@ -266,6 +267,27 @@ def test_bert_unpadded_forward_matches_hf_with_left_padding_and_empty_rows():
     assert (got - want)[real].abs().max().item() < 1e-5
     assert torch.equal(got[~real], torch.zeros_like(got[~real]))
     assert (rt.lean.forward(ids, torch.ones_like(mask)) - want_full).abs().max().item() < 1e-5
+
+
+def test_bert_forward_all_padding_float16_and_tuned_rules():
+    """A batch with no real token gives zeros; a float16 BERT still runs (varlen attention through the
+    reference); tuned per-shape rules for q/k/v keep the projections separate so the rules apply."""
+    model = tiny_bert()
+    ids = torch.randint(1, 300, (2, 5))
+    out = Runner(model).lean.forward(ids, torch.zeros(2, 5, dtype=torch.long))
+    assert out.shape == (2, 5, model.config.hidden_size) and not out.any()
+    half = copy.deepcopy(model).half()
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[1, 3:] = 0
+    with torch.no_grad():
+        want = half(input_ids=ids, attention_mask=mask).last_hidden_state
+    got = Runner(half).lean.forward(ids, mask)
+    assert got.dtype == torch.float16
+    assert (got.float() - want.float())[mask.bool()].abs().max().item() < 2e-2
+    c = model.config.hidden_size
+    tuned = Runner(model, policy=KernelPolicy(per_shape={(c, c): ((1, "w8"),)}))
+    assert all(len(layer[0]) == 3 for layer in tuned.lean.layers)  # q, k, v separate
+    assert all(len(layer[0]) == 2 for layer in Runner(model).lean.layers)  # fused by default
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "max", "mean_sqrt_len"])

@@ -502,7 +502,8 @@ def test_fused_activation_matches_reference(isa, activation, dtype, m, k, n):
 
 
 def test_fused_activation_special_values(isa):
-    """NaN stays NaN through every activation, +inf stays +inf, zero rows give act(bias)."""
+    """A NaN row and an Inf row (its per-token scale is NaN) give NaN through every activation; a zero
+    row gives act(bias)."""
     w_q = torch.ones(16, 16, dtype=torch.int8)
     w_s = torch.ones(16)
     x = torch.zeros(3, 16)

@@ -179,3 +179,26 @@ def test_opcheck():
     g = torch.Generator().manual_seed(7)
     q, k, v = (torch.randn(16, 4, 8, generator=g) for _ in range(3))
     torch.library.opcheck(torch.ops.slimrt.varlen_attention.default, (q, k[:, :2], v[:, :2], cu_of(lens), True, None))
+
+
+def test_float16_runs_through_the_reference():
+    lens = [5, 9]
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(14, 2, 8, generator=g).half() for _ in range(3))
+    got = slimrt.ops.varlen_attention(q, k, v, cu_of(lens))
+    assert got.dtype == torch.float16
+    assert (got.double() - oracle(q, k, v, lens)).abs().max() < 5e-3
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_padded_sdpa_implementation_for_cuda_matches_the_oracle(causal):
+    """ops/cuda.py serves varlen_attention on CUDA with torch SDPA over a padded batch; the same code
+    runs on CPU tensors here (empty sequences, GQA, a causal mask with padding queries)."""
+    from slimrt.ops import cuda
+
+    lens = [7, 0, 33, 1, 20]
+    g = torch.Generator().manual_seed(9)
+    q, k, v = torch.randn(61, 4, 16, generator=g), torch.randn(61, 2, 16, generator=g), torch.randn(61, 2, 16, generator=g)
+    got = cuda.varlen_attention(q, k, v, cu_of(lens), causal, None)
+    torch.testing.assert_close(got.double(), oracle(q, k, v, lens, causal), atol=2e-5, rtol=1e-4)
+    assert cuda.varlen_attention(q[:0], k[:0], v[:0], cu_of([0]), causal, None).shape == (0, 4, 16)

@@ -41,7 +41,10 @@ class BertLean:
             sa, so = layer.attention.self, layer.attention.output
             # q, k and v read the same x: one fused projection (one GEMM, x quantized once) when the
             # three modules allow it, else three calls.
-            qkv = fuse_linears([sa.query, sa.key, sa.value])
+            # A tuned policy with rules for these shapes keeps them separate (the rules name them).
+            tuned = any((m.out_features, m.in_features) in policy.per_shape for m in (sa.query, sa.key, sa.value)
+                        if hasattr(m, "out_features"))
+            qkv = None if tuned else fuse_linears([sa.query, sa.key, sa.value])
             sizes = (sa.query.out_features, sa.key.out_features, sa.value.out_features)
             self.layers.append((
                 (make_linear(qkv, policy), sizes) if qkv is not None else
@@ -77,6 +80,8 @@ class BertLean:
         pos = pos if full else pos[keep]
         x = F.embedding(ids, self.word) + F.embedding(pos, self.pos) + self.type0  # (N, C)
         n, c = x.shape
+        if n == 0:  # nothing but padding: the padded slots are zeros
+            return x.new_zeros((b, t, c))
         x = F.layer_norm(x, (c,), self.emb_ln[0], self.emb_ln[1], self.emb_ln[2])
         for proj, o_lin, ln1, fc1_act, fc2, ln2 in self.layers:
             if len(proj) == 2:  # fused: column views of one (N, Nq + Nk + Nv) output, no copies

@@ -104,8 +104,12 @@ class NativeDecoder:
     """A built DecodePlan plus every tensor it points into; ``session(...)`` per generate call."""
 
     def __init__(self, plan: Any, keep: list[Tensor], rope: bool, vocab: int, fused_only: bool,
-                 max_prefill: float, max_batch: float) -> None:
+                 max_prefill: float, max_batch: float, kv_shapes: list[tuple[int, int]], table_width: int) -> None:
         self.plan, self._keep, self.rope, self.vocab = plan, keep, rope, vocab
+        # Per layer (KV heads, head dim) the plan writes, and the last dim of each position table
+        # (RoPE: rotary dim; GPT-2: hidden size): a session checks the caller's buffers against them,
+        # since the C++ step trusts the pointers it is given.
+        self.kv_shapes, self.table_width = kv_shapes, table_width
         self.fused_only = fused_only  # some weights exist only packed: no scalar-ISA run
         # The native calls run the "w8" kernel at M = rows, so they serve only the row counts for which
         # the eager forward would pick it too: the longest prompt a prefill runs natively (M = T; the LM
@@ -143,7 +147,16 @@ class NativeDecoder:
         pads = [0] * b if pads is None else [int(p) for p in pads]
         if len(pads) != b:
             raise ValueError(f"NativeDecoder.session: {len(pads)} paddings for a cache of {b} rows")
+        if len(ks) != len(self.kv_shapes) or len(vs) != len(self.kv_shapes):
+            raise ValueError(f"NativeDecoder.session: a cache of {len(ks)} layers for a model of {len(self.kv_shapes)}")
+        for i, ((hkv, hd), kt, vt) in enumerate(zip(self.kv_shapes, ks, vs)):
+            if tuple(kt.shape) != (b, hkv, max_len, hd) or tuple(vt.shape) != (b, hkv, max_len, hd):
+                raise ValueError(f"NativeDecoder.session: layer {i}'s cache is k {tuple(kt.shape)} / v "
+                                 f"{tuple(vt.shape)}, expected ({b}, {hkv}, {max_len}, {hd}) for max_len={max_len}")
         tables = tuple(t.contiguous() for t in positions) if self.rope else (positions.contiguous(),)
+        if any(t.dtype != torch.float32 or t.shape[-1] != self.table_width for t in tables):
+            raise ValueError(f"NativeDecoder.session: position tables must be float32 with last dim "
+                             f"{self.table_width}, got {[(t.dtype, tuple(t.shape)) for t in tables]}")
         if any(t.shape[0] != b or t.numel() != b * max_len * t.shape[-1] for t in tables):
             raise ValueError(f"NativeDecoder.session: position tables of shape {tuple(tables[0].shape)} for "
                              f"{b} rows of {max_len} slots")
@@ -219,6 +232,7 @@ def _build_llama(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
     plan = _native.load().DecodePlan(int(cfg.hidden_size), int(head_dim), int(rot), int(cfg.vocab_size),
                                      NORM_RMS, ACT_SILU_GATED, float(cfg.rms_norm_eps))
     fused_only = False
+    kv_shapes: list[tuple[int, int]] = []
     for i, layer in enumerate(base.layers):
         at, mlp = layer.self_attn, layer.mlp
         _act_kind(mlp.act_fn, gated=True)
@@ -238,6 +252,7 @@ def _build_llama(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
         keep += k1 + k2 + k3 + k4 + [t for t in (ln1, ln2, qn, kn) if t is not None]
         fused_only = True
         h, hkv = at.q_proj.out_features // head_dim, at.k_proj.out_features // head_dim
+        kv_shapes.append((hkv, int(head_dim)))
         plan.add_layer(ln1.data_ptr(), 0, qkv, h, hkv, 0 if qn is None else qn.data_ptr(),
                        0 if kn is None else kn.data_ptr(), 1.0 / math.sqrt(head_dim), o, ln2.data_ptr(), 0, up, down)
     norm_w = _f32(base.norm.weight, "the final norm")
@@ -246,7 +261,8 @@ def _build_llama(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
     keep += [embed, norm_w] + k5
     plan.set_head(embed.data_ptr(), norm_w.data_ptr(), 0, head)
     return NativeDecoder(plan, keep, rope=True, vocab=int(cfg.vocab_size), fused_only=fused_only,
-                         max_prefill=min(w8_max), max_batch=min(w8_max + head_max))
+                         max_prefill=min(w8_max), max_batch=min(w8_max + head_max), kv_shapes=kv_shapes,
+                         table_width=int(rot))
 
 
 def _build_gpt2(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
@@ -262,6 +278,7 @@ def _build_gpt2(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
                                      float(cfg.layer_norm_epsilon))
     keep: list[Tensor] = []
     w8_max: list[float] = []
+    kv_shapes: list[tuple[int, int]] = []
     for i, blk in enumerate(tr.h):
         if _act_kind(blk.mlp.act, gated=False) != act:
             raise Ineligible("the activation differs between layers")
@@ -275,6 +292,7 @@ def _build_gpt2(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
         if cfg.scale_attn_by_inverse_layer_idx:
             scale /= i + 1
         h = blk.attn.c_attn.out_features // (3 * head_dim)
+        kv_shapes.append((h, int(head_dim)))
         keep += k1 + k2 + k3 + k4 + lns
         plan.add_layer(lns[0].data_ptr(), lns[1].data_ptr(), qkv, h, h, 0, 0, scale, o, lns[2].data_ptr(),
                        lns[3].data_ptr(), fc, proj)
@@ -285,4 +303,5 @@ def _build_gpt2(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
     keep += [wte, wpe] + lnf + k5
     plan.set_head(wte.data_ptr(), lnf[0].data_ptr(), lnf[1].data_ptr(), head)
     return NativeDecoder(plan, keep, rope=False, vocab=int(cfg.vocab_size), fused_only=False,
-                         max_prefill=min(w8_max), max_batch=min(w8_max + head_max))
+                         max_prefill=min(w8_max), max_batch=min(w8_max + head_max), kv_shapes=kv_shapes,
+                         table_width=int(cfg.n_embd))

@@ -84,7 +84,7 @@ def int8_pack_weight(w_q: Tensor) -> Tensor:
 def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None = None,
                 w_packed: Tensor | None = None, activation: str = "none") -> Tensor:
     """W8A8 linear with dynamic per-token activation quantization, optionally followed by an
-    activation fused into the kernel's epilogue ("none", "gelu", "gelu_tanh", "relu"). See
+    activation fused into the kernel's epilogue ("none", "gelu", "gelu_tanh", "relu", "silu"). See
     reference.int8_linear."""
     return _INT8_LINEAR(x, w_q, w_scale, bias, w_packed, activation)
 

@@ -23,7 +23,7 @@ SCHEMAS = {
     # Packs an (N, K) int8 weight into the layout the device's kernel wants; an empty tensor means
     # "no packed form" and the linear ops then read w_q directly. Packing is done once per module.
     "int8_pack_weight": "int8_pack_weight(Tensor w_q) -> Tensor",
-    # activation: "none" | "gelu" | "gelu_tanh" | "relu", applied in fp32 after the bias (reference.ACTIVATIONS).
+    # activation: "none" | "gelu" | "gelu_tanh" | "relu" | "silu", applied in fp32 after the bias (reference.ACTIVATIONS).
     "int8_linear": (
         "int8_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias, Tensor? w_packed, str activation=\"none\") "
         "-> Tensor"

@@ -270,6 +270,8 @@ _VARLEN_BLOCK = 128  # keys per listed block (and query rows per block); 5-8% fa
 def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, causal: bool,
                      scale: float | None) -> Tensor:
     cu = reference._check_varlen(q, k, v, cu_seqlens, scale)
+    if q.dtype not in _DT:  # float16: no native kernel; the reference computes it in fp32
+        return reference.varlen_attention(q, k, v, cu_seqlens, causal, scale)
     t, hq, d = q.shape
     out = torch.empty((t, hq, d), dtype=q.dtype)
     if out.numel() == 0:

@@ -129,6 +129,38 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, kv_num_blocks: Tenso
                                           num_global, token_mask, scale)
 
 
+def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, causal: bool,
+                     scale: float | None) -> Tensor:
+    """No Triton kernel yet: the packed tokens are scattered into a padded (B, Lmax) batch, run through
+    torch's SDPA (flash / memory-efficient on a GPU) with a key-padding mask, and gathered back."""
+    cu = reference._check_varlen(q, k, v, cu_seqlens, scale)
+    t, hq, d = q.shape
+    hkv = k.shape[1]
+    lens = [b - a for a, b in zip(cu, cu[1:])]
+    if t == 0 or hq == 0 or not lens:
+        return q.new_zeros(q.shape)
+    nb, lmax = len(lens), max(lens)
+    dev = q.device
+    lens_t = torch.tensor(lens, device=dev)
+    row = torch.repeat_interleave(torch.arange(nb, device=dev), lens_t)  # (T,) sequence of each token
+    col = torch.arange(t, device=dev) - torch.repeat_interleave(torch.tensor(cu[:-1], device=dev), lens_t)
+
+    def padded(x: Tensor, h: int) -> Tensor:
+        out = x.new_zeros((nb, lmax, h, d))
+        out[row, col] = x
+        return out.transpose(1, 2)  # (B, H, Lmax, D)
+
+    keys = torch.arange(lmax, device=dev)
+    mask = keys[None, :] < lens_t[:, None]  # (B, Lmax): real keys
+    mask = mask[:, None, None, :] if not causal else \
+        mask[:, None, None, :] & (keys[None, :] <= keys[:, None])[None, None]
+    # A padding query of a causal row sees no key; let it see key 0 (its row is dropped anyway).
+    mask = mask | (keys[None, None, :, None] >= lens_t[:, None, None, None]) & (keys == 0)[None, None, None, :]
+    o = torch.nn.functional.scaled_dot_product_attention(padded(q, hq), padded(k, hkv), padded(v, hkv),
+                                                         attn_mask=mask, scale=scale, enable_gqa=hq != hkv)
+    return o.transpose(1, 2)[row, col]
+
+
 # op name -> Triton implementation. quantize_per_channel and int8_pack_weight have none: they run
 # once per weight, offline, and the reference (any device) serves them.
 KERNELS = {
@@ -138,6 +170,7 @@ KERNELS = {
     "int8_weight_only_linear": int8_weight_only_linear,
     "lowrank_linear": lowrank_linear,
     "block_sparse_attention": block_sparse_attention,
+    "varlen_attention": varlen_attention,  # torch SDPA over a padded batch (no Triton kernel yet)
 }
 
 

@@ -214,8 +214,9 @@ MAX_HEAD_DIM = 256
 
 def _check_qkv(op: str, q: Tensor, k: Tensor, v: Tensor, varlen: bool) -> None:
     """dtype, rank and shape checks of the attention operands: q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D),
-    or with varlen q (T, Hq, D), k and v (T, Hkv, D); one float dtype, Hq % Hkv == 0, D <= 256."""
-    _check.dtype(op, "q", q, _check.FLOAT_ACT_DTYPES)
+    or with varlen q (T, Hq, D), k and v (T, Hkv, D); one float dtype (varlen: float16 too),
+    Hq % Hkv == 0, D <= 256."""
+    _check.dtype(op, "q", q, _check.FLOAT_ACT_DTYPES + ((torch.float16,) if varlen else ()))
     _check.dtype(op, "k", k, (q.dtype,))
     _check.dtype(op, "v", v, (q.dtype,))
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -333,7 +334,7 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, causal
                      scale: float | None = None) -> Tensor:
     """Attention within each of several sequences packed back to back, with no padding.
 
-    q (T, Hq, D), k and v (T, Hkv, D) float32|bfloat16, Hq % Hkv == 0 (query head h reads kv head
+    q (T, Hq, D), k and v (T, Hkv, D) float32|bfloat16|float16, Hq % Hkv == 0 (query head h reads kv head
     h // (Hq / Hkv)); cu_seqlens (B + 1,) int64 cumulative lengths: sequence b is tokens
     [cu[b], cu[b+1]). Query i of a sequence attends to every key of its own sequence (causal: keys
     up to i), softmax(scale * q k^T) v with scale 1/sqrt(D) by default, in fp32; out (T, Hq, D) in q.dtype.
