@@ -406,18 +406,27 @@ void run_tiles(const Gemm& g0, int64_t n_pad, int64_t M, int num_threads, const 
 
 }  // namespace
 
+namespace {
+// The GEMM description of a packed weight (header: N, K, N_pad, K_pad; see int8_gemm.h). The u8
+// operand rows (a + 128, see flip_row) are lda_u apart: k_pad rounded to 64 plus 64 bytes, so with
+// K = 4096 the 6 rows of a tile do not sit 4 KiB apart in one L1 set (4 KiB aliasing).
+Gemm packed_gemm(const int8_t* packed, const float* a_scale, const float* b_scale, const float* bias, void* out,
+                 OutType out_dt, int64_t ldc, int64_t N, Act act, int64_t* n_pad) {
+  int64_t hdr[5];
+  std::memcpy(hdr, packed, sizeof(hdr));
+  const int64_t k_pad = hdr[4];
+  *n_pad = hdr[3];
+  return Gemm{nullptr, round_up(k_pad, 64) + 64, k_pad, k_pad / 4, packed + kPackHeader,
+              reinterpret_cast<const int32_t*>(packed + kPackHeader + *n_pad * k_pad),
+              a_scale, b_scale, bias, out, out_dt, ldc, N, 0, act};
+}
+}  // namespace
+
 void int8_gemm_packed(const int8_t* a, int64_t lda, const int8_t* packed, const float* a_scale,
                       const float* b_scale, const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M,
                       int64_t N, int64_t K, int num_threads) {
-  int64_t hdr[5];
-  std::memcpy(hdr, packed, sizeof(hdr));
-  const int64_t n_pad = hdr[3], k_pad = hdr[4];
-  // The u8 operand rows (a + 128, see flip_row) are lda_u apart: k_pad rounded to 64 plus 64 bytes,
-  // so with K = 4096 the 6 rows of a tile do not sit 4 KiB apart in one L1 set (4 KiB aliasing).
-  const int64_t lda_u = round_up(k_pad, 64) + 64;
-  Gemm g{nullptr, lda_u, k_pad, k_pad / 4, packed + kPackHeader,
-         reinterpret_cast<const int32_t*>(packed + kPackHeader + n_pad * k_pad),
-         a_scale, b_scale, bias, out, out_dt, ldc, N, 0};
+  int64_t n_pad;
+  const Gemm g = packed_gemm(packed, a_scale, b_scale, bias, out, out_dt, ldc, N, Act::None, &n_pad);
   run_tiles(g, n_pad, M, num_threads, ASrc{a, DType::F32, lda, K, false});
 }
 
@@ -535,13 +544,8 @@ void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t
 void int8_w8a8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t* packed, const float* b_scale,
                              const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M, int64_t N,
                              int64_t K, int num_threads, Act act) {
-  int64_t hdr[5];
-  std::memcpy(hdr, packed, sizeof(hdr));
-  const int64_t n_pad = hdr[3], k_pad = hdr[4];
-  const int64_t lda_u = round_up(k_pad, 64) + 64;
-  Gemm g{nullptr, lda_u, k_pad, k_pad / 4, packed + kPackHeader,
-         reinterpret_cast<const int32_t*>(packed + kPackHeader + n_pad * k_pad),
-         nullptr, b_scale, bias, out, out_dt, ldc, N, 0, act};
+  int64_t n_pad;
+  const Gemm g = packed_gemm(packed, nullptr, b_scale, bias, out, out_dt, ldc, N, act, &n_pad);
   run_tiles(g, n_pad, M, num_threads, ASrc{x, x_dt, ldx, K, true});
 }
 

@@ -202,3 +202,11 @@ def test_padded_sdpa_implementation_for_cuda_matches_the_oracle(causal):
     got = cuda.varlen_attention(q, k, v, cu_of(lens), causal, None)
     torch.testing.assert_close(got.double(), oracle(q, k, v, lens, causal), atol=2e-5, rtol=1e-4)
     assert cuda.varlen_attention(q[:0], k[:0], v[:0], cu_of([0]), causal, None).shape == (0, 4, 16)
+
+
+def test_cu_seqlens_on_another_device_is_refused():
+    """The native kernel reads cu_seqlens through its pointer: it must be on q's device (a CUDA
+    cu_seqlens with CPU q dispatches to the CUDA implementation, which runs these same checks)."""
+    q, k = torch.randn(10, 4, 8), torch.randn(10, 2, 8)
+    with pytest.raises(ValueError, match="cu_seqlens is on meta but q is on cpu"):
+        reference.varlen_attention(q, k, k, torch.tensor([0, 4, 10], device="meta"))

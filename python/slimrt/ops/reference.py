@@ -322,7 +322,8 @@ def _check_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, scale: fl
     _check.ndim(op, "cu_seqlens", cu_seqlens, 1)
     if scale is not None and not math.isfinite(scale):
         raise ValueError(f"{op}: scale must be finite, got {scale}")
-    _check.same_device(op, q=q, k=k, v=v)
+    # cu_seqlens on q's device too: the native kernel reads it through its data pointer.
+    _check.same_device(op, q=q, k=k, v=v, cu_seqlens=cu_seqlens)
     cu = cu_seqlens.tolist()
     if not cu or cu[0] != 0 or cu[-1] != t or any(b < a for a, b in zip(cu, cu[1:])):
         raise ValueError(f"{op}: cu_seqlens must start at 0, never decrease and end at T = {t} "
