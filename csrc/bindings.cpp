@@ -51,8 +51,12 @@ PYBIND11_MODULE(_C, m) {
     d["avx512"] = f.avx512;
     d["avx512_bf16"] = f.avx512_bf16;
     d["avx_vnni"] = f.avx_vnni;
+    d["amx_int8"] = f.amx_int8;
     return d;
   });
+  // AMX tiles for the avx512 int8 GEMM: on by default where the CPU and OS offer them.
+  m.def("amx_active", &amx_active);
+  m.def("set_amx", &set_amx, py::arg("on"));
 
   // quantize_per_token: x (M, K) fp32|bf16 -> q (M, K) int8, scale (M,) fp32.
   m.def("quantize_per_token",

@@ -6,6 +6,10 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #define SLIMRT_X86 1
 #endif
 
@@ -45,11 +49,22 @@ CpuFeatures detect() {
   __cpuid_count(7, 1, a1, b1, c1, d1);
   f.avx512_bf16 = f.avx512 && (a1 & (1u << 5));
   f.avx_vnni = ymm_state && (a1 & (1u << 4));
+  // AMX: CPUID.7.0:EDX bit 24 AMX-TILE, bit 25 AMX-INT8; XCR0 bits 17 (XTILECFG) and 18 (XTILEDATA).
+  // Linux also wants each process to ask for the 8 KiB tile data state before the first tile
+  // instruction (else SIGILL): arch_prctl(ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18).
+  const bool amx_cpu = (d & (1u << 24)) && (d & (1u << 25));
+  const bool tile_state = (xcr0 & (3ull << 17)) == (3ull << 17);
+  if (f.avx512 && amx_cpu && tile_state) {
+#if defined(__linux__)
+    f.amx_int8 = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#endif
+  }
 #endif
   return f;
 }
 
 std::atomic<int> g_active{-1};
+std::atomic<int> g_amx{-1};  // -1: not decided yet (on where available)
 
 }  // namespace
 
@@ -80,6 +95,21 @@ void set_isa(Isa isa) {
                "isa 'avx512' is not available on this CPU (needs AVX-512 F/BW/VL/DQ + VNNI enabled by the OS)");
   SLIMRT_CHECK(isa != Isa::Avx2 || f.avx2, "isa 'avx2' is not available on this CPU (needs AVX2 + FMA enabled by the OS)");
   g_active.store(static_cast<int>(isa), std::memory_order_relaxed);
+}
+
+bool amx_active() {
+  int v = g_amx.load(std::memory_order_relaxed);
+  if (v < 0) {
+    v = cpu_features().amx_int8 ? 1 : 0;
+    g_amx.store(v, std::memory_order_relaxed);
+  }
+  return v == 1 && active_isa() == Isa::Avx512;
+}
+
+void set_amx(bool on) {
+  SLIMRT_CHECK(!on || cpu_features().amx_int8,
+               "AMX is not available on this CPU (needs AMX-TILE + AMX-INT8 with tile state enabled by the OS)");
+  g_amx.store(on ? 1 : 0, std::memory_order_relaxed);
 }
 
 const char* isa_name(Isa isa) {

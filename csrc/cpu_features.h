@@ -13,6 +13,9 @@ struct CpuFeatures {
   bool avx512 = false;       // AVX-512 F/BW/VL/DQ + VNNI, with ZMM and opmask state enabled by the OS
   bool avx512_bf16 = false;  // AVX512_BF16 (only meaningful when avx512 is true)
   bool avx_vnni = false;     // VEX-encoded VNNI (informational)
+  // AMX-TILE + AMX-INT8, tile state enabled by the OS (XCR0 bits 17, 18) and granted to this process
+  // (Linux: arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) succeeded). Used by the avx512 int8 GEMM.
+  bool amx_int8 = false;
 };
 
 // CPUID + XGETBV, computed once. CPUID alone is not enough: a VM or OS may not enable
@@ -24,6 +27,11 @@ Isa active_isa();
 // Forces a path; throws std::invalid_argument if this CPU cannot run it.
 void set_isa(Isa isa);
 const char* isa_name(Isa isa);
+// AMX tiles for the int8 GEMM inside the avx512 path (on by default where cpu_features().amx_int8):
+// amx_active() is true only while that path is also the active ISA. set_amx(true) throws
+// std::invalid_argument on a CPU or OS without AMX.
+bool amx_active();
+void set_amx(bool on);
 std::vector<std::string> available_isas();
 
 }  // namespace slimrt

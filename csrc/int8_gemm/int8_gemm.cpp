@@ -39,7 +39,7 @@ void check_header(const int8_t* packed, int64_t N, int64_t K) {
 
 int64_t int8_packed_size(int64_t N, int64_t K) {
   const int64_t n_pad = round_up(N, kPanel), k_pad = round_up(K, 4);
-  return kPackHeader + n_pad * k_pad + 4 * n_pad;
+  return kPackHeader + n_pad * k_pad + 4 * n_pad + kPackSlack;
 }
 
 void int8_pack_weight(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int8_t* packed, int num_threads) {
@@ -69,6 +69,7 @@ void int8_pack_weight(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int8_t
       }
     }
   });
+  std::memset(comp + n_pad, 0, kPackSlack);
 }
 
 void int8_check_packed(const int8_t* packed, int64_t nbytes, int64_t N, int64_t K) {

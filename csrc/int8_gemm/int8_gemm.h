@@ -20,6 +20,8 @@
 //                            bytes at 64 + p*16*K_pad + g*64, byte (col j, kk) at j*4 + kk. This is
 //                            the VNNI operand order: one zmm load = 16 columns x 4 k.
 //   then int32 comp[N_pad]   128 * sum_k b[n, k], for the u8 x s8 trick (a + 128 as u8).
+//   then kPackSlack zero bytes (the AMX kernel reads whole 64-k tiles past K_pad; they meet u8 zeros).
+//   16 consecutive k groups of a panel are also one AMX weight tile (16 rows x 64 bytes).
 //   N_pad = round_up(N, 16), K_pad = round_up(K, 4); padding is zero.
 #pragma once
 
@@ -40,6 +42,9 @@ float act_scalar(float x, Act act);
 constexpr int64_t kPackMagic = 0x3150384d49'4c53LL;  // "SLIM8P1"
 constexpr int64_t kPackHeader = 64;
 constexpr int64_t kPanel = 16;  // output columns per panel
+// Zero bytes after the comp vector: the AMX kernel's last tile of a panel reads whole 64-k steps,
+// up to (64 - 4) / 4 groups x 64 bytes past the last panel's end (see run_amx).
+constexpr int64_t kPackSlack = 1024;
 
 int64_t int8_packed_size(int64_t N, int64_t K);
 // w (N, K) int8 row stride ldw -> packed (int8_packed_size(N, K) bytes).

@@ -17,9 +17,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <vector>
 
+#include "cpu_features.h"
 #include "int8_gemm/int8_gemm.h"
 #include "simd/vmath_avx512.h"
 #include "parallel.h"
@@ -129,6 +131,32 @@ struct Gemm {
   Act act = Act::None;  // epilogue activation (fused linear only)
 };
 
+// Epilogue of one 16-column panel (columns n..n+15) for rows m0..m0+mr-1: acc[r][j] are the raw
+// sums of (a + 128) * b; out = float(acc - comp) * a_scale * b_scale + bias (then the activation),
+// in the reference's op order. Shared by the VNNI tiles and the AMX blocks.
+template <typename Acc>
+inline void epilogue(const Gemm& g, int64_t m0, int mr, int64_t n, const Acc& acc, int j) {
+  const __mmask16 mk = tail_mask(g.N - n);
+  const __m512i cv = _mm512_loadu_si512(g.comp + n);  // comp is padded to N_pad
+  if (g.out_dt == OutType::I32) {
+    for (int r = 0; r < mr; ++r) {
+      int32_t* o = static_cast<int32_t*>(g.out) + (m0 + r) * g.ldc + n;
+      if (mk == 0xffff) _mm512_storeu_si512(o, _mm512_sub_epi32(acc(r, j), cv));
+      else _mm512_mask_storeu_epi32(o, mk, _mm512_sub_epi32(acc(r, j), cv));
+    }
+    return;
+  }
+  const __m512 bs = _mm512_maskz_loadu_ps(mk, g.b_scale + n);
+  const __m512 bb = g.bias ? _mm512_maskz_loadu_ps(mk, g.bias + n) : _mm512_setzero_ps();
+  for (int r = 0; r < mr; ++r) {
+    __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc(r, j), cv));
+    f = _mm512_mul_ps(_mm512_mul_ps(f, _mm512_set1_ps(g.a_scale[m0 - g.am0 + r])), bs);
+    if (g.bias) f = _mm512_add_ps(f, bb);
+    if (g.act != Act::None) f = act_vec(f, g.act);
+    store_out(g.out, g.out_dt, (m0 + r) * g.ldc + n, mk, f);
+  }
+}
+
 // k blocks of up to 1024 4-deep groups (K = 4096: one block, a 256 KiB weight slab per 64-column
 // tile, streamed from L2 by every row tile); longer K is split evenly and the partial sums go to a
 // per-chunk int32 buffer between blocks. Measured on Zen 5 (1 thread, 512 x 4096 x 4096): blocks of
@@ -171,29 +199,10 @@ void tile(const Gemm& g, int64_t m0, int64_t p0, int64_t q0, int64_t nq, int32_t
       for (int j = 0; j < NB; ++j) _mm512_storeu_si512(cbuf + r * 64 + j * 16, acc[r][j]);
     return;
   }
-  // Epilogue: out = float(acc - comp) * a_scale * b_scale + bias, in the reference's op order.
   for (int j = 0; j < NB; ++j) {
     const int64_t n = (p0 + j) * kPanel;
     if (n >= g.N) break;
-    const __mmask16 mk = tail_mask(g.N - n);
-    const __m512i cv = _mm512_loadu_si512(g.comp + n);  // comp is padded to N_pad
-    if (g.out_dt == OutType::I32) {
-      for (int r = 0; r < MR; ++r) {
-        int32_t* o = static_cast<int32_t*>(g.out) + (m0 + r) * g.ldc + n;
-        if (mk == 0xffff) _mm512_storeu_si512(o, _mm512_sub_epi32(acc[r][j], cv));
-        else _mm512_mask_storeu_epi32(o, mk, _mm512_sub_epi32(acc[r][j], cv));
-      }
-      continue;
-    }
-    const __m512 bs = _mm512_maskz_loadu_ps(mk, g.b_scale + n);
-    const __m512 bb = g.bias ? _mm512_maskz_loadu_ps(mk, g.bias + n) : _mm512_setzero_ps();
-    for (int r = 0; r < MR; ++r) {
-      __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][j], cv));
-      f = _mm512_mul_ps(_mm512_mul_ps(f, _mm512_set1_ps(g.a_scale[m0 - g.am0 + r])), bs);
-      if (g.bias) f = _mm512_add_ps(f, bb);
-      if (g.act != Act::None) f = act_vec(f, g.act);
-      store_out(g.out, g.out_dt, (m0 + r) * g.ldc + n, mk, f);
-    }
+    epilogue(g, m0, MR, n, [&](int r, int jj) { return acc[r][jj]; }, j);
   }
 }
 
@@ -347,7 +356,141 @@ void run_part(const Gemm& g0, int64_t r0, int64_t r1, int64_t pa, int64_t pb, in
   }
 }
 
+// ---- AMX (Intel AMX-TILE + AMX-INT8, Sapphire Rapids and later) ----
+// Only these functions carry the amx target, and only run after amx_active() (CPUID, XCR0 and the
+// Linux permission for the tile state, see cpu_features.cpp). One tdpbusd multiplies a 16 x 64 u8
+// tile of a + 128 by a 16 x 64 s8 tile of the weight, which is exactly a run of 16 k groups of a
+// packed panel (16 columns x 4 k per 64-byte row), so the packed layout serves both kernels and the
+// comp correction and the epilogue are the VNNI kernel's: the results agree bit for bit.
+#define SLIMRT_AMX __attribute__((target("amx-tile,amx-int8")))
+// The tile intrinsics are asm statements without memory operands: the compiler must not move loads
+// or stores of the buffers they read or write across them.
+#define SLIMRT_MEMORY_BARRIER() __asm__ volatile("" ::: "memory")
+
+struct alignas(64) TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// Every tile 16 rows x 64 bytes: C 0-3 (16 x 16 int32), A 4-5 (16 rows x 64 k), B 6-7 (16 k groups).
+SLIMRT_AMX void amx_configure() {
+  TileConfig c{};
+  c.palette = 1;
+  for (int t = 0; t < 8; ++t) {
+    c.rows[t] = 16;
+    c.colsb[t] = 64;
+  }
+  _tile_loadconfig(&c);
+}
+
+constexpr int64_t kAmxRows = 32;  // rows per block: two A tiles
+// Rows of u8 activations per chunk: the chunk (all of K) stays in L2 while a thread's weight
+// column blocks pass over it. K = 4096: 224 rows.
+constexpr int64_t kAmxChunkBytes = 896 << 10;
+
+// C (32 x 16 NT int32, row stride 32) = A rows [0, 32) x panels [0, NT) over k in [0, k64).
+template <int NT>
+SLIMRT_AMX void amx_block(const uint8_t* a, int64_t lda, const int8_t* b, int64_t ps, int64_t k64, int32_t* c) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const uint8_t* a1 = a + 16 * lda;
+  for (int64_t k = 0; k < k64; k += 64) {
+    _tile_loadd(4, a + k, lda);
+    _tile_loadd(6, b + k * 16, 64);
+    _tile_loadd(5, a1 + k, lda);
+    _tile_dpbusd(0, 4, 6);
+    _tile_dpbusd(2, 5, 6);
+    if (NT == 2) {
+      _tile_loadd(7, b + ps + k * 16, 64);
+      _tile_dpbusd(1, 4, 7);
+      _tile_dpbusd(3, 5, 7);
+    }
+  }
+  _tile_stored(0, c, 128);
+  _tile_stored(2, c + 16 * 32, 128);
+  if (NT == 2) {
+    _tile_stored(1, c + 16, 128);
+    _tile_stored(3, c + 16 * 32 + 16, 128);
+  }
+  SLIMRT_MEMORY_BARRIER();
+}
+
+// One thread's run of 32-column blocks [b0, b1) over all rows, an L2-sized row chunk at a time.
+SLIMRT_AMX void amx_part(const Gemm& g, int64_t M, int64_t m_pad, int64_t mc, int64_t k64, int64_t panels,
+                         int64_t b0, int64_t b1) {
+  amx_configure();
+  alignas(64) int32_t c[kAmxRows * 32];
+  const int64_t ps = kPanel * g.k_pad;
+  for (int64_t mb = 0; mb < m_pad; mb += mc) {
+    const int64_t me = std::min(m_pad, mb + mc);
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      const int64_t p = 2 * bi;
+      const int nt = p + 1 < panels ? 2 : 1;
+      const int8_t* b = g.panels + p * ps;
+      for (int64_t m0 = mb; m0 < me; m0 += kAmxRows) {
+        if (nt == 2) amx_block<2>(g.au + m0 * g.lda_u, g.lda_u, b, ps, k64, c);
+        else amx_block<1>(g.au + m0 * g.lda_u, g.lda_u, b, ps, k64, c);
+        const int mr = static_cast<int>(std::min<int64_t>(kAmxRows, M - m0));
+        for (int j = 0; j < nt; ++j) {
+          const int64_t n = (p + j) * kPanel;
+          if (n >= g.N) break;
+          epilogue(g, m0, mr, n, [&](int r, int jj) { return _mm512_load_si512(c + r * 32 + jj * 16); }, j);
+        }
+      }
+    }
+  }
+  _tile_release();
+}
+
+// The whole product on AMX: the threads fill the u8 operand of all rows together (rows claimed from
+// a counter, as in run_tiles' col mode), then each takes an equal run of 32-column blocks and walks
+// it once per L2-sized row chunk. Rows are padded to 32 with zeros, and each row's k to 64 with
+// zeros (u8 0 times whatever weight bytes the last tile reads past k_pad: the packed weight carries
+// kPackSlack bytes for that), so every tile is a full 16 x 64; only real rows reach the output.
+SLIMRT_AMX void run_amx(const Gemm& g0, int64_t n_pad, int64_t M, int num_threads, const ASrc& src) {
+  const int64_t panels = n_pad / kPanel, blocks = div_up(panels, 2);
+  const int64_t k64 = round_up(g0.k_pad, 64), m_pad = round_up(M, kAmxRows);
+  const int64_t mc = std::max<int64_t>(kAmxRows, kAmxChunkBytes / g0.lda_u / kAmxRows * kAmxRows);
+  std::unique_ptr<uint8_t[]> abuf(new uint8_t[static_cast<size_t>(m_pad * g0.lda_u)]);
+  std::unique_ptr<float[]> sbuf(src.quant ? new float[static_cast<size_t>(M)] : nullptr);
+  Gemm g = g0;
+  g.au = abuf.get();
+  g.am0 = 0;
+  if (src.quant) g.a_scale = sbuf.get();
+  const int64_t tc = std::min<int64_t>(std::max(1, num_threads), blocks);
+  std::atomic<int64_t> next{0}, done{0};
+  parallel_for(tc, num_threads, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      constexpr int64_t kRows = 4;
+      for (int64_t r; (r = next.fetch_add(kRows)) < m_pad;) {
+        const int64_t re = std::min(m_pad, r + kRows);
+        for (int64_t m = r; m < re; ++m) {
+          uint8_t* dst = abuf.get() + m * g.lda_u;
+          if (m < M) {
+            const float sc = fill_row(src, m, g.k_pad, dst);
+            if (src.quant) sbuf[m] = sc;
+            std::memset(dst + g.k_pad, 0, static_cast<size_t>(k64 - g.k_pad));
+          } else {
+            std::memset(dst, 0, static_cast<size_t>(k64));
+          }
+        }
+        done.fetch_add(re - r, std::memory_order_release);
+      }
+      while (done.load(std::memory_order_acquire) < m_pad) _mm_pause();
+      SLIMRT_MEMORY_BARRIER();
+      amx_part(g, M, m_pad, mc, k64, panels, blocks * i / tc, blocks * (i + 1) / tc);
+    }
+  });
+}
+
+// Rows from which the int8 GEMM runs on AMX (when active): below, the VNNI tiles.
+constexpr int64_t kAmxMinRows = 16;
+
 void run_tiles(const Gemm& g0, int64_t n_pad, int64_t M, int num_threads, const ASrc& src) {
+  if (M >= kAmxMinRows && amx_active()) return run_amx(g0, n_pad, M, num_threads, src);
   const int64_t panels = n_pad / kPanel;
   const int64_t kblocks = div_up(g0.kq, kKcq), kc = div_up(g0.kq, kblocks);
   const int nt = std::max(1, num_threads);

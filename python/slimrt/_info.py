@@ -26,6 +26,7 @@ def info() -> dict[str, Any]:
         out["isa_best"] = ext.best_isa()
         out["isa_available"] = list(ext.available_isas())
         out["cpu_features"] = dict(ext.cpu_features())
+        out["int8_gemm"] = "amx" if ext.amx_active() else ("vnni" if out["isa"] == "avx512" else out["isa"])
     else:
         out["isa"] = "reference"
         out["isa_available"] = []

@@ -2,6 +2,9 @@
 
 The extension decides the ISA from CPUID + XGETBV at first use. ``SLIMRT_ISA=scalar|avx2|avx512``
 forces a path; asking for one this CPU cannot run is an error, never an illegal instruction.
+Inside the avx512 path the int8 GEMM runs on AMX tiles where the CPU and OS offer them
+(Intel Sapphire Rapids and later); ``SLIMRT_AMX=0`` keeps it on AVX-512 VNNI, ``SLIMRT_AMX=1``
+insists on AMX (an error where there is none).
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ def load() -> ModuleType:
         if forced not in ("scalar", "avx2", "avx512"):
             raise ValueError(f"SLIMRT_ISA={forced!r} is not one of scalar, avx2, avx512")
         ext.set_isa(forced)  # raises ValueError if this CPU cannot run it
+    amx = os.environ.get("SLIMRT_AMX", "").strip().lower()
+    if amx:
+        if amx not in ("0", "1"):
+            raise ValueError(f"SLIMRT_AMX={amx!r} is not 0 or 1")
+        ext.set_amx(amx == "1")  # raises ValueError without AMX
     _C = ext
     return ext
 
@@ -53,3 +61,8 @@ def available() -> bool:
 def set_isa(isa: str) -> None:
     """Forces the kernels onto one ISA path ('scalar', 'avx2', 'avx512') for this process."""
     load().set_isa(isa)
+
+
+def set_amx(on: bool) -> None:
+    """Lets the avx512 int8 GEMM use AMX tiles (True, an error where there are none) or not (False)."""
+    load().set_amx(bool(on))

@@ -26,19 +26,28 @@ from slimrt.ops import reference as R
 pytestmark = pytest.mark.skipif(not _native.available(), reason="native extension not built")
 
 ISAS = _native.load().available_isas() if _native.available() else []
+# Where the CPU has AMX, the avx512 path runs its int8 GEMM on AMX tiles (from 16 rows) or on VNNI:
+# every test that takes `isa` runs both ("avx512" with AMX off, "avx512+amx").
+AMX = _native.available() and bool(_native.load().cpu_features()["amx_int8"])
+PATHS = [(i, False) for i in ISAS] + ([("avx512", True)] if AMX else [])
 SIZES = (1, 7, 17, 33, 67, 257, 1025)
 # (M, K, N): every odd size appears in each position; K = 496 / 67 and N = 33 are tile-tail cases.
 GEMM_SHAPES = [(1, 1, 1), (1, 496, 33), (7, 67, 17), (17, 33, 7), (33, 257, 67), (67, 7, 257), (257, 17, 33),
                (2, 1025, 257), (1025, 33, 17), (13, 496, 1025), (6, 64, 64), (12, 256, 130)]
 
 
-@pytest.fixture(params=ISAS)
+@pytest.fixture(params=PATHS, ids=[i + ("+amx" if amx else "") for i, amx in PATHS])
 def isa(request):
     ext = _native.load()
     before = ext.active_isa()
-    ext.set_isa(request.param)
-    yield request.param
+    name, amx = request.param
+    ext.set_isa(name)
+    if AMX:
+        ext.set_amx(amx)
+    yield name
     ext.set_isa(before)
+    if AMX:
+        ext.set_amx(True)
 
 
 def _rand_i8(*shape: int, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -349,12 +358,16 @@ def test_random_shapes_every_isa(m, k, n, seed):
     ext = _native.load()
     before = ext.active_isa()
     try:
-        for isa in ISAS:
+        for isa, amx in PATHS:
             ext.set_isa(isa)
-            _assert_equal(ops.int8_gemm(a, b, None, None, torch.int32), want_i32, f"gemm {isa}")
-            _assert_equal(ops.int8_linear(x, b, s, None, ops.int8_pack_weight(b)), want_lin, f"linear {isa}")
+            if AMX:
+                ext.set_amx(amx)
+            _assert_equal(ops.int8_gemm(a, b, None, None, torch.int32), want_i32, f"gemm {isa} amx={amx}")
+            _assert_equal(ops.int8_linear(x, b, s, None, ops.int8_pack_weight(b)), want_lin, f"linear {isa} amx={amx}")
     finally:
         ext.set_isa(before)
+        if AMX:
+            ext.set_amx(True)
 
 
 def test_slimrt_isa_env_forces_a_path():
@@ -365,6 +378,28 @@ def test_slimrt_isa_env_forces_a_path():
     env = dict(os.environ, SLIMRT_ISA="scalar")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "scalar", out.stderr
+
+
+@pytest.mark.skipif(not AMX, reason="this CPU has no AMX")
+def test_slimrt_amx_env_switches_the_gemm_kernel():
+    code = ("import torch, slimrt; from slimrt import ops; from slimrt.ops import reference as R\n"
+            "a = torch.randint(-128, 128, (40, 200), dtype=torch.int8); b = torch.randint(-128, 128, (50, 200), dtype=torch.int8)\n"
+            "assert torch.equal(ops.int8_gemm(a, b, None, None, torch.int32), R.int8_gemm(a, b, None, None, torch.int32))\n"
+            "print(slimrt.info()['int8_gemm'])")
+    for flag, want in (("0", "vnni"), ("1", "amx"), ("", "amx")):
+        out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, SLIMRT_AMX=flag), capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip() == want, (flag, out.stderr)
+
+
+def test_slimrt_amx_env_is_checked():
+    code = "from slimrt import _native; _native.load()"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, SLIMRT_AMX="yes"), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode != 0 and "SLIMRT_AMX='yes' is not 0 or 1" in out.stderr
+    if not AMX:  # asking for AMX where there is none is an error, not an illegal instruction
+        with pytest.raises(ValueError, match="AMX is not available"):
+            _native.set_amx(True)
 
 
 # ---- Int8Linear module ------------------------------------------------------------------------------

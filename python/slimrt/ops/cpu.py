@@ -53,7 +53,7 @@ def _vec(t: Tensor) -> Tensor:
 def packed_size(n: int, k: int) -> int:
     """Bytes of a packed (N, K) weight; mirrors int8_packed_size in csrc/int8_gemm/int8_gemm.h."""
     n_pad, k_pad = -(-n // 16) * 16, -(-k // 4) * 4
-    return 64 + n_pad * k_pad + 4 * n_pad
+    return 64 + n_pad * k_pad + 4 * n_pad + 1024  # header, panels, comp, AMX slack
 
 
 def _packed_ptr(op: str, w_packed: Tensor | None, n: int, k: int) -> int:
