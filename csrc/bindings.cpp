@@ -113,6 +113,11 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     return probe_int8_peak_ops(nt, seconds);
   }, py::arg("num_threads"), py::arg("seconds") = 0.2);
+  // probe_amx_peak: the same for a register-only AMX tdpbusd loop (ValueError without AMX).
+  m.def("probe_amx_peak", [](int nt, double seconds) {
+    py::gil_scoped_release nogil;
+    return probe_amx_peak_ops(nt, seconds);
+  }, py::arg("num_threads"), py::arg("seconds") = 0.2);
   // probe_read_bandwidth: bytes/s streaming a buffer of nbytes (make it > L3), best of `passes`.
   m.def("probe_read_bandwidth", [](int64_t nbytes, int nt, int passes) {
     py::gil_scoped_release nogil;

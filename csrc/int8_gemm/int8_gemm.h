@@ -97,6 +97,8 @@ namespace avx512 { SLIMRT_INT8_ISA_DECLS }
 // Machine probes (csrc/int8_gemm/probes_*.cpp): the int8 roofline the benchmarks compare against.
 // Register-only vpdpbusd loop: int8 ops/s (2 per multiply-add) on num_threads threads.
 double probe_int8_peak_ops(int num_threads, double seconds);
+// Register-only AMX tdpbusd loop (4 independent 16 x 16 accumulator tiles), where the CPU has AMX.
+double probe_amx_peak_ops(int num_threads, double seconds);
 // Streaming read of nbytes (> L3) per pass: bytes/s on num_threads threads.
 double probe_read_bandwidth(int64_t nbytes, int num_threads, int passes);
 namespace avx512 {
@@ -105,6 +107,7 @@ void int8_w8a8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_
                              const float* bias, void* out, OutType out_dt, int64_t ldc, int64_t M, int64_t N,
                              int64_t K, int num_threads, Act act);
 double probe_vnni_loop(int64_t iters);  // returns int8 ops done
+double probe_amx_loop(int64_t iters);   // returns int8 ops done (AMX only)
 uint64_t probe_read(const uint8_t* p, int64_t n);
 }  // namespace avx512
 namespace avx2 {

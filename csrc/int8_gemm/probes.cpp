@@ -17,22 +17,22 @@ double now_s() {
 }
 }  // namespace
 
-double probe_int8_peak_ops(int num_threads, double seconds) {
-  SLIMRT_CHECK(active_isa() == Isa::Avx512, "probe_int8_peak: needs the avx512 (VNNI) path, active isa is "
-                                                << isa_name(active_isa()));
-  SLIMRT_CHECK(num_threads >= 1 && seconds > 0, "probe_int8_peak: num_threads and seconds must be positive");
-  // Calibrate the iteration count on one thread, then run every thread for about `seconds`.
-  int64_t iters = 1 << 16;
+namespace {
+// Calibrates the iteration count of `loop` on one thread, then runs every thread for about `seconds`:
+// ops/s, best of 3.
+template <typename Loop>
+double peak_of(Loop loop, int num_threads, double seconds) {
+  int64_t iters = 1 << 12;
   double t0 = now_s();
-  avx512::probe_vnni_loop(iters);
+  loop(iters);
   const double per_iter = std::max(1e-12, (now_s() - t0) / iters);
-  iters = std::max<int64_t>(1 << 16, static_cast<int64_t>(seconds / per_iter));
+  iters = std::max<int64_t>(1 << 12, static_cast<int64_t>(seconds / per_iter));
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {
     std::vector<double> ops(num_threads, 0.0);
     t0 = now_s();
     parallel_for(num_threads, num_threads, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) ops[t] = avx512::probe_vnni_loop(iters);
+      for (int64_t t = b; t < e; ++t) ops[t] = loop(iters);
     });
     const double dt = now_s() - t0;
     double total = 0;
@@ -40,6 +40,20 @@ double probe_int8_peak_ops(int num_threads, double seconds) {
     best = std::max(best, total / dt);
   }
   return best;
+}
+}  // namespace
+
+double probe_int8_peak_ops(int num_threads, double seconds) {
+  SLIMRT_CHECK(active_isa() == Isa::Avx512, "probe_int8_peak: needs the avx512 (VNNI) path, active isa is "
+                                                << isa_name(active_isa()));
+  SLIMRT_CHECK(num_threads >= 1 && seconds > 0, "probe_int8_peak: num_threads and seconds must be positive");
+  return peak_of(avx512::probe_vnni_loop, num_threads, seconds);
+}
+
+double probe_amx_peak_ops(int num_threads, double seconds) {
+  SLIMRT_CHECK(cpu_features().amx_int8, "probe_amx_peak: this CPU has no AMX-INT8 (or the OS does not enable it)");
+  SLIMRT_CHECK(num_threads >= 1 && seconds > 0, "probe_amx_peak: num_threads and seconds must be positive");
+  return peak_of(avx512::probe_amx_loop, num_threads, seconds);
 }
 
 double probe_read_bandwidth(int64_t nbytes, int num_threads, int passes) {

@@ -26,7 +26,7 @@ from slimrt.ops import reference as R
 pytestmark = pytest.mark.skipif(not _native.available(), reason="native extension not built")
 
 ISAS = _native.load().available_isas() if _native.available() else []
-# Where the CPU has AMX, the avx512 path runs its int8 GEMM on AMX tiles (from 16 rows) or on VNNI:
+# Where the CPU has AMX, the avx512 path runs its int8 GEMM on AMX tiles (from 8 rows) or on VNNI:
 # every test that takes `isa` runs both ("avx512" with AMX off, "avx512+amx").
 AMX = _native.available() and bool(_native.load().cpu_features()["amx_int8"])
 PATHS = [(i, False) for i in ISAS] + ([("avx512", True)] if AMX else [])
@@ -77,10 +77,11 @@ def test_gemm_matches_reference_exactly(isa, m, k, n):
 
 
 @pytest.mark.parametrize("k", [4096, 131071])
-def test_gemm_worst_case_operands_are_exact(isa, k):
+@pytest.mark.parametrize("m", [3, 20])  # 20 rows: the AMX kernel where there is one
+def test_gemm_worst_case_operands_are_exact(isa, k, m):
     # -128 * -128 summed over K: 16384 * K, no int16 saturation (the AVX2 vpmaddubsw trap) and no
-    # overflow in the u8 (a + 128) VNNI form; 131071 * 16384 is just below 2^31.
-    a = torch.full((3, k), -128, dtype=torch.int8)
+    # overflow in the u8 (a + 128) VNNI / AMX form; 131071 * 16384 is just below 2^31.
+    a = torch.full((m, k), -128, dtype=torch.int8)
     b = torch.full((17, k), -128, dtype=torch.int8)
     b[1] = 127
     b[2, ::2] = 127
