@@ -12,6 +12,11 @@ def test_info_fields():
         assert key in info, f"slimrt.info() lacks {key!r}: {info}"
     assert info["isa"] in info["isa_available"]
     assert info["version"] == slimrt.__version__
+    if info["native"]:
+        # The int8 GEMM kernel: AMX only where the CPU has it and the avx512 path is active.
+        amx = info["cpu_features"]["amx_int8"] and info["isa"] == "avx512"
+        want = {"amx", "vnni"} if amx else ({"vnni"} if info["isa"] == "avx512" else {info["isa"]})
+        assert info["int8_gemm"] in want, info
 
 
 def test_cli_info_prints_json():
