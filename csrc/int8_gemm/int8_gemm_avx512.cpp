@@ -381,7 +381,9 @@ SLIMRT_AMX void amx_configure() {
     c.rows[t] = 16;
     c.colsb[t] = 64;
   }
-  _tile_loadconfig(&c);
+  // ldtilecfg with the whole 64-byte struct as the memory operand: gcc 12's _tile_loadconfig
+  // declares an 8-byte read, which lets the optimizer drop the stores to rows and colsb.
+  __asm__ volatile("ldtilecfg %0" : : "m"(c));
 }
 
 constexpr int64_t kAmxRows = 32;  // rows per block: two A tiles
@@ -392,6 +394,7 @@ constexpr int64_t kAmxChunkBytes = 1280 << 10;
 // C (32 x 16 NT int32, row stride 32) = A rows [0, 32) x panels [0, NT) over k in [0, k64).
 template <int NT>
 SLIMRT_AMX void amx_block(const uint8_t* a, int64_t lda, const int8_t* b, int64_t ps, int64_t k64, int32_t* c) {
+  SLIMRT_MEMORY_BARRIER();  // the previous block's epilogue has read c before these tiles overwrite it
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
