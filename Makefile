@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 NATIVE_SRC := $(shell find csrc -name '*.cpp' -o -name '*.h') CMakeLists.txt pyproject.toml
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-asan test-fast bench clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,25 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The native kernel tests again against an AddressSanitizer + UBSan build of the extension
+# (RELIABILITY.md: out-of-bounds tails, tile overreads): built in build-asan/, staged with a copy
+# of the package in build-asan/pkg, run with `python -S` so the editable install cannot shadow it
+# (site-packages comes back through PYTHONPATH). libstdc++ is preloaded after libasan so that the
+# exceptions C++ throws for bad input go through ASan's interceptor.
+ASAN_DIR := build-asan
+test-asan: setup
+	$(VENV)/bin/cmake -S . -B $(ASAN_DIR) -G Ninja -DSLIMRT_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DPython_EXECUTABLE=$(abspath $(PY)) -Dpybind11_DIR="$$($(PY) -m pybind11 --cmakedir)" \
+	  -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) > /dev/null
+	$(VENV)/bin/cmake --build $(ASAN_DIR) -j 2
+	rm -rf $(ASAN_DIR)/pkg && mkdir -p $(ASAN_DIR)/pkg && cp -r python/slimrt $(ASAN_DIR)/pkg/
+	cp -r kernels $(ASAN_DIR)/pkg/slimrt/kernels && cp $(ASAN_DIR)/_C*.so $(ASAN_DIR)/pkg/slimrt/
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so.6)" \
+	  ASAN_OPTIONS=detect_leaks=0 \
+	  PYTHONPATH="$(ASAN_DIR)/pkg:$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+	  $(PY) -S -m pytest -q -p no:cacheprovider tests/ops tests/test_decode_step.py \
+	  -k "not env and not memory_flat"
 
 bench: setup
 	$(PY) -m slimrt.cli bench all
