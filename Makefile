@@ -44,7 +44,7 @@ test-asan: setup
 	rm -rf $(ASAN_DIR)/pkg && mkdir -p $(ASAN_DIR)/pkg && cp -r python/slimrt $(ASAN_DIR)/pkg/
 	cp -r kernels $(ASAN_DIR)/pkg/slimrt/kernels && cp $(ASAN_DIR)/_C*.so $(ASAN_DIR)/pkg/slimrt/
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so.6)" \
-	  ASAN_OPTIONS=detect_leaks=0 \
+	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  PYTHONPATH="$(ASAN_DIR)/pkg:$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
 	  $(PY) -S -m pytest -q -p no:cacheprovider tests/ops tests/test_decode_step.py \
 	  -k "not env and not memory_flat"
