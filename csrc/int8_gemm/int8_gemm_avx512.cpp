@@ -662,6 +662,33 @@ void w8_panel(const float* xf, int64_t k_pad, const int8_t* panel, int64_t kq, f
       for (int c = 0; c < 4; ++c) res[r][4 * j + c] = (t[4 * c] + t[4 * c + 1]) + (t[4 * c + 2] + t[4 * c + 3]);
     }
 }
+
+// M = 1 over four panels at once: four weight streams per thread instead of one. On an Intel Xeon
+// VM (4096 x 11008, 45 MB, cold) one stream read 19 GB/s and four read 23-26 GB/s, where the VNNI
+// kernel (which also streams four panels) reads 28-29. 16 accumulator chains.
+void w8_row_4panels(const float* xf, const int8_t* panel, int64_t ps, int64_t kq, float (*res)[16]) {
+  __m512 acc[4][4];
+  for (auto& a : acc)
+    for (auto& v : a) v = _mm512_setzero_ps();
+  for (int64_t q = 0; q < kq; ++q) {
+    const __m512 xv = _mm512_broadcast_f32x4(_mm_loadu_ps(xf + 4 * q));
+    for (int pn = 0; pn < 4; ++pn) {
+      const int8_t* bp = panel + pn * ps + q * 64;
+      _mm_prefetch(reinterpret_cast<const char*>(bp) + kW8Prefetch, _MM_HINT_T0);
+      for (int j = 0; j < 4; ++j) {
+        const __m512 w =
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bp + 16 * j))));
+        acc[pn][j] = _mm512_fmadd_ps(w, xv, acc[pn][j]);
+      }
+    }
+  }
+  for (int pn = 0; pn < 4; ++pn)
+    for (int j = 0; j < 4; ++j) {
+      alignas(64) float t[16];
+      _mm512_store_ps(t, acc[pn][j]);
+      for (int c = 0; c < 4; ++c) res[pn][4 * j + c] = (t[4 * c] + t[4 * c + 1]) + (t[4 * c + 2] + t[4 * c + 3]);
+    }
+}
 }  // namespace
 
 void int8_w8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t* packed, const float* b_scale,
@@ -680,11 +707,20 @@ void int8_w8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t*
     }
   parallel_for(n_pad / kPanel, num_threads, [&](int64_t p0, int64_t p1) {
     float res[4][16];
-    for (int64_t p = p0; p < p1; ++p) {
+    const auto finish = [&](int64_t p, int64_t r, const float* v) {
       const int64_t n = p * kPanel;
       const __mmask16 mk = tail_mask(N - n);
-      const __m512 bs = _mm512_maskz_loadu_ps(mk, b_scale + n);
-      const __m512 bb = bias ? _mm512_maskz_loadu_ps(mk, bias + n) : _mm512_setzero_ps();
+      __m512 f = _mm512_mul_ps(_mm512_loadu_ps(v), _mm512_maskz_loadu_ps(mk, b_scale + n));
+      if (bias) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(mk, bias + n));
+      store_out(out, out_dt, r * ldc + n, mk, f);
+    };
+    int64_t p = p0;
+    if (M == 1)
+      for (; p + 4 <= p1; p += 4) {
+        w8_row_4panels(xf.data(), panels + p * kPanel * k_pad, kPanel * k_pad, kq, res);
+        for (int pn = 0; pn < 4; ++pn) finish(p + pn, 0, res[pn]);
+      }
+    for (; p < p1; ++p) {
       for (int64_t m0 = 0; m0 < M; m0 += 4) {
         const int64_t mr = std::min<int64_t>(4, M - m0);
         const float* xr = xf.data() + m0 * k_pad;
@@ -695,11 +731,7 @@ void int8_w8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t*
           case 3: w8_panel<3>(xr, k_pad, pb, kq, res); break;
           default: w8_panel<4>(xr, k_pad, pb, kq, res); break;
         }
-        for (int64_t r = 0; r < mr; ++r) {
-          __m512 f = _mm512_mul_ps(_mm512_loadu_ps(res[r]), bs);
-          if (bias) f = _mm512_add_ps(f, bb);
-          store_out(out, out_dt, (m0 + r) * ldc + n, mk, f);
-        }
+        for (int64_t r = 0; r < mr; ++r) finish(p, m0 + r, res[r]);
       }
     }
   }, std::max<int64_t>(1, 8192 / std::max<int64_t>(k_pad, 1)));
