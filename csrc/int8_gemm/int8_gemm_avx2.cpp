@@ -203,20 +203,33 @@ void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t
     const __m256 inf = _mm256_set1_ps(INFINITY);
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     for (int64_t m = m0; m < m1; ++m) {
-      __m256 vmax = _mm256_setzero_ps();
-      int bad = 0;
+      // Four running maxima (one would wait on vmaxps latency every vector) and the NaN/Inf test
+      // kept in a vector: max is exact in any order, so amax is the same.
+      __m256 vmax[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      __m256 badv = _mm256_setzero_ps();
       // Pull the next row in while this one is reduced (the two passes per row break the hardware
       // prefetcher's stream; same fix as the AVX-512 path). Prefetches never fault.
       const int64_t esz = x_dt == DType::F32 ? 4 : 2;
       const char* nxt = static_cast<const char*>(x) + (m + 1) * ldx * esz;
-      for (int64_t k = 0; k < K; k += 8) {
+      int64_t k = 0;
+      for (; k + 32 <= K; k += 32) {
+        _mm_prefetch(nxt + k * esz, _MM_HINT_T0);
+        if (esz == 4) _mm_prefetch(nxt + k * esz + 64, _MM_HINT_T0);
+        for (int u = 0; u < 4; ++u) {
+          const __m256 a = _mm256_and_ps(load_act8(x, x_dt, m * ldx + k + 8 * u, 8), absmask);
+          badv = _mm256_or_ps(badv, _mm256_cmp_ps(a, inf, _CMP_NLT_UQ));
+          vmax[u] = _mm256_max_ps(vmax[u], a);
+        }
+      }
+      for (; k < K; k += 8) {
         if ((k * esz) % 64 == 0) _mm_prefetch(nxt + k * esz, _MM_HINT_T0);
         const __m256 a = _mm256_and_ps(load_act8(x, x_dt, m * ldx + k, std::min<int64_t>(8, K - k)), absmask);
-        bad |= _mm256_movemask_ps(_mm256_cmp_ps(a, inf, _CMP_NLT_UQ));
-        vmax = _mm256_max_ps(vmax, a);
+        badv = _mm256_or_ps(badv, _mm256_cmp_ps(a, inf, _CMP_NLT_UQ));
+        vmax[0] = _mm256_max_ps(vmax[0], a);
       }
+      const int bad = _mm256_movemask_ps(badv);
       alignas(32) float t[8];
-      _mm256_store_ps(t, vmax);
+      _mm256_store_ps(t, _mm256_max_ps(_mm256_max_ps(vmax[0], vmax[1]), _mm256_max_ps(vmax[2], vmax[3])));
       float amax = 0.f;
       for (float v : t) amax = std::max(amax, v);
       int8_t* qm = q + m * K;
@@ -229,7 +242,18 @@ void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t
       const float inv_s = (1.f / amax) * 127.f;  // torch: 127 / t == reciprocal(t) * 127
       const __m256 inv = _mm256_set1_ps(inv_s);
       const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
-      int64_t k = 0;
+      // 32 at a time: |x| <= amax keeps every rounded value in [-127, 127] (|x * inv| < 127.5), so the
+      // saturating packs narrow four vectors unchanged and one dword permute undoes their lane order.
+      const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+      k = 0;
+      for (; k + 32 <= K; k += 32) {
+        __m256i i[4];
+        for (int u = 0; u < 4; ++u)
+          i[u] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(load_act8(x, x_dt, m * ldx + k + 8 * u, 8), inv),
+                                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(qm + k), _mm256_permutevar8x32_epi32(b, order));
+      }
       for (; k + 8 <= K; k += 8) {
         const __m256 v = _mm256_round_ps(_mm256_mul_ps(load_act8(x, x_dt, m * ldx + k, 8), inv),
                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
