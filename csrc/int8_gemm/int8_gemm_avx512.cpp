@@ -479,7 +479,7 @@ SLIMRT_AMX void amx_part(const Gemm& g, int64_t M, int64_t m_pad, int64_t mc, in
 // it once per L2-sized row chunk. Rows are padded to 32 with zeros, and each row's k to 64 with
 // zeros (u8 0 times whatever weight bytes the last tile reads past k_pad: the packed weight carries
 // kPackSlack bytes for that), so every tile is a full 16 x 64; only real rows reach the output.
-SLIMRT_AMX void run_amx(const Gemm& g0, int64_t n_pad, int64_t M, int num_threads, const ASrc& src) {
+SLIMRT_AMX void run_amx_rows(const Gemm& g0, int64_t n_pad, int64_t M, int num_threads, const ASrc& src) {
   const int64_t panels = n_pad / kPanel, blocks = div_up(panels, 2);
   const int64_t k64 = round_up(g0.k_pad, 64), m_pad = round_up(M, kAmxRows);
   const int64_t mc = std::max<int64_t>(kAmxRows, kAmxChunkBytes / g0.lda_u / kAmxRows * kAmxRows);
@@ -513,6 +513,24 @@ SLIMRT_AMX void run_amx(const Gemm& g0, int64_t n_pad, int64_t M, int num_thread
       amx_part(g, M, m_pad, mc, k64, panels, blocks * i / tc, blocks * (i + 1) / tc);
     }
   });
+}
+
+// Rows per run_amx_rows call: its u8 operand buffer holds all of its rows (8.5 MB at K = 4096), so a
+// long input goes through in slices of this many rows instead of one buffer as large as the input.
+// The weight is re-read per L2-sized row chunk anyway, so slicing costs no extra weight traffic.
+constexpr int64_t kAmxSliceRows = 2048;
+
+SLIMRT_AMX void run_amx(const Gemm& g0, int64_t n_pad, int64_t M, int num_threads, const ASrc& src) {
+  const int64_t out_esz = g0.out_dt == OutType::BF16 ? 2 : 4;
+  const int64_t x_esz = !src.quant ? 1 : (src.x_dt == DType::F32 ? 4 : 2);
+  for (int64_t s0 = 0; s0 < M; s0 += kAmxSliceRows) {
+    Gemm g = g0;
+    ASrc sl = src;
+    g.out = static_cast<char*>(g0.out) + s0 * g0.ldc * out_esz;
+    if (!src.quant && g0.a_scale) g.a_scale = g0.a_scale + s0;
+    sl.x = static_cast<const char*>(src.x) + s0 * src.ldx * x_esz;
+    run_amx_rows(g, n_pad, std::min(kAmxSliceRows, M - s0), num_threads, sl);
+  }
 }
 
 // Rows from which the int8 GEMM runs on AMX (when active): below, the VNNI tiles (M = 1-7 is
