@@ -240,9 +240,18 @@ void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t
       }
       scale[m] = amax / 127.f;
       const float inv_s = (1.f / amax) * 127.f;  // torch: 127 / t == reciprocal(t) * 127
+      if (!std::isfinite(inv_s)) {
+        // amax < 127 / FLT_MAX: inv is +inf; nonzero values go to +-127, zeros stay 0 (as the reference).
+        for (int64_t kk = 0; kk < K; ++kk) {
+          const float v = x_dt == DType::F32 ? static_cast<const float*>(x)[m * ldx + kk]
+                                             : bf16_to_f32(static_cast<const uint16_t*>(x)[m * ldx + kk]);
+          qm[kk] = static_cast<int8_t>(v > 0.f ? 127 : v < 0.f ? -127 : 0);
+        }
+        continue;
+      }
       const __m256 inv = _mm256_set1_ps(inv_s);
       const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
-      // 32 at a time: |x| <= amax keeps every rounded value in [-127, 127] (|x * inv| < 127.5), so the
+      // 32 at a time: |x| <= amax and a finite inv keep every rounded value in [-127, 127] (|x * inv| < 127.5), so the
       // saturating packs narrow four vectors unchanged and one dword permute undoes their lane order.
       const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
       k = 0;

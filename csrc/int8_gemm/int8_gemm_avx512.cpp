@@ -249,10 +249,27 @@ float quant_row(const void* x, DType x_dt, int64_t off, int64_t next_off, int64_
     std::memset(dst, zero, static_cast<size_t>(k_pad));
     return bad ? NAN : 0.f;
   }
-  const __m512 inv = _mm512_set1_ps((1.f / amax) * 127.f);  // torch: 127 / t == reciprocal(t) * 127
+  const float inv_s = (1.f / amax) * 127.f;  // torch: 127 / t == reciprocal(t) * 127
+  if (!std::isfinite(inv_s)) {
+    // amax < 127 / FLT_MAX: inv is +inf, so nonzero values go to +-127 and zeros stay 0 (as the
+    // reference); the vector paths below would turn inf into the integer-indefinite value.
+    for (int64_t kk = 0; kk < K; ++kk) {
+      float v;
+      if (x_dt == DType::F32) {
+        v = static_cast<const float*>(x)[off + kk];
+      } else {  // bf16 by hand: no shared inline helper in an ISA file (its copy could be linked elsewhere)
+        const uint32_t u = static_cast<uint32_t>(static_cast<const uint16_t*>(x)[off + kk]) << 16;
+        std::memcpy(&v, &u, 4);
+      }
+      dst[kk] = static_cast<int8_t>((v > 0.f ? 127 : v < 0.f ? -127 : 0) ^ zero);
+    }
+    if (k_pad > K) std::memset(dst + K, zero, static_cast<size_t>(k_pad - K));
+    return amax / 127.f;
+  }
+  const __m512 inv = _mm512_set1_ps(inv_s);
   const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
   const __m128i fl = _mm_set1_epi8(static_cast<char>(zero));
-  // 64 at a time: |x| <= amax gives |x * inv| <= 127 (1 + 2^-24)^3 < 127.5, so the rounded values are
+  // 64 at a time: |x| <= amax and a finite inv give |x * inv| <= 127 (1 + 2^-24)^3 < 127.5, so the rounded values are
   // already in [-127, 127] and two saturating packs (which then change nothing) narrow four vectors
   // to bytes; one dword permute undoes the packs' per-lane interleave. Half the shuffle-port work of
   // four vpmovdb, and no clamp (the tail below keeps it: same values either way).
@@ -681,29 +698,39 @@ void w8_panel(const float* xf, int64_t k_pad, const int8_t* panel, int64_t kq, f
     }
 }
 
-// M = 1 over four panels at once: four weight streams per thread instead of one. On an Intel Xeon
-// VM (4096 x 11008, 45 MB, cold) one stream read 19 GB/s and four read 23-26 GB/s, where the VNNI
-// kernel (which also streams four panels) reads 28-29. 16 accumulator chains.
-void w8_row_4panels(const float* xf, const int8_t* panel, int64_t ps, int64_t kq, float (*res)[16]) {
-  __m512 acc[4][4];
-  for (auto& a : acc)
-    for (auto& v : a) v = _mm512_setzero_ps();
-  for (int64_t q = 0; q < kq; ++q) {
-    const __m512 xv = _mm512_broadcast_f32x4(_mm_loadu_ps(xf + 4 * q));
-    for (int pn = 0; pn < 4; ++pn) {
+// M = 1 over two panels at once: two weight streams per thread instead of one (on an Intel Xeon VM,
+// 4096 x 11008, 45 MB cold: 19 GB/s with one stream, 23-26 with two or four; the VNNI kernel, which
+// streams four panels, reads 28-29). Each panel is summed exactly as w8_panel<1> sums it (even and
+// odd k groups apart, then added, then the same lane reduction), so a column's bits do not depend
+// on which kernel took its panel: not on the thread count, on N, or on fusing weights side by side.
+void w8_row_2panels(const float* xf, const int8_t* panel, int64_t ps, int64_t kq, float (*res)[16]) {
+  __m512 acc[2][4], acc2[2][4];
+  for (int pn = 0; pn < 2; ++pn)
+    for (int j = 0; j < 4; ++j) acc[pn][j] = acc2[pn][j] = _mm512_setzero_ps();
+  const auto wv = [](const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  };
+  int64_t q = 0;
+  for (; q + 2 <= kq; q += 2) {
+    const __m512 x0 = _mm512_broadcast_f32x4(_mm_loadu_ps(xf + 4 * q));
+    const __m512 x1 = _mm512_broadcast_f32x4(_mm_loadu_ps(xf + 4 * q + 4));
+    for (int pn = 0; pn < 2; ++pn) {
       const int8_t* bp = panel + pn * ps + q * 64;
       _mm_prefetch(reinterpret_cast<const char*>(bp) + kW8Prefetch, _MM_HINT_T0);
-      for (int j = 0; j < 4; ++j) {
-        const __m512 w =
-            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bp + 16 * j))));
-        acc[pn][j] = _mm512_fmadd_ps(w, xv, acc[pn][j]);
-      }
+      _mm_prefetch(reinterpret_cast<const char*>(bp) + kW8Prefetch + 64, _MM_HINT_T0);
+      for (int j = 0; j < 4; ++j) acc[pn][j] = _mm512_fmadd_ps(wv(bp + 16 * j), x0, acc[pn][j]);
+      for (int j = 0; j < 4; ++j) acc2[pn][j] = _mm512_fmadd_ps(wv(bp + 64 + 16 * j), x1, acc2[pn][j]);
     }
   }
-  for (int pn = 0; pn < 4; ++pn)
+  for (; q < kq; ++q) {
+    const __m512 x0 = _mm512_broadcast_f32x4(_mm_loadu_ps(xf + 4 * q));
+    for (int pn = 0; pn < 2; ++pn)
+      for (int j = 0; j < 4; ++j) acc[pn][j] = _mm512_fmadd_ps(wv(panel + pn * ps + q * 64 + 16 * j), x0, acc[pn][j]);
+  }
+  for (int pn = 0; pn < 2; ++pn)
     for (int j = 0; j < 4; ++j) {
       alignas(64) float t[16];
-      _mm512_store_ps(t, acc[pn][j]);
+      _mm512_store_ps(t, _mm512_add_ps(acc[pn][j], acc2[pn][j]));
       for (int c = 0; c < 4; ++c) res[pn][4 * j + c] = (t[4 * c] + t[4 * c + 1]) + (t[4 * c + 2] + t[4 * c + 3]);
     }
 }
@@ -734,9 +761,9 @@ void int8_w8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t*
     };
     int64_t p = p0;
     if (M == 1)
-      for (; p + 4 <= p1; p += 4) {
-        w8_row_4panels(xf.data(), panels + p * kPanel * k_pad, kPanel * k_pad, kq, res);
-        for (int pn = 0; pn < 4; ++pn) finish(p + pn, 0, res[pn]);
+      for (; p + 2 <= p1; p += 2) {
+        w8_row_2panels(xf.data(), panels + p * kPanel * k_pad, kPanel * k_pad, kq, res);
+        for (int pn = 0; pn < 2; ++pn) finish(p + pn, 0, res[pn]);
       }
     for (; p < p1; ++p) {
       for (int64_t m0 = 0; m0 < M; m0 += 4) {

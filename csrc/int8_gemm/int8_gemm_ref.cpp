@@ -31,9 +31,11 @@ void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t
       const float inv = (1.f / amax) * 127.f;  // as torch forms 127 / amax: reciprocal, then multiply
       scale[m] = amax / 127.f;
       for (int64_t k = 0; k < K; ++k) {
-        float r = std::nearbyint(load(k) * inv);  // round half to even, as torch.round
+        const float v = load(k);
+        float r = std::nearbyint(v * inv);  // round half to even, as torch.round
         r = std::fmin(127.f, std::fmax(-127.f, r));
-        qm[k] = static_cast<int8_t>(r);
+        // inv overflows to +inf for amax < 127 / FLT_MAX: a zero then stays 0 (not 0 * inf = NaN).
+        qm[k] = v == 0.f ? 0 : static_cast<int8_t>(r);
       }
     }
   });

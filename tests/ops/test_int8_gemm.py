@@ -130,6 +130,28 @@ def test_quantize_per_token_bit_exact(isa, k, dtype):
     assert s[1] == 0 and not q[1].any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantize_tiny_rows_stay_in_range(isa, dtype):
+    # amax below 127 / FLT_MAX makes 127 / amax overflow to +inf: nonzero values must come out +-127
+    # and zeros 0 (never the integer-indefinite -128, never 0 * inf = NaN in a cast); K = 70 runs
+    # both the 64-wide vector loop and the tail.
+    x = torch.zeros(3, 70)
+    x[0, 0], x[0, 1], x[0, 63], x[0, 65] = 1e-37, -5e-38, 1e-37, -1e-37
+    x[1, 5] = 2e-39  # subnormal amax: 1 / amax alone already overflows
+    x[2, :] = 3e-37
+    x = x.to(dtype)
+    q, s = ops.quantize_per_token(x)
+    q_ref, s_ref = R.quantize_per_token(x)
+    _assert_equal(q, q_ref, f"q {isa} {dtype}")
+    _assert_equal(s, s_ref, f"scale {isa} {dtype}")
+    nz = x.float() != 0
+    assert torch.equal(q[nz], torch.where(x.float()[nz] > 0, 127, -127).to(torch.int8)) and not q[~nz].any()
+    w = _rand_i8(20, 70)
+    ws = torch.rand(20) + 0.1
+    _assert_equal(ops.int8_linear(x, w, ws, None, ops.int8_pack_weight(w)), R.int8_linear(x, w, ws, None),
+                  f"linear {isa} {dtype}")
+
+
 def test_quantize_rounds_half_to_even(isa):
     # amax 127 -> inv 1: x * inv lands exactly on .5 and must round to even, as torch.round.
     x = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5]])
@@ -447,6 +469,33 @@ def test_int8linear_quality_and_exact_w8a8_math(isa):
         yb = q8(x.bfloat16())
     assert yb.dtype == torch.bfloat16
     _assert_equal(yb, R.int8_linear(x.bfloat16(), q8.w_q, q8.w_scale, q8.bias), "Int8Linear bf16")
+
+
+def test_weight_only_bits_do_not_depend_on_threads_batching_or_fusion(isa):
+    # The native decode step fuses q/k/v (and gate/up) weights side by side and promises the same bits
+    # as running them apart; that needs a column's sum order to be the same whichever kernel and
+    # thread take its panel, and an M = 1 row to equal the same row of an M = 2 batch.
+    g = torch.Generator().manual_seed(11)
+    k = 1000
+    ws = [_rand_i8(n, k, gen=g) for n in (112, 48, 80)]
+    ss = [torch.rand(w.shape[0], generator=g) * 0.01 + 1e-3 for w in ws]
+    x = torch.randn(2, k, generator=g)
+    wf, sf = torch.cat(ws), torch.cat(ss)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3, 5):
+            torch.set_num_threads(threads)
+            outs.append(ops.int8_weight_only_linear(x[:1], wf, sf, None, ops.int8_pack_weight(wf)))
+        for o in outs[1:]:
+            _assert_equal(o, outs[0], f"w8 {isa}: threads")
+        apart = torch.cat([ops.int8_weight_only_linear(x[:1], w, s_, None, ops.int8_pack_weight(w))
+                           for w, s_ in zip(ws, ss)], dim=-1)
+        _assert_equal(apart, outs[0], f"w8 {isa}: fused vs apart")
+        both = ops.int8_weight_only_linear(x, wf, sf, None, ops.int8_pack_weight(wf))
+        _assert_equal(both[:1], outs[0], f"w8 {isa}: M = 1 vs row 0 of M = 2")
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_int8linear_concurrent_calls_match_serial():

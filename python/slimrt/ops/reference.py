@@ -25,7 +25,9 @@ def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
     Bit-exact fp32 op order: 127 / amax is formed as torch forms ``int / tensor``, i.e.
     (1 / amax) * 127 (reciprocal, then multiply), which can differ from a true division in the last bit.
     A row of zeros gives x_scale 0 and x_q 0. A row holding NaN or +-Inf gives x_scale NaN and
-    x_q 0, so the NaN reaches the output instead of an undefined float-to-int cast.
+    x_q 0, so the NaN reaches the output instead of an undefined float-to-int cast. A row whose amax
+    is so small that 127 / amax overflows (below ~3.7e-37) gives +-127 for its nonzero values and 0
+    for its zeros.
     """
     op = "quantize_per_token"
     _check.dtype(op, "x", x, _check.FLOAT_ACT_DTYPES)
@@ -41,7 +43,9 @@ def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
     ok = finite & nonzero
     inv = torch.where(ok, INT8_MAX / torch.where(ok, amax, torch.ones_like(amax)), torch.zeros_like(amax))
     q = torch.round(xf * inv.unsqueeze(-1)).clamp_(-INT8_MAX, INT8_MAX)
-    q = torch.where(ok.unsqueeze(-1), q, torch.zeros_like(q)).to(torch.int8)
+    # amax below 127 / FLT_MAX (~3.7e-37) makes inv +inf: x * inv is then +-inf (-> +-127) or, for
+    # x == 0, NaN; a zero stays 0, so no NaN reaches the integer cast.
+    q = torch.where(ok.unsqueeze(-1) & (xf != 0), q, torch.zeros_like(q)).to(torch.int8)
     scale = torch.where(finite, amax / INT8_MAX, torch.full_like(amax, float("nan")))
     return q, scale
 
