@@ -464,14 +464,14 @@ SLIMRT_AMX void amx_block(const uint8_t* a, int64_t lda, const int8_t* b, int64_
   SLIMRT_MEMORY_BARRIER();
 }
 
-// One thread's run of 32-column blocks [b0, b1) over all rows, an L2-sized row chunk at a time.
-SLIMRT_AMX void amx_part(const Gemm& g, int64_t M, int64_t m_pad, int64_t mc, int64_t k64, int64_t panels,
+// One thread's share: 32-column blocks [b0, b1) x padded rows [r0, r1), an L2-sized row chunk at a time.
+SLIMRT_AMX void amx_part(const Gemm& g, int64_t M, int64_t r0, int64_t r1, int64_t mc, int64_t k64, int64_t panels,
                          int64_t b0, int64_t b1) {
   amx_configure();
   alignas(64) int32_t c[kAmxRows * 32];
   const int64_t ps = kPanel * g.k_pad;
-  for (int64_t mb = 0; mb < m_pad; mb += mc) {
-    const int64_t me = std::min(m_pad, mb + mc);
+  for (int64_t mb = r0; mb < r1; mb += mc) {
+    const int64_t me = std::min(r1, mb + mc);
     for (int64_t bi = b0; bi < b1; ++bi) {
       const int64_t p = 2 * bi;
       const int nt = p + 1 < panels ? 2 : 1;
@@ -492,8 +492,9 @@ SLIMRT_AMX void amx_part(const Gemm& g, int64_t M, int64_t m_pad, int64_t mc, in
 }
 
 // The whole product on AMX: the threads fill the u8 operand of all rows together (rows claimed from
-// a counter, as in run_tiles' col mode), then each takes an equal run of 32-column blocks and walks
-// it once per L2-sized row chunk. Rows are padded to 32 with zeros, and each row's k to 64 with
+// a counter, as in run_tiles' col mode), then each takes an equal run of 32-column blocks (and of
+// 32-row blocks when there are fewer column blocks than threads) and walks it once per L2-sized row
+// chunk. Rows are padded to 32 with zeros, and each row's k to 64 with
 // zeros (u8 0 times whatever weight bytes the last tile reads past k_pad: the packed weight carries
 // kPackSlack bytes for that), so every tile is a full 16 x 64; only real rows reach the output.
 SLIMRT_AMX void run_amx_rows(const Gemm& g0, int64_t n_pad, int64_t M, int num_threads, const ASrc& src) {
@@ -506,10 +507,15 @@ SLIMRT_AMX void run_amx_rows(const Gemm& g0, int64_t n_pad, int64_t M, int num_t
   g.au = abuf.get();
   g.am0 = 0;
   if (src.quant) g.a_scale = sbuf.get();
-  const int64_t tc = std::min<int64_t>(std::max(1, num_threads), blocks);
+  // Threads split the column blocks; with fewer blocks than threads (N <= 32 per thread) they split
+  // the 32-row blocks too, so a narrow product still runs on every thread.
+  const int nt = std::max(1, num_threads);
+  const int64_t tc = std::min<int64_t>(nt, blocks), rblocks = m_pad / kAmxRows;
+  const int64_t tr = std::min<int64_t>(std::max<int64_t>(1, nt / tc), rblocks);
   std::atomic<int64_t> next{0}, done{0};
-  parallel_for(tc, num_threads, [&](int64_t i0, int64_t i1) {
+  parallel_for(tr * tc, nt, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
+      const int64_t ir = i / tc, ic = i % tc;
       constexpr int64_t kRows = 4;
       for (int64_t r; (r = next.fetch_add(kRows)) < m_pad;) {
         const int64_t re = std::min(m_pad, r + kRows);
@@ -527,7 +533,8 @@ SLIMRT_AMX void run_amx_rows(const Gemm& g0, int64_t n_pad, int64_t M, int num_t
       }
       while (done.load(std::memory_order_acquire) < m_pad) _mm_pause();
       SLIMRT_MEMORY_BARRIER();
-      amx_part(g, M, m_pad, mc, k64, panels, blocks * i / tc, blocks * (i + 1) / tc);
+      amx_part(g, M, rblocks * ir / tr * kAmxRows, rblocks * (ir + 1) / tr * kAmxRows, mc, k64, panels,
+               blocks * ic / tc, blocks * (ic + 1) / tc);
     }
   });
 }

@@ -193,9 +193,10 @@ def test_linear_paths_match_reference(isa, m, k, n, dtype, packed):
 # L2 budget at K = 4300) and two k blocks with int32 partial sums. 67 x 4300 x 520: few rows and a
 # weight beyond L2, so the threads split the 33 panels (partial 64-column tiles at the split) and
 # fill one shared activation buffer. 7 x 100 x 200: too few rows to split, panels split.
+# 300 x 200 x 20 on 3 threads: one 32-column block, so the AMX path splits its 32-row blocks in thirds.
 @pytest.mark.parametrize("m,k,n,threads", [(203, 1100, 70, 1), (203, 1100, 70, 2), (300, 4300, 70, 2),
                                            (300, 4300, 70, 3), (67, 4300, 520, 2), (67, 4300, 520, 3),
-                                           (7, 100, 200, 2)])
+                                           (7, 100, 200, 2), (300, 200, 20, 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_many_row_chunks_and_k_blocks_are_exact(isa, m, k, n, threads, dtype):
     # Rows of NaN, Inf and zeros sit in later chunks. The fused AVX-512 linear quantizes the
