@@ -31,10 +31,12 @@ test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The native kernel tests again against an AddressSanitizer + UBSan build of the extension
-# (RELIABILITY.md: out-of-bounds tails, tile overreads): built in build-asan/, staged with a copy
+# (out-of-bounds tails, undefined behaviour; the AMX tile loads are inline asm, which ASan does not
+# see: test_packed_weight_is_never_read_past_its_end guards those): built in build-asan/, staged with a copy
 # of the package in build-asan/pkg, run with `python -S` so the editable install cannot shadow it
 # (site-packages comes back through PYTHONPATH). libstdc++ is preloaded after libasan so that the
-# exceptions C++ throws for bad input go through ASan's interceptor.
+# exceptions C++ throws for bad input go through ASan's interceptor; both come from the gcc that
+# CMake builds with by default here (set CXX to another compiler and adjust these two paths).
 ASAN_DIR := build-asan
 test-asan: setup
 	$(VENV)/bin/cmake -S . -B $(ASAN_DIR) -G Ninja -DSLIMRT_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \

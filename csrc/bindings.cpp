@@ -55,7 +55,9 @@ PYBIND11_MODULE(_C, m) {
     return d;
   });
   // AMX tiles for the avx512 int8 GEMM: on by default where the CPU and OS offer them.
+  m.def("amx_available", &amx_available);
   m.def("amx_active", &amx_active);
+  m.def("amx_enabled", &amx_enabled);
   m.def("set_amx", &set_amx, py::arg("on"));
 
   // quantize_per_token: x (M, K) fp32|bf16 -> q (M, K) int8, scale (M,) fp32.

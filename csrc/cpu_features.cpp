@@ -50,21 +50,15 @@ CpuFeatures detect() {
   f.avx512_bf16 = f.avx512 && (a1 & (1u << 5));
   f.avx_vnni = ymm_state && (a1 & (1u << 4));
   // AMX: CPUID.7.0:EDX bit 24 AMX-TILE, bit 25 AMX-INT8; XCR0 bits 17 (XTILECFG) and 18 (XTILEDATA).
-  // Linux also wants each process to ask for the 8 KiB tile data state before the first tile
-  // instruction (else SIGILL): arch_prctl(ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18).
   const bool amx_cpu = (d & (1u << 24)) && (d & (1u << 25));
   const bool tile_state = (xcr0 & (3ull << 17)) == (3ull << 17);
-  if (f.avx512 && amx_cpu && tile_state) {
-#if defined(__linux__)
-    f.amx_int8 = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-#endif
-  }
+  f.amx_int8 = f.avx512 && amx_cpu && tile_state;
 #endif
   return f;
 }
 
 std::atomic<int> g_active{-1};
-std::atomic<int> g_amx{-1};  // -1: not decided yet (on where available)
+std::atomic<int> g_amx{1};  // the AMX switch: on unless set_amx(false)
 
 }  // namespace
 
@@ -97,18 +91,31 @@ void set_isa(Isa isa) {
   g_active.store(static_cast<int>(isa), std::memory_order_relaxed);
 }
 
+bool amx_available() {
+  // Linux lets a process use the 8 KiB tile data state only after asking for it (else the first tile
+  // instruction faults): arch_prctl(ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18). Asked
+  // once, on first need: a granted permission enlarges every signal frame of the process.
+  static const bool granted = [] {
+    if (!cpu_features().amx_int8) return false;
+#if defined(SLIMRT_X86) && defined(__linux__)
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#else
+    return false;
+#endif
+  }();
+  return granted;
+}
+
+bool amx_enabled() { return g_amx.load(std::memory_order_relaxed) != 0; }
+
 bool amx_active() {
-  int v = g_amx.load(std::memory_order_relaxed);
-  if (v < 0) {
-    v = cpu_features().amx_int8 ? 1 : 0;
-    g_amx.store(v, std::memory_order_relaxed);
-  }
-  return v == 1 && active_isa() == Isa::Avx512;
+  return amx_enabled() && active_isa() == Isa::Avx512 && cpu_features().amx_int8 && amx_available();
 }
 
 void set_amx(bool on) {
-  SLIMRT_CHECK(!on || cpu_features().amx_int8,
-               "AMX is not available on this CPU (needs AMX-TILE + AMX-INT8 with tile state enabled by the OS)");
+  SLIMRT_CHECK(!on || amx_available(),
+               "AMX is not available on this CPU (needs AMX-TILE + AMX-INT8 with the tile state enabled "
+               "by the OS and granted to this process)");
   g_amx.store(on ? 1 : 0, std::memory_order_relaxed);
 }
 

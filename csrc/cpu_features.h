@@ -13,8 +13,9 @@ struct CpuFeatures {
   bool avx512 = false;       // AVX-512 F/BW/VL/DQ + VNNI, with ZMM and opmask state enabled by the OS
   bool avx512_bf16 = false;  // AVX512_BF16 (only meaningful when avx512 is true)
   bool avx_vnni = false;     // VEX-encoded VNNI (informational)
-  // AMX-TILE + AMX-INT8, tile state enabled by the OS (XCR0 bits 17, 18) and granted to this process
-  // (Linux: arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) succeeded). Used by the avx512 int8 GEMM.
+  // AMX-TILE + AMX-INT8 with the tile state enabled by the OS (XCR0 bits 17, 18). Linux also wants
+  // the process to ask for the tile data state before the first tile instruction: amx_available()
+  // asks (once, only when AMX is about to be used). Used by the avx512 int8 GEMM.
   bool amx_int8 = false;
 };
 
@@ -27,10 +28,16 @@ Isa active_isa();
 // Forces a path; throws std::invalid_argument if this CPU cannot run it.
 void set_isa(Isa isa);
 const char* isa_name(Isa isa);
-// AMX tiles for the int8 GEMM inside the avx512 path (on by default where cpu_features().amx_int8):
-// amx_active() is true only while that path is also the active ISA. set_amx(true) throws
-// std::invalid_argument on a CPU or OS without AMX.
+// AMX tiles for the int8 GEMM inside the avx512 path, on by default where available:
+//   amx_available(): cpu_features().amx_int8 and the OS granted this process the tile state (the
+//                    first call asks: Linux arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA));
+//   amx_active():    AMX not switched off, the avx512 path active and amx_available() (so the
+//                    permission is only asked for when a GEMM would use AMX);
+//   amx_enabled():   the switch (true unless set_amx(false));
+//   set_amx(true) throws std::invalid_argument where AMX is not available.
+bool amx_available();
 bool amx_active();
+bool amx_enabled();
 void set_amx(bool on);
 std::vector<std::string> available_isas();
 

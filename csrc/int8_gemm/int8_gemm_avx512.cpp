@@ -824,7 +824,8 @@ double probe_vnni_loop(int64_t iters) {
 
 // AMX: 4 accumulator tiles, each tdpbusd 16 x 16 x 64 multiply-adds; tile operands loaded once.
 SLIMRT_AMX double probe_amx_loop(int64_t iters) {
-  alignas(64) static const uint8_t ones[1024] = {1};
+  alignas(64) uint8_t ones[1024];
+  std::memset(ones, 1, sizeof(ones));
   alignas(64) int32_t out[256];
   amx_configure();
   _tile_loadd(4, ones, 64);

@@ -51,7 +51,7 @@ double probe_int8_peak_ops(int num_threads, double seconds) {
 }
 
 double probe_amx_peak_ops(int num_threads, double seconds) {
-  SLIMRT_CHECK(cpu_features().amx_int8, "probe_amx_peak: this CPU has no AMX-INT8 (or the OS does not enable it)");
+  SLIMRT_CHECK(amx_available(), "probe_amx_peak: AMX-INT8 is not available (CPU, OS or process permission)");
   SLIMRT_CHECK(num_threads >= 1 && seconds > 0, "probe_amx_peak: num_threads and seconds must be positive");
   return peak_of(avx512::probe_amx_loop, num_threads, seconds);
 }

@@ -45,6 +45,8 @@ def load() -> ModuleType:
     if amx:
         if amx not in ("0", "1"):
             raise ValueError(f"SLIMRT_AMX={amx!r} is not 0 or 1")
+        if amx == "1" and ext.active_isa() != "avx512":
+            raise ValueError(f"SLIMRT_AMX=1 needs the avx512 path, but the active one is {ext.active_isa()!r}")
         ext.set_amx(amx == "1")  # raises ValueError without AMX
     _C = ext
     return ext

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(not _native.available(), reason="native extensio
 ISAS = _native.load().available_isas() if _native.available() else []
 # Where the CPU has AMX, the avx512 path runs its int8 GEMM on AMX tiles (from 8 rows) or on VNNI:
 # every test that takes `isa` runs both ("avx512" with AMX off, "avx512+amx").
-AMX = _native.available() and bool(_native.load().cpu_features()["amx_int8"])
+AMX = _native.available() and bool(_native.load().amx_available())
 PATHS = [(i, False) for i in ISAS] + ([("avx512", True)] if AMX else [])
 SIZES = (1, 7, 17, 33, 67, 257, 1025)
 # (M, K, N): every odd size appears in each position; K = 496 / 67 and N = 33 are tile-tail cases.
@@ -39,7 +39,7 @@ GEMM_SHAPES = [(1, 1, 1), (1, 496, 33), (7, 67, 17), (17, 33, 7), (33, 257, 67),
 @pytest.fixture(params=PATHS, ids=[i + ("+amx" if amx else "") for i, amx in PATHS])
 def isa(request):
     ext = _native.load()
-    before = ext.active_isa()
+    before, amx_before = ext.active_isa(), ext.amx_enabled()
     name, amx = request.param
     ext.set_isa(name)
     if AMX:
@@ -47,7 +47,7 @@ def isa(request):
     yield name
     ext.set_isa(before)
     if AMX:
-        ext.set_amx(True)
+        ext.set_amx(amx_before)
 
 
 def _rand_i8(*shape: int, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -400,7 +400,7 @@ def test_random_shapes_every_isa(m, k, n, seed):
     s = torch.rand(n, generator=g) + 0.1
     want_i32, want_lin = R.int8_gemm(a, b, None, None, torch.int32), R.int8_linear(x, b, s, None)
     ext = _native.load()
-    before = ext.active_isa()
+    before, amx_before = ext.active_isa(), ext.amx_enabled()
     try:
         for isa, amx in PATHS:
             ext.set_isa(isa)
@@ -411,7 +411,49 @@ def test_random_shapes_every_isa(m, k, n, seed):
     finally:
         ext.set_isa(before)
         if AMX:
-            ext.set_amx(True)
+            ext.set_amx(amx_before)
+
+
+_GUARD_CODE = r"""
+import ctypes, mmap, sys, torch
+from slimrt import _native
+from slimrt.ops import reference as R
+ext = _native.load()
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+page = mmap.PAGESIZE
+paths = [(i, False) for i in ext.available_isas() if i != "scalar"] + ([("avx512", True)] if ext.amx_available() else [])
+for k in (4, 68, 132, 196):        # k_pad % 64 == 4: the AMX path's last 64-k tile reads furthest past a panel
+    for n in (16, 32, 48):         # one panel, a pair, a pair + a single panel
+        m = 40
+        g = torch.Generator().manual_seed(k * 100 + n)
+        w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
+        a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
+        size = ext.int8_packed_size(n, k)
+        total = -(-size // page) * page + page
+        buf = mmap.mmap(-1, total)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        assert libc.mprotect(base + total - page, page, 0) == 0  # PROT_NONE guard page right after the blob
+        blob = base + total - page - size
+        ext.int8_pack_weight(w.data_ptr(), k, n, k, blob, 1)
+        want = R.int8_gemm(a, w, None, None, torch.int32)
+        for isa, amx in paths:
+            ext.set_isa(isa)
+            if ext.amx_available():
+                ext.set_amx(amx)
+            out = torch.empty(m, n, dtype=torch.int32)
+            ext.int8_gemm(a.data_ptr(), k, w.data_ptr(), k, blob, 0, 0, 0, out.data_ptr(), 2, n, m, n, k, 2)
+            assert torch.equal(out, want), (isa, amx, k, n)
+print("ok")
+"""
+
+
+def test_packed_weight_is_never_read_past_its_end():
+    # ASan does not see the AMX tile loads (inline asm): the packed weight is put right before a
+    # PROT_NONE page instead, so any read past its end (beyond the slack the AMX tiles need) faults.
+    # In a subprocess: a fault fails this test instead of killing the run.
+    out = subprocess.run([sys.executable, "-c", _GUARD_CODE], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stdout, out.stderr[-2000:])
 
 
 def test_slimrt_isa_env_forces_a_path():
@@ -430,10 +472,27 @@ def test_slimrt_amx_env_switches_the_gemm_kernel():
             "a = torch.randint(-128, 128, (40, 200), dtype=torch.int8); b = torch.randint(-128, 128, (50, 200), dtype=torch.int8)\n"
             "assert torch.equal(ops.int8_gemm(a, b, None, None, torch.int32), R.int8_gemm(a, b, None, None, torch.int32))\n"
             "print(slimrt.info()['int8_gemm'])")
+    env = {k: v for k, v in os.environ.items() if k != "SLIMRT_ISA"}
     for flag, want in (("0", "vnni"), ("1", "amx"), ("", "amx")):
-        out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, SLIMRT_AMX=flag), capture_output=True,
+        out = subprocess.run([sys.executable, "-c", code], env=dict(env, SLIMRT_AMX=flag), capture_output=True,
                              text=True, timeout=120)
         assert out.returncode == 0 and out.stdout.strip() == want, (flag, out.stderr)
+
+
+@pytest.mark.skipif(not AMX or not sys.platform.startswith("linux"), reason="Linux with AMX only")
+def test_amx_permission_is_asked_only_when_amx_runs():
+    # A granted tile-state permission enlarges every signal frame of the process, so slimrt asks for
+    # it on the first GEMM that would use AMX, and never with SLIMRT_AMX=0.
+    code = ("import ctypes, torch; from slimrt import ops\n"
+            "a = torch.randint(-128, 128, (40, 64), dtype=torch.int8); ops.int8_gemm(a, a[:20], None, None, torch.int32)\n"
+            "m = ctypes.c_uint64(0)\n"
+            "assert ctypes.CDLL(None).syscall(158, 0x1022, ctypes.byref(m)) == 0\n"  # ARCH_GET_XCOMP_PERM
+            "print(m.value >> 18 & 1)")
+    env = {k: v for k, v in os.environ.items() if k not in ("SLIMRT_ISA", "SLIMRT_AMX")}
+    for flag, want in (("0", "0"), ("", "1")):
+        out = subprocess.run([sys.executable, "-c", code], env=dict(env, SLIMRT_AMX=flag), capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip() == want, (flag, out.stdout, out.stderr)
 
 
 def test_slimrt_amx_env_is_checked():
@@ -441,6 +500,10 @@ def test_slimrt_amx_env_is_checked():
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, SLIMRT_AMX="yes"), capture_output=True,
                          text=True, timeout=120)
     assert out.returncode != 0 and "SLIMRT_AMX='yes' is not 0 or 1" in out.stderr
+    # AMX lives inside the avx512 path: insisting on it with another path forced is an error too.
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, SLIMRT_AMX="1", SLIMRT_ISA="scalar"),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "SLIMRT_AMX=1 needs the avx512 path" in out.stderr, out.stderr
     if not AMX:  # asking for AMX where there is none is an error, not an illegal instruction
         with pytest.raises(ValueError, match="AMX is not available"):
             _native.set_amx(True)
@@ -545,6 +608,16 @@ def test_probes_report_positive_rates_and_refuse_the_scalar_path():
         ext.set_isa(before)
     with pytest.raises(ValueError, match="nbytes >= 1 MiB"):
         ext.probe_read_bandwidth(1024, 1, 1)
+
+
+def test_amx_probe_runs_as_the_first_amx_use_of_a_process():
+    # The AMX peak probe may be the first tile instruction of a process: it must ask for the tile
+    # state itself (a fresh process, no GEMM before it), or refuse cleanly where there is no AMX.
+    code = ("from slimrt import _native; e = _native.load()\n"
+            "try:\n    print(e.probe_amx_peak(1, 0.01) > 1e9)\n"
+            "except ValueError as err:\n    print('refused' if 'not available' in str(err) else err)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == ("True" if AMX else "refused"), (out.returncode, out.stderr)
 
 
 def test_back_to_back_parallel_calls_stay_correct():
