@@ -657,9 +657,10 @@ void w8_panel(const float* xf, int64_t k_pad, const int8_t* panel, int64_t kq, f
   __m512 acc[MR][4];
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_ps();
-  // For MR <= 2 two k groups per step into separate accumulators: 4 FMA chains alone would wait on
-  // FMA latency instead of on memory.
-  constexpr int U = MR <= 2 ? 2 : 1;
+  // One k group per step and one sum per output vector, for every MR: a column's sum order is then
+  // the same in w8_row_4panels (M = 1), here for M = 1 leftovers and inside any batch (acc2 stays
+  // zero; the final add of it is kept so that -0 sums come out as in w8_row_4panels).
+  constexpr int U = 1;
   __m512 acc2[MR][4];
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < 4; ++j) acc2[r][j] = _mm512_setzero_ps();
@@ -705,39 +706,31 @@ void w8_panel(const float* xf, int64_t k_pad, const int8_t* panel, int64_t kq, f
     }
 }
 
-// M = 1 over two panels at once: two weight streams per thread instead of one (on an Intel Xeon VM,
-// 4096 x 11008, 45 MB cold: 19 GB/s with one stream, 23-26 with two or four; the VNNI kernel, which
-// streams four panels, reads 28-29). Each panel is summed exactly as w8_panel<1> sums it (even and
-// odd k groups apart, then added, then the same lane reduction), so a column's bits do not depend
-// on which kernel took its panel: not on the thread count, on N, or on fusing weights side by side.
-void w8_row_2panels(const float* xf, const int8_t* panel, int64_t ps, int64_t kq, float (*res)[16]) {
-  __m512 acc[2][4], acc2[2][4];
-  for (int pn = 0; pn < 2; ++pn)
-    for (int j = 0; j < 4; ++j) acc[pn][j] = acc2[pn][j] = _mm512_setzero_ps();
-  const auto wv = [](const int8_t* p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-  };
-  int64_t q = 0;
-  for (; q + 2 <= kq; q += 2) {
-    const __m512 x0 = _mm512_broadcast_f32x4(_mm_loadu_ps(xf + 4 * q));
-    const __m512 x1 = _mm512_broadcast_f32x4(_mm_loadu_ps(xf + 4 * q + 4));
-    for (int pn = 0; pn < 2; ++pn) {
+// M = 1 over four panels at once: four weight streams per thread instead of one (on an Intel Xeon VM,
+// 4096 x 11008, 45 MB cold: 19 GB/s with one stream, 23-26 with four; two read 72-79% of the
+// bandwidth where four read 88%). 16 accumulator chains. Each column is summed exactly as
+// w8_panel sums it (one running sum over k groups, + 0, the same lane reduction), so its bits do
+// not depend on which kernel took its panel: not on the thread count, N, fusing weights or M.
+void w8_row_4panels(const float* xf, const int8_t* panel, int64_t ps, int64_t kq, float (*res)[16]) {
+  __m512 acc[4][4];
+  for (auto& a : acc)
+    for (auto& v : a) v = _mm512_setzero_ps();
+  for (int64_t q = 0; q < kq; ++q) {
+    const __m512 xv = _mm512_broadcast_f32x4(_mm_loadu_ps(xf + 4 * q));
+    for (int pn = 0; pn < 4; ++pn) {
       const int8_t* bp = panel + pn * ps + q * 64;
       _mm_prefetch(reinterpret_cast<const char*>(bp) + kW8Prefetch, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(bp) + kW8Prefetch + 64, _MM_HINT_T0);
-      for (int j = 0; j < 4; ++j) acc[pn][j] = _mm512_fmadd_ps(wv(bp + 16 * j), x0, acc[pn][j]);
-      for (int j = 0; j < 4; ++j) acc2[pn][j] = _mm512_fmadd_ps(wv(bp + 64 + 16 * j), x1, acc2[pn][j]);
+      for (int j = 0; j < 4; ++j) {
+        const __m512 w =
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bp + 16 * j))));
+        acc[pn][j] = _mm512_fmadd_ps(w, xv, acc[pn][j]);
+      }
     }
   }
-  for (; q < kq; ++q) {
-    const __m512 x0 = _mm512_broadcast_f32x4(_mm_loadu_ps(xf + 4 * q));
-    for (int pn = 0; pn < 2; ++pn)
-      for (int j = 0; j < 4; ++j) acc[pn][j] = _mm512_fmadd_ps(wv(panel + pn * ps + q * 64 + 16 * j), x0, acc[pn][j]);
-  }
-  for (int pn = 0; pn < 2; ++pn)
+  for (int pn = 0; pn < 4; ++pn)
     for (int j = 0; j < 4; ++j) {
       alignas(64) float t[16];
-      _mm512_store_ps(t, _mm512_add_ps(acc[pn][j], acc2[pn][j]));
+      _mm512_store_ps(t, _mm512_add_ps(acc[pn][j], _mm512_setzero_ps()));
       for (int c = 0; c < 4; ++c) res[pn][4 * j + c] = (t[4 * c] + t[4 * c + 1]) + (t[4 * c + 2] + t[4 * c + 3]);
     }
 }
@@ -768,9 +761,9 @@ void int8_w8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t*
     };
     int64_t p = p0;
     if (M == 1)
-      for (; p + 2 <= p1; p += 2) {
-        w8_row_2panels(xf.data(), panels + p * kPanel * k_pad, kPanel * k_pad, kq, res);
-        for (int pn = 0; pn < 2; ++pn) finish(p + pn, 0, res[pn]);
+      for (; p + 4 <= p1; p += 4) {
+        w8_row_4panels(xf.data(), panels + p * kPanel * k_pad, kPanel * k_pad, kq, res);
+        for (int pn = 0; pn < 4; ++pn) finish(p + pn, 0, res[pn]);
       }
     for (; p < p1; ++p) {
       for (int64_t m0 = 0; m0 < M; m0 += 4) {
