@@ -657,38 +657,15 @@ void w8_panel(const float* xf, int64_t k_pad, const int8_t* panel, int64_t kq, f
   __m512 acc[MR][4];
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_ps();
-  // One k group per step and one sum per output vector, for every MR: a column's sum order is then
-  // the same in w8_row_4panels (M = 1), here for M = 1 leftovers and inside any batch (acc2 stays
-  // zero; the final add of it is kept so that -0 sums come out as in w8_row_4panels).
-  constexpr int U = 1;
-  __m512 acc2[MR][4];
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < 4; ++j) acc2[r][j] = _mm512_setzero_ps();
-  int64_t q = 0;
-  for (; q + U <= kq; q += U) {
+  // One sum per output vector over the k groups in order, for every MR: a column's sum order is then
+  // the same here (batches, M = 1 leftovers) as in w8_row_4panels (M = 1).
+  for (int64_t q = 0; q < kq; ++q) {
     const int8_t* bp = panel + q * 64;
     // Every line of the stream 16 KiB ahead (panels are contiguous, so this runs into the next panel
     // and past the matrix end, harmlessly: prefetches never fault). M = 1 decode streams the weight
     // from DRAM; one line 1 KiB ahead left a single thread at ~20 GB/s, while a whole 12-layer decode
     // step (100 MB, 2 threads, Zen 5) went from 52 to 77 GB/s at 12-16 KiB (8 KiB: 70, 32 KiB: 72).
     _mm_prefetch(reinterpret_cast<const char*>(bp) + kW8Prefetch, _MM_HINT_T0);
-    if (U == 2) _mm_prefetch(reinterpret_cast<const char*>(bp) + kW8Prefetch + 64, _MM_HINT_T0);
-    for (int u = 0; u < U; ++u) {
-      __m512 w[4];
-      for (int j = 0; j < 4; ++j)
-        w[j] = _mm512_cvtepi32_ps(
-            _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bp + 64 * u + 16 * j))));
-      for (int r = 0; r < MR; ++r) {
-        const __m512 xv = _mm512_broadcast_f32x4(_mm_loadu_ps(xf + r * k_pad + 4 * (q + u)));
-        for (int j = 0; j < 4; ++j) {
-          if (u == 0) acc[r][j] = _mm512_fmadd_ps(w[j], xv, acc[r][j]);
-          else acc2[r][j] = _mm512_fmadd_ps(w[j], xv, acc2[r][j]);
-        }
-      }
-    }
-  }
-  for (; q < kq; ++q) {
-    const int8_t* bp = panel + q * 64;
     for (int j = 0; j < 4; ++j) {
       const __m512 w =
           _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bp + 16 * j))));
@@ -696,8 +673,6 @@ void w8_panel(const float* xf, int64_t k_pad, const int8_t* panel, int64_t kq, f
         acc[r][j] = _mm512_fmadd_ps(w, _mm512_broadcast_f32x4(_mm_loadu_ps(xf + r * k_pad + 4 * q)), acc[r][j]);
     }
   }
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_add_ps(acc[r][j], acc2[r][j]);
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < 4; ++j) {
       alignas(64) float t[16];
@@ -709,7 +684,7 @@ void w8_panel(const float* xf, int64_t k_pad, const int8_t* panel, int64_t kq, f
 // M = 1 over four panels at once: four weight streams per thread instead of one (on an Intel Xeon VM,
 // 4096 x 11008, 45 MB cold: 19 GB/s with one stream, 23-26 with four; two read 72-79% of the
 // bandwidth where four read 88%). 16 accumulator chains. Each column is summed exactly as
-// w8_panel sums it (one running sum over k groups, + 0, the same lane reduction), so its bits do
+// w8_panel sums it (one running sum over k groups, the same lane reduction), so its bits do
 // not depend on which kernel took its panel: not on the thread count, N, fusing weights or M.
 void w8_row_4panels(const float* xf, const int8_t* panel, int64_t ps, int64_t kq, float (*res)[16]) {
   __m512 acc[4][4];
@@ -730,7 +705,7 @@ void w8_row_4panels(const float* xf, const int8_t* panel, int64_t ps, int64_t kq
   for (int pn = 0; pn < 4; ++pn)
     for (int j = 0; j < 4; ++j) {
       alignas(64) float t[16];
-      _mm512_store_ps(t, _mm512_add_ps(acc[pn][j], _mm512_setzero_ps()));
+      _mm512_store_ps(t, acc[pn][j]);
       for (int c = 0; c < 4; ++c) res[pn][4 * j + c] = (t[4 * c] + t[4 * c + 1]) + (t[4 * c + 2] + t[4 * c + 3]);
     }
 }
