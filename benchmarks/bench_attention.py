@@ -13,11 +13,7 @@ Rate = useful GFLOP/s = 4 * Hq * allowed_pairs * D / time.
 
 from __future__ import annotations
 
-import os as _os
-
-# Same thread-pool setting as `import slimrt` gives before torch loads (see slimrt/__init__.py),
-# applied to every provider in this process alike.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import _import_order  # noqa: F401  first: torch before slimrt as users have it (--import-order)
 
 import argparse
 import sys
@@ -80,6 +76,7 @@ def run_case(mode: str, hkv: int, length: int, density: int, reps: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _import_order.add_argument(ap)
     ap.add_argument("--quick", action="store_true", help="L in {512, 2048} and fewer repetitions")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for both providers")

@@ -7,11 +7,7 @@ BERT built from a config instead of the bundled MiniLM.
 
 from __future__ import annotations
 
-import os as _os
-
-# Same thread-pool setting as `import slimrt` gives before torch loads (see slimrt/__init__.py),
-# applied to every provider in this process alike.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import _import_order  # noqa: F401  first: torch before slimrt as users have it (--import-order)
 
 import argparse
 import os
@@ -56,6 +52,7 @@ def _median_s(fn, reps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _import_order.add_argument(ap)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()

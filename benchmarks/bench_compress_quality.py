@@ -11,11 +11,7 @@ disjoint from the evaluation paragraphs.
 
 from __future__ import annotations
 
-import os as _os
-
-# Same thread-pool setting as `import slimrt` gives before torch loads (see slimrt/__init__.py),
-# applied to every provider in this process alike.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import _import_order  # noqa: F401  first: torch before slimrt as users have it (--import-order)
 
 import argparse
 import copy
@@ -42,6 +38,7 @@ def embed(model: nn.Module, enc) -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _import_order.add_argument(ap)
     ap.add_argument("--quick", action="store_true", help="fewer paragraphs and variants")
     args = ap.parse_args()
 

@@ -17,11 +17,7 @@ Side by side in one process, same inputs, same thread count:
 
 from __future__ import annotations
 
-import os as _os
-
-# Same thread-pool setting as `import slimrt` gives before torch loads (see slimrt/__init__.py),
-# applied to every provider in this process alike.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import _import_order  # noqa: F401  first: torch before slimrt as users have it (--import-order)
 
 import argparse
 import copy
@@ -268,6 +264,7 @@ def _read_bandwidth(tries: int = 3) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    _import_order.add_argument(ap)
     ap.add_argument("--quick", action="store_true", help="CI-size run: fewer texts, Llama only, fewer tokens")
     ap.add_argument("--only", choices=("embed", "decode"), default=None)
     ap.add_argument("--reps", type=int, default=None, help="ignored (rounds are fixed); accepted for slimrt bench")

@@ -27,11 +27,7 @@ Finishes in under 3 minutes on an H100/H200 (autotuning included; --quick drops 
 
 from __future__ import annotations
 
-import os as _os
-
-# Same thread-pool setting as `import slimrt` gives before torch loads (see slimrt/__init__.py),
-# applied to every provider in this process alike.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import _import_order  # noqa: F401  first: torch before slimrt as users have it (--import-order)
 
 import argparse
 import csv
@@ -275,6 +271,7 @@ def report(rows: list[Row]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _import_order.add_argument(p)
     p.add_argument("--quick", action="store_true", help="drop M = 2048, L = 16384 (CI-size run)")
     p.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compile takes ~10-30 s per shape)")
     p.add_argument("--budget-s", type=float, default=150.0, help="stop starting FlexAttention compiles after this")

@@ -20,11 +20,7 @@ on AMX tiles from M = 8, which goes past the VNNI peak: the run then also measur
 
 from __future__ import annotations
 
-import os as _os
-
-# Same thread-pool setting as `import slimrt` gives before torch loads (see slimrt/__init__.py),
-# applied to every provider in this process alike.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import _import_order  # noqa: F401  first: torch before slimrt as users have it (--import-order)
 
 import argparse
 import statistics
@@ -151,6 +147,7 @@ def per_call_overhead(k: int = 64, n: int = 64) -> list[list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _import_order.add_argument(ap)
     ap.add_argument("--quick", action="store_true", help="CI-size grid")
     ap.add_argument("--reps", type=int, default=15, help="timed rounds per shape (default 15)")
     ap.add_argument("--shapes", default=None,

@@ -17,11 +17,7 @@ Targets: slimrt_lowrank >= 1.0x torch_two (median over rows) and, for M >= 32, s
 
 from __future__ import annotations
 
-import os as _os
-
-# Same thread-pool setting as `import slimrt` gives before torch loads (see slimrt/__init__.py),
-# applied to every provider in this process alike.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import _import_order  # noqa: F401  first: torch before slimrt as users have it (--import-order)
 
 import argparse
 import os
@@ -83,6 +79,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    _import_order.add_argument(ap)
     ap.add_argument("--quick", action="store_true", help="CI-size run: two shapes, one rank, fewer repetitions")
     ap.add_argument("--csv", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "lowrank.csv"))
     ap.add_argument("--results", default=None,

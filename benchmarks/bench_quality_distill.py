@@ -15,11 +15,7 @@ per model variant into benchmarks/out/quality_distill.csv.
 
 from __future__ import annotations
 
-import os as _os
-
-# Same thread-pool setting as `import slimrt` gives before torch loads (see slimrt/__init__.py),
-# applied to every provider in this process alike.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import _import_order  # noqa: F401  first: torch before slimrt as users have it (--import-order)
 
 import argparse
 import os
@@ -124,6 +120,7 @@ def write_results(rows: list[dict], info: dict, args: argparse.Namespace, second
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _import_order.add_argument(ap)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--lr", type=float, default=1e-4, help="compressed students")

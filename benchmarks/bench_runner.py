@@ -13,11 +13,7 @@ weight bytes / memory bandwidth (fp32 12x768 Llama + 32000-vocab head: ~0.54 GB/
 
 from __future__ import annotations
 
-import os as _os
-
-# Same thread-pool setting as `import slimrt` gives before torch loads (see slimrt/__init__.py),
-# applied to every provider in this process alike.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import _import_order  # noqa: F401  first: torch before slimrt as users have it (--import-order)
 
 import argparse
 import copy
@@ -192,6 +188,7 @@ def bench_embed(reps: int, n: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _import_order.add_argument(p)
     p.add_argument("--kernels", action="store_true")
     p.add_argument("--generate", action="store_true")
     p.add_argument("--embed", action="store_true")

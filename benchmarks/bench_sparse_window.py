@@ -14,11 +14,7 @@ where the dense context is longest.
 
 from __future__ import annotations
 
-import os as _os
-
-# Same thread-pool setting as `import slimrt` gives before torch loads (see slimrt/__init__.py),
-# applied to every provider in this process alike.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import _import_order  # noqa: F401  first: torch before slimrt as users have it (--import-order)
 
 import argparse
 import copy
@@ -65,6 +61,7 @@ def run(rt: Runner, prompt: list[int], n: int) -> tuple[float, float, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    _import_order.add_argument(ap)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--new", type=int, default=None)
     ap.add_argument("--window", type=int, default=128)

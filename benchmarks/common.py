@@ -21,6 +21,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -92,11 +93,14 @@ def machine_info() -> dict[str, Any]:
     import slimrt
 
     info = slimrt.info()
+    order = sys.modules["_import_order"].ORDER if "_import_order" in sys.modules else "torch-first"
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "isa": info.get("isa", "reference"),
+        "threading": info.get("threading", {}).get("runtime", "reference"),
+        "import_order": order,
         "torch": torch.__version__,
         "slimrt": slimrt.__version__,
         "python": platform.python_version(),
@@ -106,7 +110,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def machine_str(info: dict[str, Any]) -> str:
-    return f"{info['cpu']}, {info['cores']} cores, {info['threads']} threads, isa={info['isa']}"
+    return (f"{info['cpu']}, {info['cores']} cores, {info['threads']} threads, isa={info['isa']}, "
+            f"threads on {info.get('threading', '?')}, {info.get('import_order', 'torch-first')}")
 
 
 def versions_str(info: dict[str, Any]) -> str:

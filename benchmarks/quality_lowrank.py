@@ -12,11 +12,7 @@ mean-pooled embeddings to the fp32 dense model's. Writes its table into benchmar
 
 from __future__ import annotations
 
-import os as _os
-
-# Same thread-pool setting as `import slimrt` gives before torch loads (see slimrt/__init__.py),
-# applied to every provider in this process alike.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import _import_order  # noqa: F401  first: torch before slimrt as users have it (--import-order)
 
 import argparse
 import copy
@@ -51,6 +47,7 @@ def linear_state(model: nn.Module) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    _import_order.add_argument(ap)
     ap.add_argument("--quick", action="store_true", help="fewer paragraphs, ratio 0.5 only")
     ap.add_argument("--n-calib", type=int, default=None, help="calibration paragraphs (default 64; quick 16)")
     ap.add_argument("--n-eval", type=int, default=None, help="evaluation paragraphs (default 128; quick 32)")

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include "cpu_features.h"
+#include "parallel.h"
 #include "int8_gemm/int8_gemm.h"
 #include "lowrank_matmul/lowrank_matmul.h"
 #include "blocksparse_attn/blocksparse_attn.h"  // block-sparse attention
@@ -55,6 +56,12 @@ PYBIND11_MODULE(_C, m) {
     return d;
   });
   // AMX tiles for the avx512 int8 GEMM: on by default where the CPU and OS offer them.
+  // Threading: the kernels' parallel loops run on the OpenMP runtime that `anchor` (torch's
+  // libtorch_cpu) uses, so torch ops and slimrt kernels share one team of threads; else own pool.
+  m.def("use_openmp_runtime", &use_openmp_runtime, py::arg("anchor"));
+  m.def("use_own_pool", &use_own_pool);
+  m.def("parallel_runtime", &parallel_runtime);
+  m.def("parallel_runtime_path", &parallel_runtime_path);
   m.def("amx_available", &amx_available);
   m.def("amx_active", &amx_active);
   m.def("amx_enabled", &amx_enabled);

@@ -4,7 +4,9 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <dlfcn.h>
 #include <exception>
+#include <stdexcept>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -172,9 +174,81 @@ Pool& pool() {
   return *p;
 }
 
+// libgomp's entry for `#pragma omp parallel num_threads(n)`: runs fn(data) on a team of n threads,
+// the caller included, and returns after all of them (LLVM's libomp exports the same entry).
+using GompParallel = void (*)(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags);
+
+struct OpenMP {
+  GompParallel parallel = nullptr;
+  std::string path;
+};
+std::atomic<const OpenMP*> g_openmp{nullptr};  // null: the own pool; set once per runtime, leaked
+
+// One OpenMP run: the team's threads claim task indices from `next` until none are left, so a
+// thread the OS is slow to schedule costs nothing, and a team smaller than asked still covers all.
+struct OmpRun {
+  const std::function<void(int)>* task;
+  int ntasks;
+  std::atomic<int> next{0};
+  std::mutex mu;
+  std::exception_ptr error;
+};
+
+void omp_body(void* p) {
+  auto* run = static_cast<OmpRun*>(p);
+  for (int i = run->next.fetch_add(1); i < run->ntasks; i = run->next.fetch_add(1)) {
+    try {
+      (*run->task)(i);
+    } catch (...) {  // an exception must not leave an OpenMP thread: kept, rethrown by the caller
+      std::lock_guard<std::mutex> lk(run->mu);
+      if (!run->error) run->error = std::current_exception();
+    }
+  }
+}
+
+void run_tasks(int ntasks, const std::function<void(int)>& task) {
+  if (const OpenMP* omp = g_openmp.load(std::memory_order_acquire)) {
+    OmpRun run;
+    run.task = &task;
+    run.ntasks = ntasks;
+    omp->parallel(omp_body, &run, static_cast<unsigned>(ntasks), 0);
+    if (run.error) std::rethrow_exception(run.error);
+    return;
+  }
+  pool().run(ntasks, task);
+}
+
 }  // namespace
 
-void parallel_keep_warm(int64_t microseconds) { pool().keep_warm(microseconds); }
+void parallel_keep_warm(int64_t microseconds) {
+  if (g_openmp.load(std::memory_order_acquire) == nullptr) pool().keep_warm(microseconds);
+}
+
+std::string use_openmp_runtime(const std::string& anchor) {
+  // RTLD_NOLOAD: only a library that is already in the process (never load a second runtime).
+  void* lib = dlopen(anchor.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+  if (lib == nullptr) throw std::runtime_error("use_openmp_runtime: '" + anchor + "' is not loaded in this process");
+  // dlsym on a handle searches the library and then its dependencies: the GOMP_parallel that the
+  // anchor's own OpenMP calls go to, even when other OpenMP runtimes are loaded beside it.
+  void* sym = dlsym(lib, "GOMP_parallel");
+  dlclose(lib);  // drops the reference NOLOAD took; the library stays loaded by its owner
+  if (sym == nullptr) throw std::runtime_error("use_openmp_runtime: '" + anchor + "' uses no OpenMP runtime (no GOMP_parallel)");
+  Dl_info where{};
+  auto* omp = new OpenMP();
+  omp->parallel = reinterpret_cast<GompParallel>(sym);
+  omp->path = dladdr(sym, &where) != 0 && where.dli_fname != nullptr ? where.dli_fname : "";
+  g_openmp.store(omp, std::memory_order_release);  // the previous one leaks: a few bytes, once
+  return omp->path;
+}
+
+void use_own_pool() { g_openmp.store(nullptr, std::memory_order_release); }
+
+std::string parallel_runtime() { return g_openmp.load() != nullptr ? "openmp" : "pool"; }
+
+std::string parallel_runtime_path() {
+  const OpenMP* omp = g_openmp.load();
+  return omp != nullptr ? omp->path : "";
+}
 
 void parallel_for(int64_t n, int num_threads, const std::function<void(int64_t, int64_t)>& fn, int64_t grain) {
   if (n <= 0) return;
@@ -186,7 +260,7 @@ void parallel_for(int64_t n, int num_threads, const std::function<void(int64_t, 
     return;
   }
   const int64_t per = (units + nt - 1) / nt;
-  pool().run(nt, [&](int t) {
+  run_tasks(nt, [&](int t) {
     const int64_t b = std::min(n, t * per * grain), e = std::min(n, (t + 1) * per * grain);
     if (b < e) fn(b, e);
   });

@@ -36,16 +36,3 @@ def test_import_is_lean():
     code = "import sys, slimrt; print('triton' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"], out.stdout
-
-
-def test_omp_wait_policy_defaults_to_passive_only_when_slimrt_comes_first():
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    code = "import slimrt; print(slimrt.info()['omp_wait_policy'])"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "PASSIVE", out.stdout
-    code = "import torch, slimrt; print(slimrt.info()['omp_wait_policy'])"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip().startswith("default"), out.stdout
-    out = subprocess.run([sys.executable, "-c", "import slimrt; print(slimrt.info()['omp_wait_policy'])"],
-                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "ACTIVE", out.stdout

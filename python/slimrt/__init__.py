@@ -4,17 +4,6 @@ Importing slimrt registers its ops (``torch.ops.slimrt.*``) and loads neither Tr
 transformers; those load at the use site that needs them.
 """
 
-import os as _os
-import sys as _sys
-
-# slimrt's kernels run on their own thread pool beside PyTorch's OpenMP pool. OpenMP's default
-# wait policy keeps its idle threads spinning for milliseconds after every torch op, taking a core
-# from the slimrt kernel that runs next: measured on 2 cores, MiniLM w8a8 embedding ran 2x faster
-# with PASSIVE (and torch's own ops were no slower). It only takes effect if torch is not imported
-# yet, and an explicit OMP_WAIT_POLICY in the environment always wins; slimrt.info() reports it.
-if "torch" not in _sys.modules:
-    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from slimrt._version import __version__
 from slimrt._info import info
 from slimrt import ops, nn

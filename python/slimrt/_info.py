@@ -17,7 +17,6 @@ def info() -> dict[str, Any]:
         "version": __version__,
         "torch_version": torch.__version__,
         "num_threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (active spin)"),
         "native": _native.available(),
     }
     if out["native"]:
@@ -27,6 +26,7 @@ def info() -> dict[str, Any]:
         out["isa_available"] = list(ext.available_isas())
         out["cpu_features"] = dict(ext.cpu_features())
         out["int8_gemm"] = "amx" if ext.amx_active() else ("vnni" if out["isa"] == "avx512" else out["isa"])
+        out["threading"] = _native.threading_info()
     else:
         out["isa"] = "reference"
         out["isa_available"] = []

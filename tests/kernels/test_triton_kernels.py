@@ -98,7 +98,7 @@ def test_lowrank_n_split_covers_every_tile(K):
                                rtol=1e-5, atol=1e-4)
 
 
-def test_gpu_benchmark_script_runs(capsys):
+def test_gpu_benchmark_script_runs(capsys, monkeypatch):
     # benchmarks/bench_gpu.py --smoke: every section at toy sizes on CPU tensors (timings meaningless),
     # so the GPU benchmark cannot rot while no GPU runs it.
     import importlib.util
@@ -106,6 +106,7 @@ def test_gpu_benchmark_script_runs(capsys):
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_gpu.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # as `python benchmarks/bench_gpu.py` has it
     spec = importlib.util.spec_from_file_location("bench_gpu", path)
     bench = sys.modules["bench_gpu"] = importlib.util.module_from_spec(spec)  # dataclasses look the module up
     spec.loader.exec_module(bench)
