@@ -84,8 +84,8 @@ def _pair(a: tuple, b: tuple, reps: int, new: int) -> tuple[float, float]:
     """Median tokens/s of configurations a and b, alternated a, b, a, b, ..."""
     ta, tb = [], []
     for _ in range(reps):
-        ta.append(_child(*a, new))
-        tb.append(_child(*b, new))
+        ta.append(_child(a[0], a[1], new, a[2]))
+        tb.append(_child(b[0], b[1], new, b[2]))
     return statistics.median(ta), statistics.median(tb)
 
 
