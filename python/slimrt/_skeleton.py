@@ -257,7 +257,7 @@ def _check_attention(pattern: Any) -> None:
     """The config's ``slimrt_attention`` (sliding window + sinks) must be valid before a Runner reads it."""
     if pattern is None:
         return
-    from slimrt.compress.sparse_attention import validate_pattern
+    from slimrt.attention import validate_pattern
 
     problem = validate_pattern(pattern)
     if problem:
