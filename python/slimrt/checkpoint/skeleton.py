@@ -251,7 +251,7 @@ def _build_hf(section: dict[str, Any], n_tensors: int) -> tuple[nn.Module, Any]:
     return model, config
 
 
-# ---- attention pattern (slimrt.compress.sparse_attention) ----
+# ---- attention pattern (slimrt.attention; written by the recipe method sparse_attention) ----
 
 def _check_attention(pattern: Any) -> None:
     """The config's ``slimrt_attention`` (sliding window + sinks) must be valid before a Runner reads it."""
