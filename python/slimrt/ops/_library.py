@@ -105,7 +105,7 @@ def _(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
     return x.new_empty((*x.shape[:-1], u.shape[0]))
 
 
-# ---- block-sparse attention (issue 6) ----
+# ---- block-sparse attention ----
 # The BlockMask crosses the op boundary as its fields (tensors and scalars), never as a Python object.
 LIB.define(
     "block_sparse_attention(Tensor q, Tensor k, Tensor v, Tensor kv_num_blocks, Tensor kv_indices, int block_size, "
