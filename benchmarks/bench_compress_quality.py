@@ -1,8 +1,8 @@
 """Compression quality on all-MiniLM-L6-v2: sentence-embedding cosine to the fp32 model.
 
 Mean-pooled (attention-mask-weighted) embeddings of pydoc paragraphs (truncated to 128 tokens),
-min and mean cosine to fp32 for: torch dynamic int8 (per-tensor weights, the baseline the issue
-names), slimrt w8, w8a8, w8a8 + SmoothQuant at several alphas, and (without --quick) w8a8 applied
+min and mean cosine to fp32 for: torch dynamic int8 (per-tensor weights, the usual int8
+baseline), slimrt w8, w8a8, w8a8 + SmoothQuant at several alphas, and (without --quick) w8a8 applied
 to one layer kind at a time, which shows where the error comes from. Calibration paragraphs are
 disjoint from the evaluation paragraphs.
 

@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def evaluate_targets(summary: list[dict]) -> list[str]:
-    """The issue's targets, each marked met / NOT met with the measured number."""
+    """The int8 GEMM's performance targets, each marked met / NOT met with the measured number."""
     out = []
     med = statistics.median(s["w8a8_vs_dq"] for s in summary)
     out.append(f"{'met' if med >= 1.1 else 'NOT met'}: W8A8 Int8Linear vs torch dynamic-quant Linear, median over "
@@ -273,7 +273,7 @@ def evaluate_targets(summary: list[dict]) -> list[str]:
         pk_lin = min(s["w8a8_peak"] for s in big)
         out.append(f"{'met' if r_mm >= 1.0 else 'NOT met'}: M >= 128, K, N >= 1536: W8A8 Int8Linear vs raw "
                    f"torch._int_mm, worst {r_mm:.2f}x (raw kernel {r_gemm:.2f}x) (target >= 1.0x)")
-        # The issue's subject is the W8A8 Int8Linear with the activation quantization included.
+        # The target is for the W8A8 Int8Linear with the activation quantization included.
         out.append(f"{'met' if pk_lin >= 0.85 else 'NOT met'}: M >= 128, K, N >= 1536: W8A8 Int8Linear incl. "
                    f"quantization at worst {pk_lin:.0%} of measured int8 peak (raw int8 GEMM kernel {pk:.0%}) "
                    f"(target >= 85%)")

@@ -1,4 +1,4 @@
-"""What each compression recipe costs on MiniLM, and what distillation wins back (issue 8).
+"""What each compression recipe costs on MiniLM, and what distillation wins back.
 
 For each recipe on this branch (w8a8; lowrank-0.5 and lowrank-0.5+w8 and prune presets when their
 handlers are registered) and a 3-layer student (every other block of MiniLM's 6): parameters,

@@ -132,7 +132,7 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     return probe_read_bandwidth(nbytes, nt, passes);
   }, py::arg("nbytes"), py::arg("num_threads"), py::arg("passes") = 5);
-  // ---- lowrank_matmul (issue 5) ----
+  // ---- lowrank_matmul ----
   // lowrank_matmul: y (M, N) = (x (M, K) @ vt (K, R)) @ ut (R, N) + bias, fused; vt = v^T, ut = u^T.
   m.def("lowrank_matmul", [](uintptr_t x, int64_t ldx, uintptr_t vt, int64_t ldvt, uintptr_t ut, int64_t ldut,
                              uintptr_t bias, uintptr_t y, int64_t ldy, int dt, int64_t M, int64_t K, int64_t R,
@@ -141,7 +141,7 @@ PYBIND11_MODULE(_C, m) {
     lowrank_matmul(ptr<const void>(x), ldx, ptr<const void>(vt), ldvt, ptr<const void>(ut), ldut,
                    ptr<const float>(bias), ptr<void>(y), ldy, static_cast<DType>(dt), M, K, R, N, nt);
   });
-  // ---- block-sparse attention (issue 6) ----
+  // ---- block-sparse attention ----
   // block_sparse_attention: out (B, Hq, Lq, D) = softmax attention over the listed key blocks + token rule.
   // sizes = (B, Hq, Hkv, Lq, Lk, D); *_st = element strides of (b, h, l|query block); mask arrays
   // expanded to (B, Hq, ...) through their strides.

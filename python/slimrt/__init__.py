@@ -1,39 +1,51 @@
 """slimrt: a runtime for compressed transformer models.
 
+The public API, by what it does (docs/architecture.md shows how the package is layered):
+
+  compress     compress(model, recipe), report(model), Recipe
+  checkpoints  save(model, path); slimrt.checkpoint.load_model / read_metadata
+  run          load(path) -> Runner, Runner(model, tokenizer)
+  quality      evaluate(compressed, reference), distill(student, teacher)
+  kernels      ops (torch.ops.slimrt.* entry points), nn (Int8Linear, LowRankLinear),
+               attention (block-sparse masks), BlockMask
+  errors       SlimrtError, CheckpointError, QualityGateError
+  this build   info(), __version__
+
 Importing slimrt registers its ops (``torch.ops.slimrt.*``) and loads neither Triton nor
-transformers; those load at the use site that needs them.
+transformers; those load at the use site that needs them. ``compress``, ``evaluate`` and
+``distill`` are imported eagerly on purpose: each is both a submodule and the function exported
+here, and a lazy export would be shadowed by the submodule as soon as anything imported it.
 """
 
 from slimrt._version import __version__
 from slimrt._info import info
+
+# kernels (importing ops registers them), modules and attention masks
 from slimrt import ops, nn
-from slimrt import attention  # block-sparse attention masks (imports only torch)
+from slimrt import attention
 from slimrt.attention import BlockMask
 
-__all__ = ["__version__", "info", "ops", "nn", "compress", "report", "Recipe", "Runner", "load",
-           "save", "CheckpointError", "SlimrtError"]
+# compress
+from slimrt.compress import compress, report
+from slimrt.recipe import Recipe
 
-# ---- compressor ----
-# Imported eagerly on purpose: `slimrt.compress` is both a subpackage and the function, and a lazy
-# export would be shadowed by the subpackage as soon as anything imported slimrt.compress.<module>.
-# It imports neither transformers nor tqdm at this point (both load at their use sites).
-from slimrt.compress import compress, report  # noqa: E402
-from slimrt.recipe import Recipe  # noqa: E402
+# run
+from slimrt.runner import Runner, load
 
-# ---- runner ----: slimrt.load(path) -> Runner
-from slimrt.runner import Runner, load  # noqa: E402
+# errors and checkpoints
+from slimrt.errors import CheckpointError, SlimrtError
+from slimrt.checkpoint import save
 
-# ---- checkpoints ----: save/load_model need torch + safetensors; transformers loads only for HF models
-from slimrt.errors import CheckpointError, SlimrtError  # noqa: E402
-from slimrt.checkpoint import save  # noqa: E402
+# quality
+from slimrt.evaluate import evaluate, QualityGateError
+from slimrt.distill import distill
 
-__all__ += ["attention", "BlockMask"]
-
-# ---- quality (issue 8) ----: slimrt.evaluate(compressed, reference, data) -> dict; slimrt.distill(...)
-# Eager like compress (the function shadows its module); both import only torch at this point.
-from slimrt.evaluate import evaluate, QualityGateError  # noqa: E402
-
-__all__ += ["evaluate", "QualityGateError"]
-from slimrt.distill import distill  # noqa: E402
-
-__all__ += ["distill"]
+__all__ = [
+    "compress", "report", "Recipe",
+    "save",
+    "load", "Runner",
+    "evaluate", "distill",
+    "ops", "nn", "attention", "BlockMask",
+    "SlimrtError", "CheckpointError", "QualityGateError",
+    "info", "__version__",
+]

@@ -22,15 +22,23 @@ A ``BlockMask`` says which token pairs (query i, key j) attention may use, in tw
 
 The contract of ``slimrt.ops.block_sparse_attention(q, k, v, mask)`` is softmax attention over
 exactly the pairs ``mask.to_dense(Lq, Lk)`` allows; a query with no allowed key gives zeros.
+
+The end of the file holds the attention pattern a model config carries (``slimrt_attention``,
+written by the recipe method "sparse_attention"): ``read_pattern`` and ``validate_pattern`` live
+here, at the bottom of the package, because the compressor writes the pattern, the checkpoint
+validates it and the runner, evaluate and distill read it.
 This module imports only torch.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-__all__ = ["BlockMask", "causal_mask", "sliding_window_mask", "full_mask", "token_rule"]
+__all__ = ["BlockMask", "causal_mask", "sliding_window_mask", "full_mask", "token_rule", "read_pattern",
+           "validate_pattern"]
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -320,3 +328,62 @@ def full_mask(lq: int, lk: int, block_size: int = 64) -> BlockMask:
     _check_lengths("full_mask", lq, lk)
     blocks = torch.ones((_cdiv(lq, block_size), _cdiv(lk, block_size)), dtype=torch.bool)
     return BlockMask.from_dense(blocks, block_size, seq_lengths=(lq, lk))
+
+
+# ---- the attention pattern of a model config ----
+# model.config.slimrt_attention = {"kind": "sliding_window", "window": W, "num_global": G, "block_size": B}:
+# each query at position p sees key j when j <= p and (p - j < W or j < G). The decoder forwards
+# turn it into a causal sliding_window_mask(window=W, num_global=G, block_size=B).
+
+PATTERN_KIND = "sliding_window"
+# The model types whose slimrt forwards run the pattern (the Llama family and GPT-2 decoders).
+PATTERN_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+_PATTERN_FIELDS = ("kind", "window", "num_global", "block_size")
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _window_problem(v: int) -> str | None:
+    return None if v >= 1 else "must be an int >= 1 (the number of most recent keys each query sees)"
+
+
+def _num_global_problem(v: int) -> str | None:
+    return None if v >= 0 else "must be an int >= 0 (the number of sink tokens)"
+
+
+def _block_size_problem(v: int) -> str | None:
+    return None if 1 <= v <= 4096 else "must be an int in [1, 4096]"
+
+
+# field -> check(int value) -> None or a sentence saying what is wrong (also the recipe's parameter checks)
+PATTERN_CHECKS = {"window": _window_problem, "num_global": _num_global_problem, "block_size": _block_size_problem}
+
+
+def validate_pattern(pattern: Any) -> str | None:
+    """None if ``pattern`` is a valid config.slimrt_attention dict, else a sentence naming the bad field."""
+    if not isinstance(pattern, dict):
+        return f"must be an object {{kind, window, num_global, block_size}}, got {type(pattern).__name__}"
+    unknown = sorted(set(pattern) - set(_PATTERN_FIELDS))
+    if unknown:
+        return f"has unknown field {unknown[0]!r}; fields are {', '.join(_PATTERN_FIELDS)}"
+    if pattern.get("kind") != PATTERN_KIND:
+        return f"field 'kind' is {pattern.get('kind')!r}; the only supported kind is {PATTERN_KIND!r}"
+    for name, check in PATTERN_CHECKS.items():
+        v = pattern.get(name)
+        problem = check(v) if _int(v) else "must be an int"
+        if problem:
+            return f"field {name!r} is {v!r}: {problem}"
+    return None
+
+
+def read_pattern(config: Any) -> dict[str, int] | None:
+    """The validated pattern on a model config, or None; ValueError naming the field if it is bad."""
+    pattern = getattr(config, "slimrt_attention", None)
+    if pattern is None:
+        return None
+    problem = validate_pattern(pattern)
+    if problem:
+        raise ValueError(f"model.config.slimrt_attention {problem}")
+    return {k: pattern[k] for k in ("window", "num_global", "block_size")}

@@ -144,11 +144,11 @@ def _make_batches(tokenizer: Any, texts: list[str], batch_size: int, max_tokens:
 def _forward(model: nn.Module, ids: Tensor, mask: Tensor) -> tuple[list[Tensor], Tensor | None]:
     """(hidden states per layer incl. embeddings, logits or None) from the HF forward; a model carrying
     a sliding-window pattern (recipe method sparse_attention) is trained under that pattern."""
-    from slimrt.compress.sparse_attention import DECODER_TYPES, read_pattern
+    from slimrt.attention import PATTERN_MODEL_TYPES, read_pattern
     from slimrt.evaluate import _window_mask
 
     cfg = getattr(model, "config", None)
-    pattern = read_pattern(cfg) if getattr(cfg, "model_type", None) in DECODER_TYPES else None
+    pattern = read_pattern(cfg) if getattr(cfg, "model_type", None) in PATTERN_MODEL_TYPES else None
     attn = mask if pattern is None else _window_mask(mask, pattern)
     out = model(input_ids=ids, attention_mask=attn, output_hidden_states=True)
     return list(out.hidden_states), getattr(out, "logits", None)

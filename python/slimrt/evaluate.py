@@ -122,7 +122,7 @@ def _embeddings(runner, ids: Tensor, mask: Tensor, batch_size: int, desc: str | 
 
 def _logits(runner, ids: Tensor, mask: Tensor, batch_size: int, desc: str | None) -> list[Tensor]:
     """Full next-token logits (B, T, V) float32 per batch, from the HF forward (slimrt modules inside)."""
-    from slimrt.compress.sparse_attention import read_pattern
+    from slimrt.attention import read_pattern
 
     pattern = read_pattern(runner.model.config)  # sparse_attention: score the pattern the Runner runs
     out = []

@@ -1,8 +1,9 @@
 """Recipe: what slimrt.compress does to a model, as a frozen, validated, JSON-able dataclass.
 
-A recipe names one or more methods applied in order (each one a handler registered in
-slimrt.compress.swap), their parameters, and which modules they touch: ``targets`` and ``ignore``
-are regular expressions searched (``re.search``) in module names from ``model.named_modules()``.
+A recipe names one or more methods applied in order (each one registered in ``METHODS`` by the
+module of slimrt.compress that implements it), their parameters, and which modules they touch:
+``targets`` and ``ignore`` are regular expressions searched (``re.search``) in module names from
+``model.named_modules()``.
 A module is touched when ``targets`` is empty or one target matches, and no ``ignore`` matches.
 The default ``ignore`` keeps the lm_head and the embeddings dense.
 
@@ -18,11 +19,29 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 RECIPE_VERSION = 1
+
+
+class MethodSpec(Protocol):
+    """What a recipe checks of a compression method (slimrt.compress.swap.Method is one): its
+    ``group`` (methods of one group exclude each other) and its ``params``, {param: (type, default,
+    check)} where check(value) returns None or a sentence saying what is wrong."""
+
+    @property
+    def group(self) -> str: ...
+
+    @property
+    def params(self) -> Mapping[str, tuple[type, Any, Callable[[Any], str | None] | None]]: ...
+
+
+# The compression methods by name. Each module of slimrt.compress registers its methods here when
+# it is imported (slimrt.compress.swap.register); recipes check method names and parameters
+# against it. The registry lives with the recipe so that the recipe never imports the compressor.
+METHODS: dict[str, MethodSpec] = {}
 
 # Module names kept dense by default: the output head and the embeddings (names used by BERT,
 # GPT-2, Llama, GPT-NeoX, T5). Embeddings are not Linear layers, so int8 leaves them anyway; the
@@ -134,9 +153,7 @@ class Recipe:
 
 
 def _validate_methods(methods: tuple[str, ...], params: Any) -> dict[str, dict[str, Any]]:
-    """Checks method names and their parameters against the handler registry; fills in defaults."""
-    from slimrt.compress.swap import METHODS  # the registry; imported here to avoid an import cycle
-
+    """Checks method names and their parameters against the method registry; fills in defaults."""
     if not methods:
         raise ValueError("Recipe.methods is empty; name at least one of " + ", ".join(sorted(METHODS)))
     if len(set(methods)) != len(methods):
@@ -194,19 +211,14 @@ def resolve(recipe: "Recipe | str | os.PathLike | Mapping[str, Any]") -> Recipe:
     raise ValueError(f"recipe must be a preset name, a Recipe, a dict or a JSON file path, got {type(recipe).__name__}")
 
 
-# Named presets; later methods add theirs here (e.g. "lowrank-0.5").
+# Named presets. The module of slimrt.compress that implements a method registers its presets
+# (register_preset) right after the method itself, so a preset never names an unregistered method.
 PRESETS: dict[str, Recipe] = {}
 
 
-def _init_presets() -> None:
-    PRESETS["w8a8"] = Recipe(methods=("w8a8",))
-    PRESETS["w8"] = Recipe(methods=("w8",))
-    # low-rank (issue 5): half the linear-layer weights, activation-aware SVD (needs calibration),
-    # the same fraction of every layer (closer MiniLM embeddings at 0.5 than the greedy spread; see
-    # benchmarks/RESULTS.md); "+w8" stores the factors (and the layers kept dense) in int8.
-    lowrank = {"lowrank": {"ratio": 0.5, "method": "whiten", "allocation": "uniform"}}
-    PRESETS["lowrank-0.5"] = Recipe(methods=("lowrank",), params=lowrank)
-    PRESETS["lowrank-0.5+w8"] = Recipe(methods=("lowrank", "w8"), params=lowrank)
-
-
-_init_presets()
+def register_preset(name: str, recipe: Recipe) -> Recipe:
+    """Adds a named preset (``Recipe.preset(name)``, ``slimrt.compress(model, name)``)."""
+    if name in PRESETS:
+        raise ValueError(f"recipe preset {name!r} is already registered")
+    PRESETS[name] = recipe
+    return recipe

@@ -1,8 +1,10 @@
 """slimrt.compress(model, recipe, calibration=None, tokenizer=None) -> model, in place.
 
 One generic mechanism (swap.py: a walk over named_modules() with one handler per method) and one
-file per method (int8.py: "w8a8", "w8"). Adding a method = one file that calls
-``swap.register(Method(...))`` + one import line below (+ a preset in slimrt.recipe.PRESETS).
+file per method (int8.py: "w8a8", "w8"; lowrank.py; prune.py; sparse_attention.py). Adding a method
+= one file that calls ``swap.register(Method(...))`` (and ``slimrt.recipe.register_preset`` for its
+presets) + one import line below. The registries themselves live in slimrt.recipe, so that recipes
+are checked without importing the compressor.
 """
 
 from __future__ import annotations

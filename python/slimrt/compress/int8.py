@@ -15,6 +15,7 @@ from slimrt import ops
 from slimrt.compress.smoothquant import smoothing_factors
 from slimrt.compress.swap import Context, Fallback, Method, check_finite, is_linear_like, linear_weight, register
 from slimrt.nn.int8_linear import Int8Linear
+from slimrt.recipe import Recipe, register_preset
 
 _OP = {"w8a8": "int8_linear", "w8": "int8_weight_only_linear"}
 
@@ -61,3 +62,5 @@ register(Method(name="w8a8", group="quantize", accepts=is_linear_like,
                 needs_calibration=lambda recipe: recipe.smoothquant))
 register(Method(name="w8", group="quantize", accepts=is_linear_like,
                 convert=lambda name, module, ctx: _convert("w8", name, module, ctx)))
+register_preset("w8a8", Recipe(methods=("w8a8",)))
+register_preset("w8", Recipe(methods=("w8",)))

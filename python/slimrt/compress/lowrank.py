@@ -28,7 +28,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from slimrt.compress.int8 import kernel_name  # also registers "w8", which the lowrank-0.5+w8 preset names
 from slimrt.compress.swap import Context, Fallback, Method, check_finite, is_linear_like, linear_weight, register
+from slimrt.recipe import Recipe, register_preset
 
 METHODS = ("whiten", "asvd", "svd")
 DAMP = 1e-2
@@ -303,7 +305,6 @@ def _prepare(model: nn.Module, todo: list[tuple[str, nn.Module]], ctx: Context, 
 
 
 def _convert(name: str, module: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
-    from slimrt.compress.int8 import kernel_name
     from slimrt.nn.lowrank_linear import FACTOR_DTYPES, LowRankLinear
 
     state = ctx.state.get("lowrank", {})
@@ -339,3 +340,10 @@ def _convert(name: str, module: nn.Module, ctx: Context) -> tuple[nn.Module, dic
 
 register(Method(name="lowrank", group="factorize", accepts=is_linear_like, convert=_convert, params=PARAMS,
                 prepare=_prepare))
+
+# Half the linear-layer weights, activation-aware SVD (needs calibration), the same fraction of every
+# layer (closer MiniLM embeddings at 0.5 than the greedy spread; see benchmarks/RESULTS.md); "+w8"
+# stores the factors (and the layers kept dense) in int8.
+_HALF = {"lowrank": {"ratio": 0.5, "method": "whiten", "allocation": "uniform"}}
+register_preset("lowrank-0.5", Recipe(methods=("lowrank",), params=_HALF))
+register_preset("lowrank-0.5+w8", Recipe(methods=("lowrank", "w8"), params=_HALF))

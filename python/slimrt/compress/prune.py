@@ -19,7 +19,7 @@ output.dense + attention_head_size (BERT family); FFN gate_proj/up_proj/down_pro
 intermediate.dense + output.dense. Transformers' attention infers the head count from the
 projection width, so pruned blocks run unchanged. Each shrunk nn.Linear is recorded in
 ``model.config.slimrt_resized`` {layer name: [out_features, in_features]}, which the checkpoint
-writes with the config and the loader applies to the skeleton before loading (slimrt._skeleton).
+writes with the config and the loader applies to the skeleton before loading (slimrt.checkpoint.skeleton).
 Prune methods must come before quantization in a recipe: they shrink dense nn.Linear layers only.
 """
 

@@ -23,10 +23,12 @@ import logging
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
+
+from slimrt import recipe as _recipe
 
 if TYPE_CHECKING:
     from slimrt.recipe import Recipe
@@ -85,10 +87,13 @@ class Method:
     apply_model: Callable[[nn.Module, Context], dict[str, Any]] | None = None
 
 
-METHODS: dict[str, Method] = {}
+# The registry recipes are checked against; it lives in slimrt.recipe (the same dict) so that the
+# recipe need not import the compressor. Only register() adds to it, so every entry is a Method.
+METHODS = cast("dict[str, Method]", _recipe.METHODS)
 
 
 def register(method: Method) -> Method:
+    """Adds a compression method; recipes may then name it."""
     if method.name in METHODS:
         raise ValueError(f"compress method {method.name!r} is already registered")
     METHODS[method.name] = method

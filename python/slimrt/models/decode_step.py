@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from slimrt import _native, ops
+from slimrt.attention import read_pattern
 from slimrt.models.policy import KernelPolicy
 from slimrt.nn.int8_linear import Int8Linear
 
@@ -215,7 +216,6 @@ def _act_kind(act: Any, gated: bool) -> int:
 
 
 def _build_llama(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
-    from slimrt.compress.sparse_attention import read_pattern
     from slimrt.models.llama import _rope_inv_freq
 
     cfg = model.config
@@ -266,8 +266,6 @@ def _build_llama(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
 
 
 def _build_gpt2(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
-    from slimrt.compress.sparse_attention import read_pattern
-
     cfg = model.config
     tr = model.transformer
     if read_pattern(cfg) is not None:

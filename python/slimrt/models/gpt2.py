@@ -7,8 +7,8 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from slimrt.attention import read_pattern
 from slimrt.models._common import Batch, KVCache, WindowKVCache, check_pattern_dtype, make_linear, make_linear_act, new_cache
-from slimrt.compress.sparse_attention import read_pattern
 from slimrt.models.policy import KernelPolicy
 
 MODEL_TYPES = ("gpt2",)

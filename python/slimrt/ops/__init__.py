@@ -1,58 +1,22 @@
 """slimrt ops: typed entry points over ``torch.ops.slimrt.*``.
 
-Which kernel runs is decided by op registration, per dispatch key, once at import:
-``SLIMRT_BACKEND=auto`` (default: native C++ on CPU, Triton on CUDA when present),
-``reference`` (PyTorch reference everywhere), or ``triton`` (Triton kernels for every device;
-on CPU tensors only meaningful with ``TRITON_INTERPRET=1``).
+Which kernel runs is decided by op registration, per dispatch key, once at import (see
+ops/_backend.py: ``SLIMRT_BACKEND=auto|reference|triton``; ``backend()`` says what serves each
+device). ops/_library.py declares the schemas, ops/reference.py is the spec every kernel is tested
+against, ops/cpu.py and ops/cuda.py register the native and Triton kernels.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
 
-from slimrt.ops import _library, reference
+from slimrt.attention import BlockMask
+from slimrt.ops import _check, _library, reference  # noqa: F401  (_library defines the schemas)
+from slimrt.ops import _backend  # after _library: it registers kernels for the schemas defined there
+from slimrt.ops._backend import backend
 
-_IMPL_LIB = torch.library.Library("slimrt", "IMPL")
-_BACKEND = os.environ.get("SLIMRT_BACKEND", "auto").strip().lower() or "auto"
-_registered: list[str] = []
-
-
-def _register() -> None:
-    if _BACKEND not in ("auto", "reference", "triton"):
-        raise ValueError(f"SLIMRT_BACKEND={_BACKEND!r} is not one of auto, reference, triton")
-    if _BACKEND == "auto":
-        from slimrt import _native
-
-        if _native.available():
-            from slimrt.ops import cpu
-
-            cpu.register(_IMPL_LIB)
-            _registered.append("cpu:native")
-    # --- Triton (ops/cuda.py; it imports triton only when an op first runs) ---
-    if _BACKEND == "triton":
-        from slimrt.ops import cuda
-
-        cuda.register(_IMPL_LIB, ("CPU", "CUDA"))
-        _registered.extend(["cpu:triton", "cuda:triton"])
-    elif _BACKEND == "auto" and torch.cuda.is_available():
-        from slimrt.ops import cuda
-
-        if cuda.triton_found():
-            cuda.register(_IMPL_LIB, ("CUDA",))
-            _registered.append("cuda:triton")
-
-
-def backend() -> dict[str, str]:
-    """Which implementation serves each device: 'native', 'triton' or 'reference'."""
-    cpu = "native" if "cpu:native" in _registered else "triton" if "cpu:triton" in _registered else "reference"
-    cuda = "triton" if any(r.startswith("cuda:") for r in _registered) else "reference"
-    return {"requested": _BACKEND, "cpu": cpu, "cuda": cuda}
-
-
-_register()
+_backend.register()
 
 # Resolved OpOverloads for the int8 decode path: calling ``torch.ops.slimrt.x.default`` skips the
 # overload-packet lookup (a few us per call; see the overhead table of benchmarks/bench_int8_gemm.py).
@@ -100,11 +64,7 @@ def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None = None) 
     return torch.ops.slimrt.lowrank_linear(x, u, v, bias)
 
 
-# ---- block-sparse attention (issue 6) ----
-from slimrt.attention import BlockMask  # noqa: E402  (imports only torch)
-from slimrt.ops import _check  # noqa: E402
-
-
+# ---- block-sparse attention ----
 def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, mask: BlockMask, scale: float | None = None) -> Tensor:
     """Softmax attention over exactly the token pairs mask.to_dense(Lq, Lk) allows.
 

@@ -80,7 +80,7 @@ def _(a: Tensor, b: Tensor, a_scale: Tensor | None, b_scale: Tensor | None, out_
 def _(w_q: Tensor) -> Tensor:
     # The packed size is device-specific and data-independent: the native CPU kernel's layout
     # (csrc/int8_gemm/int8_gemm.h) where it serves CPU, else "not packed".
-    from slimrt.ops import backend
+    from slimrt.ops._backend import backend
 
     if w_q.device.type == "cpu" and backend()["cpu"] == "native":
         from slimrt.ops.cpu import packed_size
@@ -105,7 +105,7 @@ def _(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
     return x.new_empty((*x.shape[:-1], u.shape[0]))
 
 
-# ---- block-sparse attention (issue 6) ----
+# ---- block-sparse attention ----
 # The BlockMask crosses the op boundary as its fields (tensors and scalars), never as a Python object.
 LIB.define(
     "block_sparse_attention(Tensor q, Tensor k, Tensor v, Tensor kv_num_blocks, Tensor kv_indices, int block_size, "

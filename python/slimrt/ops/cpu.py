@@ -180,7 +180,7 @@ def int8_weight_only_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tenso
     return _linear("int8_weight_only_linear", x, w_q, w_scale, bias, w_packed, weight_only=True)
 
 
-# ---- lowrank_linear (issue 5) ----
+# ---- lowrank_linear ----
 def _transposed_ld(f: Tensor) -> tuple[Tensor, int]:
     """f (A, B) as f.T (B, A) with unit inner stride: (tensor whose data_ptr starts f.T, its row stride).
     Free when f is already a transposed view (nn.LowRankLinear stores u and v that way), a copy otherwise."""
@@ -222,7 +222,7 @@ def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> Tens
     return out
 
 
-# ---- block-sparse attention (issue 6) ----
+# ---- block-sparse attention ----
 import math  # noqa: E402  (kept in this section so the shared file's header stays untouched)
 
 

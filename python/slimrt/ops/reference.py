@@ -209,7 +209,7 @@ def _check_lowrank(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> None
     _check.no_grad_needed(op, x=x, u=u, v=v, bias=bias)
 
 
-# ---- block-sparse attention (issue 6) ----
+# ---- block-sparse attention ----
 
 import math  # noqa: E402  (kept in this section so the shared file's header stays untouched)
 

@@ -1,5 +1,5 @@
-"""compress -> save -> load gives bit-identical outputs, for every model family the issue names:
-MiniLM-shaped BERT, GPT-2 (Conv1D layers), Llama, and a plain nn.Sequential MLP."""
+"""compress -> save -> load gives bit-identical outputs, for each model family: MiniLM-shaped BERT,
+GPT-2 (Conv1D layers), Llama, and a plain nn.Sequential MLP."""
 
 import pytest
 import torch

@@ -259,7 +259,7 @@ def test_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
             f.write(b"\x00" * 100)
         raise _Boom("disk full")
 
-    monkeypatch.setattr(checkpoint, "_write_tensors", half_then_die)
+    monkeypatch.setattr(checkpoint.writer, "_write_tensors", half_then_die)
     with pytest.raises(_Boom):
         slimrt.save(_model(), tmp_path / "ck")
     assert not (tmp_path / "ck").exists() and _leftovers(tmp_path) == []
@@ -275,7 +275,7 @@ def test_failed_overwrite_keeps_the_old_checkpoint(tmp_path, monkeypatch, exchan
     with torch.no_grad():
         newer[2].weight.add_(1)
     if not exchange:
-        monkeypatch.setattr(checkpoint, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(checkpoint.writer, "_exchange", lambda a, b: False)
     if fail_at == "fsync":
         def fsync(fd):
             raise OSError(28, "No space left on device")
@@ -290,7 +290,7 @@ def test_failed_overwrite_keeps_the_old_checkpoint(tmp_path, monkeypatch, exchan
                 raise OSError(5, "I/O error")
             return real_replace(a, b)
 
-        monkeypatch.setattr(checkpoint, "_exchange", lambda a, b: (_ for _ in ()).throw(OSError(5, "I/O error"))
+        monkeypatch.setattr(checkpoint.writer, "_exchange", lambda a, b: (_ for _ in ()).throw(OSError(5, "I/O error"))
                             if exchange else False)
         monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError):
@@ -385,7 +385,7 @@ _FUZZ_SETTINGS = settings(suppress_health_check=[HealthCheck.function_scoped_fix
 @_FUZZ_SETTINGS
 @given(data=st.data())
 def test_fuzz_safetensors_bytes(tmp_path_factory, data):
-    from slimrt._safetensors import read_tensors
+    from slimrt.checkpoint.safetensors import read_tensors
 
     path = tmp_path_factory.mktemp("fz") / ST
     save_file({"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(5, dtype=torch.int8),

@@ -161,7 +161,7 @@ def test_overwrite_semantics(tmp_path, monkeypatch):
     slimrt.save(second, target, overwrite=True)
     assert torch.equal(checkpoint.load_model(target).model[0].weight, second[0].weight)
     # Without renameat2(RENAME_EXCHANGE) the fallback (rename aside, rename in, delete) is used.
-    monkeypatch.setattr(checkpoint, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(checkpoint.writer, "_exchange", lambda a, b: False)
     slimrt.save(first, target, overwrite=True)
     assert torch.equal(checkpoint.load_model(target).model[0].weight, first[0].weight)
     assert sorted(os.listdir(tmp_path)) == ["ck"], "temp or aside directories were left behind"
@@ -208,7 +208,7 @@ def _mmap_tensors(path):
 
     import numpy as np
 
-    from slimrt._safetensors import DTYPES
+    from slimrt.checkpoint.safetensors import DTYPES
 
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")

@@ -1,18 +1,105 @@
-"""The loading half of slimrt.checkpoint: directory checks, tensor reading and decoding, and the
-assembly of the model from a meta skeleton with every tensor checked against it before assignment."""
+"""load_model(path) and read_metadata(path): a checkpoint directory, treated as hostile.
+
+slimrt.json is validated (format.py) and the safetensors header parsed and checked
+(safetensors.py) before any tensor bytes are read; every file's checksum is checked; the model is
+rebuilt on the meta device (skeleton.py), the allow-listed slimrt modules are swapped in, and
+every tensor's name, dtype and shape is compared with the skeleton before it is assigned
+(load_state_dict(assign=True)). No pickle anywhere. A slimrt module may define
+``slimrt_validate()`` (raise ValueError): it runs after loading, and its message becomes a
+CheckpointError naming the layer (e.g. block-sparse layout checks).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import stat
-from typing import Any
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from slimrt import _ckpt_meta as M
-from slimrt._safetensors import DTYPE_NAMES, read_tensors
+from slimrt.checkpoint import format as fmt
+from slimrt.checkpoint.modules import nonpersistent_buffers
+from slimrt.checkpoint.safetensors import DTYPE_NAMES, read_tensors
 from slimrt.errors import CheckpointError
+
+
+@dataclass
+class LoadedCheckpoint:
+    """What load_model returns: the model, its tokenizer and HF config (or None), and the slimrt.json."""
+
+    model: nn.Module
+    tokenizer: Any | None
+    config: Any | None
+    meta: dict[str, Any]
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The validated slimrt.json of a checkpoint (no tensor is read)."""
+    root = check_directory(path)
+    with _located(root):
+        return fmt.loads(read_file(root, fmt.META_NAME, fmt.META_CAP))
+
+
+def load_model(path: str | os.PathLike, model: nn.Module | None = None,
+               device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Loads a checkpoint written by :func:`save`; raises CheckpointError naming what is wrong.
+
+    ``model``: a skeleton to load into (required for checkpoints of kind "custom"; it is modified in
+    place). The returned model is in eval mode on ``device``, with ``model.slimrt_meta`` restored.
+    """
+    root = check_directory(path)
+    with _located(root):
+        meta = fmt.loads(read_file(root, fmt.META_NAME, fmt.META_CAP))
+        tensors = read_model_tensors(root, meta)
+        other_files = {}
+        for name, digest in sorted(meta["files"].items()):
+            if name != fmt.TENSORS_NAME:
+                data = read_file(root, name, 1 << 31)
+                if hashlib.sha256(data).hexdigest() != digest:
+                    raise CheckpointError(f"{name} in {root}: sha256 checksum mismatch (corrupt or modified file)")
+                other_files[name] = data
+        model, config = assemble(meta, tensors, model)
+        model.eval()
+        if torch.device(device).type != "cpu":
+            model.to(device)
+        model.slimrt_meta = meta.get("compression")
+        tokenizer = _load_tokenizer(meta, other_files) if meta.get("tokenizer") else None
+    return LoadedCheckpoint(model=model, tokenizer=tokenizer, config=config, meta=meta)
+
+
+def _load_tokenizer(meta: dict[str, Any], files: dict[str, bytes]) -> Any:
+    import transformers
+
+    # From a private copy of the verified bytes only: nothing unlisted or modified since the check.
+    with tempfile.TemporaryDirectory(prefix="slimrt-tok-") as tmp:
+        for name in meta["tokenizer"]["files"]:
+            dest = os.path.join(tmp, name)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with open(dest, "wb") as f:
+                f.write(files[name])
+        try:
+            return transformers.AutoTokenizer.from_pretrained(tmp, local_files_only=True, trust_remote_code=False)
+        except Exception as e:
+            raise CheckpointError(f"the tokenizer files of the checkpoint cannot be loaded: "
+                                  f"{type(e).__name__}: {e}") from None
+
+
+@contextlib.contextmanager
+def _located(root: str) -> Iterator[None]:
+    """Puts the checkpoint directory into error messages that name only a file inside it."""
+    try:
+        yield
+    except CheckpointError as e:
+        msg = str(e)
+        if root in msg:
+            raise
+        raise CheckpointError(os.path.join(root, msg) if msg.startswith((fmt.META_NAME, fmt.TENSORS_NAME))
+                              else f"{root}: {msg}") from None
 
 
 def check_directory(path: str | os.PathLike) -> str:
@@ -21,18 +108,18 @@ def check_directory(path: str | os.PathLike) -> str:
     if not os.path.exists(root):
         raise CheckpointError(f"{root} does not exist")
     if not os.path.isdir(root):
-        if root.lower().endswith(M.PICKLE_SUFFIXES):
+        if root.lower().endswith(fmt.PICKLE_SUFFIXES):
             raise CheckpointError(f"{root} is a pickle file, which slimrt never loads (it can run arbitrary code); "
                                   "a slimrt checkpoint is a directory written by slimrt.save")
         raise CheckpointError(f"{root} is a file; a slimrt checkpoint is a directory written by slimrt.save")
     names = sorted(os.listdir(root))
-    pickles = [n for n in names if n.lower().endswith(M.PICKLE_SUFFIXES)]
+    pickles = [n for n in names if n.lower().endswith(fmt.PICKLE_SUFFIXES)]
     if pickles:
         raise CheckpointError(f"{os.path.join(root, pickles[0])} is a pickle file, which slimrt never loads; "
                               "a slimrt checkpoint holds no pickle")
-    if M.META_NAME not in names:
+    if fmt.META_NAME not in names:
         hint = " (it looks like a Hugging Face model directory: compress it first)" if "config.json" in names else ""
-        raise CheckpointError(f"{root} has no {M.META_NAME}, so it is not a slimrt checkpoint{hint}")
+        raise CheckpointError(f"{root} has no {fmt.META_NAME}, so it is not a slimrt checkpoint{hint}")
     return root
 
 
@@ -65,9 +152,9 @@ def read_file(root: str, name: str, cap: int) -> bytes:
 
 def read_model_tensors(root: str, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     """model.safetensors, validated, checksummed and entropy-decoded."""
-    tensors, digest = read_tensors(_resolve(root, M.TENSORS_NAME), M.TENSORS_NAME)
-    if digest != meta["files"][M.TENSORS_NAME]:
-        raise CheckpointError(f"{M.TENSORS_NAME} in {root}: sha256 checksum mismatch (corrupt or modified file)")
+    tensors, digest = read_tensors(_resolve(root, fmt.TENSORS_NAME), fmt.TENSORS_NAME)
+    if digest != meta["files"][fmt.TENSORS_NAME]:
+        raise CheckpointError(f"{fmt.TENSORS_NAME} in {root}: sha256 checksum mismatch (corrupt or modified file)")
     for name, spec in sorted((meta.get("encoded") or {}).items()):
         tensors[name] = _decode(name, tensors.get(name), spec)
     return tensors
@@ -76,16 +163,16 @@ def read_model_tensors(root: str, meta: dict[str, Any]) -> dict[str, torch.Tenso
 def _decode(name: str, stored: torch.Tensor | None, spec: dict[str, Any]) -> torch.Tensor:
     import zstandard
 
-    from slimrt._safetensors import DTYPES
+    from slimrt.checkpoint.safetensors import DTYPES
 
-    where = f"{M.TENSORS_NAME}: encoded tensor {name!r}"
+    where = f"{fmt.TENSORS_NAME}: encoded tensor {name!r}"
     if stored is None:
-        raise CheckpointError(f"{where} is listed in {M.META_NAME} but not stored")
+        raise CheckpointError(f"{where} is listed in {fmt.META_NAME} but not stored")
     if stored.dtype != torch.uint8 or stored.dim() != 1:
         raise CheckpointError(f"{where} must be stored as a 1-D uint8 tensor, got {stored.dtype} {list(stored.shape)}")
     dtype = {str(v).replace("torch.", ""): v for v in DTYPES.values()}.get(spec["dtype"])
     if dtype is None:
-        raise CheckpointError(f"{M.META_NAME}: field 'encoded.{name}.dtype' is {spec['dtype']!r}, not a known dtype")
+        raise CheckpointError(f"{fmt.META_NAME}: field 'encoded.{name}.dtype' is {spec['dtype']!r}, not a known dtype")
     expected = dtype.itemsize
     for d in spec["shape"]:
         expected *= d
@@ -124,34 +211,34 @@ def _swap_modules(model: nn.Module, modules: dict[str, Any]) -> dict[str, nn.Mod
     for name in sorted(modules):
         entry = modules[name]
         if any(name.startswith(s + ".") or s.startswith(name + ".") for s in swapped):
-            raise CheckpointError(f"{M.META_NAME}: module '{name}' is nested inside another slimrt module")
+            raise CheckpointError(f"{fmt.META_NAME}: module '{name}' is nested inside another slimrt module")
         parent_name, _, leaf = name.rpartition(".")
         try:
             parent = model.get_submodule(parent_name)
         except AttributeError:
             parent = None
         if parent is None or leaf not in parent._modules:
-            raise CheckpointError(f"{M.META_NAME}: module '{name}' does not exist in the {type(model).__name__} "
+            raise CheckpointError(f"{fmt.META_NAME}: module '{name}' does not exist in the {type(model).__name__} "
                                   "skeleton")
         cls = MODULE_TYPES[entry["type"]]
         try:
             new = cls.from_slimrt_config(dict(entry["config"]), device="meta")
         except Exception as e:  # hostile configs land here: the constructor rejects them, we name the layer
-            raise CheckpointError(f"{M.META_NAME}: field 'modules.{name}.config' does not build a "
+            raise CheckpointError(f"{fmt.META_NAME}: field 'modules.{name}.config' does not build a "
                                   f"{entry['type']}: {type(e).__name__}: {e}") from None
         old = parent._modules[leaf]
         for attr in ("in_features", "out_features"):  # the layer it replaces fixes its interface
             a, b = getattr(old, attr, None), getattr(new, attr, None)
             if isinstance(a, int) and isinstance(b, int) and a != b:
-                raise CheckpointError(f"{M.META_NAME}: field 'modules.{name}.config' gives {attr}={b} but the "
+                raise CheckpointError(f"{fmt.META_NAME}: field 'modules.{name}.config' gives {attr}={b} but the "
                                       f"model's layer '{name}' has {attr}={a}")
         setattr(parent, leaf, new)
         swapped[name] = new
-    from slimrt._skeleton import SlimrtPlaceholder
+    from slimrt.checkpoint.skeleton import SlimrtPlaceholder
 
     for name, mod in model.named_modules():
         if isinstance(mod, SlimrtPlaceholder):
-            raise CheckpointError(f"{M.META_NAME}: layer '{name}' is marked slimrt but no entry under 'modules' "
+            raise CheckpointError(f"{fmt.META_NAME}: layer '{name}' is marked slimrt but no entry under 'modules' "
                                   "names it")
     return swapped
 
@@ -163,7 +250,7 @@ def _check_scales(name: str, t: torch.Tensor) -> None:
     bad = ~(torch.isfinite(t) & (t > 0))
     if bool(bad.any()):
         i = int(bad.reshape(-1).nonzero()[0])
-        raise CheckpointError(f"{M.TENSORS_NAME}: scale tensor {name!r} has {int(bad.sum())} NaN/Inf/zero/negative "
+        raise CheckpointError(f"{fmt.TENSORS_NAME}: scale tensor {name!r} has {int(bad.sum())} NaN/Inf/zero/negative "
                               f"values (first at flat index {i}: {t.reshape(-1)[i].item()})")
 
 
@@ -171,29 +258,29 @@ def _check_against_skeleton(tensors: dict[str, torch.Tensor], expected: dict[str
                             aliases: dict[str, str], slim: dict[str, nn.Module]) -> None:
     for name in sorted(tensors):
         if name not in expected:
-            raise CheckpointError(f"{M.TENSORS_NAME}: unexpected tensor {name!r}, which the model does not have")
+            raise CheckpointError(f"{fmt.TENSORS_NAME}: unexpected tensor {name!r}, which the model does not have")
         if name in aliases:
-            raise CheckpointError(f"{M.TENSORS_NAME}: tensor {name!r} is stored but also listed as tied to "
+            raise CheckpointError(f"{fmt.TENSORS_NAME}: tensor {name!r} is stored but also listed as tied to "
                                   f"{aliases[name]!r}")
     for alias, source in sorted(aliases.items()):
         if alias not in expected or source not in tensors:
-            raise CheckpointError(f"{M.META_NAME}: field 'tied' pairs {source!r} and {alias!r}, but the first "
+            raise CheckpointError(f"{fmt.META_NAME}: field 'tied' pairs {source!r} and {alias!r}, but the first "
                                   "must be a stored tensor and the second a tensor of the model")
     for name in sorted(expected):
         want = expected[name]
         got = tensors.get(name if name not in aliases else aliases[name])
         if got is None:
-            raise CheckpointError(f"{M.TENSORS_NAME}: missing tensor {name!r} (refusing to keep it uninitialised)")
+            raise CheckpointError(f"{fmt.TENSORS_NAME}: missing tensor {name!r} (refusing to keep it uninitialised)")
         owner = _owner(name, slim)
         layer = f"layer '{owner}' ({type(slim[owner]).__name__})" if owner else "the model"
         if tuple(got.shape) != tuple(want.shape):
-            raise CheckpointError(f"{M.TENSORS_NAME}: tensor {name!r} has shape {list(got.shape)} but {layer} "
+            raise CheckpointError(f"{fmt.TENSORS_NAME}: tensor {name!r} has shape {list(got.shape)} but {layer} "
                                   f"expects {list(want.shape)}")
         # slimrt modules' tensors feed kernels: exact dtype. Dense float tensors may differ in float
         # dtype from the skeleton's guess (mixed-precision models, buffers cast by .to()).
         same = got.dtype == want.dtype or (owner is None and got.is_floating_point() and want.is_floating_point())
         if not same:
-            raise CheckpointError(f"{M.TENSORS_NAME}: tensor {name!r} has dtype {DTYPE_NAMES.get(got.dtype)} but "
+            raise CheckpointError(f"{fmt.TENSORS_NAME}: tensor {name!r} has dtype {DTYPE_NAMES.get(got.dtype)} but "
                                   f"{layer} expects {DTYPE_NAMES.get(want.dtype, want.dtype)}")
         if owner is not None and "scale" in name.rpartition(".")[2]:
             _check_scales(name, got)
@@ -211,8 +298,7 @@ def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
 def assemble(meta: dict[str, Any], tensors: dict[str, torch.Tensor],
              model: nn.Module | None) -> tuple[nn.Module, Any]:
     """Skeleton (given or rebuilt) + slimrt modules + validated tensors -> a loaded model."""
-    from slimrt._skeleton import build_skeleton
-    from slimrt.checkpoint import nonpersistent_buffers
+    from slimrt.checkpoint.skeleton import build_skeleton
 
     config = None
     if model is None:
@@ -226,7 +312,7 @@ def assemble(meta: dict[str, Any], tensors: dict[str, torch.Tensor],
     buffers = dict(nonpersistent_buffers(model, slim))
     listed = set(meta.get("buffers") or [])
     for name in sorted(set(buffers) ^ listed):
-        raise CheckpointError(f"{M.META_NAME}: field 'buffers' and the model disagree on non-persistent buffer "
+        raise CheckpointError(f"{fmt.META_NAME}: field 'buffers' and the model disagree on non-persistent buffer "
                               f"{name!r}")
     expected = {**persistent, **buffers}
     aliases = {alias: source for source, alias in meta.get("tied") or []}
@@ -237,7 +323,7 @@ def assemble(meta: dict[str, Any], tensors: dict[str, torch.Tensor],
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{M.TENSORS_NAME}: the tensors do not load into the model: {e}") from None
+        raise CheckpointError(f"{fmt.TENSORS_NAME}: the tensors do not load into the model: {e}") from None
     for name in buffers:
         _set_tensor(model, name, tensors[aliases.get(name, name)])
     for alias, source in aliases.items():  # re-tie: the alias becomes the very same Parameter object
@@ -255,9 +341,9 @@ def assemble(meta: dict[str, Any], tensors: dict[str, torch.Tensor],
             try:
                 check()
             except ValueError as e:
-                raise CheckpointError(f"{M.TENSORS_NAME}: layer '{name}' ({type(mod).__name__}) is invalid: {e}") \
+                raise CheckpointError(f"{fmt.TENSORS_NAME}: layer '{name}' ({type(mod).__name__}) is invalid: {e}") \
                     from None
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.device.type == "meta":
-            raise CheckpointError(f"{M.TENSORS_NAME}: tensor {name!r} was not materialised by the checkpoint")
+            raise CheckpointError(f"{fmt.TENSORS_NAME}: tensor {name!r} was not materialised by the checkpoint")
     return model, config

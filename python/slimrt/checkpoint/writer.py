@@ -1,36 +1,14 @@
-"""Compressed checkpoints: a directory of model.safetensors + slimrt.json (+ tokenizer files).
+"""save(model, path): a checkpoint directory, written atomically and deterministically.
 
-save(model, path) writes every tensor of a compressed model (slimrt modules' int8 weights, scales,
-factors, masks; dense layers; non-persistent buffers such as rotary inv_freq), the architecture
-(see _skeleton.py), each slimrt module's type and config, ``model.slimrt_meta`` under
-"compression", and the sha256 of every file. The write is atomic: a temp dir next to the target,
-fsync, rename, fsync the parent; identical input gives identical bytes.
-
-load_model(path) treats the directory as hostile: it validates slimrt.json and the safetensors
-header before reading tensor bytes, checks every checksum, rebuilds the skeleton on the meta device,
-swaps in the allow-listed slimrt modules, compares every tensor's name, dtype and shape with the
-skeleton, and only then assigns them (load_state_dict(assign=True)). No pickle anywhere.
-
-slimrt.json (format_version 1; sorted keys, no timestamps):
-  format_version, slimrt_version, created_by {slimrt, torch[, transformers]}
-  model       {"kind": "hf", "architecture", "config", "dtype", "generation_config"}
-              | {"kind": "sequential", "layers": [{"type": "Linear", "in_features": .., "dtype": ..}, ..]}
-              | {"kind": "custom", "class"}   (load then needs model=<skeleton>)
-  modules     {qualified name: {"type": a key of slimrt.nn.MODULE_TYPES, "config": slimrt_config()}}
-  compression model.slimrt_meta, verbatim (non-finite floats written as "Infinity"/"-Infinity"/"NaN")
-  files       {relative file name: sha256}, model.safetensors and any tokenizer files
-  entropy     null | "zstd";  encoded {tensor: {"codec": "zstd", "dtype", "shape"}} (stored as 1-D uint8)
-  tied        [[stored name, alias name], ..]   (one tensor under two names: stored once, re-tied)
-  buffers     names of the non-persistent buffers stored (e.g. rotary inv_freq); slimrt modules'
-              own non-persistent buffers are rebuilt by their repack() instead
-  tokenizer   null | {"class", "files"}
-A slimrt module may define ``slimrt_validate()`` (raise ValueError): it runs after loading, and
-its message becomes a CheckpointError naming the layer (e.g. block-sparse layout checks).
+Every tensor of a compressed model (slimrt modules' int8 weights, scales, factors, masks; dense
+layers; non-persistent buffers such as rotary inv_freq), the architecture (skeleton.py), each
+slimrt module's type and config, ``model.slimrt_meta`` under "compression", and the sha256 of every
+file go into model.safetensors + slimrt.json (format.py). The write is atomic: a temp dir next to
+the target, fsync, rename, fsync the parent; identical input gives identical bytes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
 import os
@@ -38,14 +16,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-from slimrt import _ckpt_meta as M
-from slimrt._ckpt_load import assemble, check_directory, read_file, read_model_tensors
-from slimrt.errors import CheckpointError, CheckpointExistsError
+from slimrt.checkpoint import format as fmt
+from slimrt.checkpoint.modules import nonpersistent_buffers, slimrt_modules, type_name
+from slimrt.errors import CheckpointExistsError
 
 ZSTD_LEVEL = 3  # on MiniLM int8 weights levels 3..19 all reach 0.899 of raw size; 3 is ~10x faster than 15
 
@@ -60,117 +38,6 @@ class SaveResult:
     stored_bytes: int
     bytes_saved: int
     entropy: str | None
-
-
-@dataclass
-class LoadedCheckpoint:
-    model: nn.Module
-    tokenizer: Any | None
-    config: Any | None
-    meta: dict[str, Any]
-
-
-@contextlib.contextmanager
-def _located(root: str) -> Iterator[None]:
-    """Puts the checkpoint directory into error messages that name only a file inside it."""
-    try:
-        yield
-    except CheckpointError as e:
-        msg = str(e)
-        if root in msg:
-            raise
-        raise CheckpointError(os.path.join(root, msg) if msg.startswith((M.META_NAME, M.TENSORS_NAME))
-                              else f"{root}: {msg}") from None
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The validated slimrt.json of a checkpoint (no tensor is read)."""
-    root = check_directory(path)
-    with _located(root):
-        return M.loads(read_file(root, M.META_NAME, M.META_CAP))
-
-
-def load_model(path: str | os.PathLike, model: nn.Module | None = None,
-               device: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """Loads a checkpoint written by :func:`save`; raises CheckpointError naming what is wrong.
-
-    ``model``: a skeleton to load into (required for checkpoints of kind "custom"; it is modified in
-    place). The returned model is in eval mode on ``device``, with ``model.slimrt_meta`` restored.
-    """
-    root = check_directory(path)
-    with _located(root):
-        meta = M.loads(read_file(root, M.META_NAME, M.META_CAP))
-        tensors = read_model_tensors(root, meta)
-        other_files = {}
-        for name, digest in sorted(meta["files"].items()):
-            if name != M.TENSORS_NAME:
-                data = read_file(root, name, 1 << 31)
-                if hashlib.sha256(data).hexdigest() != digest:
-                    raise CheckpointError(f"{name} in {root}: sha256 checksum mismatch (corrupt or modified file)")
-                other_files[name] = data
-        model, config = assemble(meta, tensors, model)
-        model.eval()
-        if torch.device(device).type != "cpu":
-            model.to(device)
-        model.slimrt_meta = meta.get("compression")
-        tokenizer = _load_tokenizer(meta, other_files) if meta.get("tokenizer") else None
-    return LoadedCheckpoint(model=model, tokenizer=tokenizer, config=config, meta=meta)
-
-
-def _load_tokenizer(meta: dict[str, Any], files: dict[str, bytes]) -> Any:
-    import transformers
-
-    # From a private copy of the verified bytes only: nothing unlisted or modified since the check.
-    with tempfile.TemporaryDirectory(prefix="slimrt-tok-") as tmp:
-        for name in meta["tokenizer"]["files"]:
-            dest = os.path.join(tmp, name)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with open(dest, "wb") as f:
-                f.write(files[name])
-        try:
-            return transformers.AutoTokenizer.from_pretrained(tmp, local_files_only=True, trust_remote_code=False)
-        except Exception as e:
-            raise CheckpointError(f"the tokenizer files of the checkpoint cannot be loaded: "
-                                  f"{type(e).__name__}: {e}") from None
-
-
-# ---------------------------------------------------------------------------------------------- save
-
-
-def slimrt_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Top-most submodules that are slimrt modules (instances of a class in nn.MODULE_TYPES)."""
-    from slimrt.nn import MODULE_TYPES
-
-    types = tuple(MODULE_TYPES.values())
-    found: dict[str, nn.Module] = {}
-    for name, mod in model.named_modules():
-        if isinstance(mod, types) and not any(name.startswith(p + ".") for p in found):
-            if name == "":
-                raise ValueError("save: the model itself is a slimrt module; wrap it (e.g. in nn.Sequential)")
-            found[name] = mod
-    return found
-
-
-def _type_name(mod: nn.Module) -> str:
-    from slimrt.nn import MODULE_TYPES
-
-    for name, cls in MODULE_TYPES.items():
-        if type(mod) is cls:
-            return name
-    raise TypeError(f"save: {type(mod).__name__} subclasses a slimrt module but is not in nn.MODULE_TYPES")
-
-
-def nonpersistent_buffers(model: nn.Module, slim: dict[str, nn.Module]) -> list[tuple[str, torch.Tensor]]:
-    """Non-persistent buffers outside slimrt modules (whose own are rebuilt by repack())."""
-    out = []
-    for mname, mod in model.named_modules(remove_duplicate=False):
-        if any(mname == s or mname.startswith(s + ".") for s in slim):
-            continue
-        for bname in sorted(mod._non_persistent_buffers_set):
-            t = mod._buffers.get(bname)
-            if t is not None:
-                out.append((f"{mname}.{bname}" if mname else bname, t))
-    return out
 
 
 def _collect_tensors(model: nn.Module, slim: dict[str, nn.Module]) -> tuple[dict[str, torch.Tensor], list, list]:
@@ -301,8 +168,8 @@ def _check_target(target: str, overwrite: bool) -> None:
     if os.path.islink(target) or not os.path.isdir(target):
         raise CheckpointExistsError(f"save: {target} exists and is a symlink or not a directory; "
                                     "refusing to replace it")
-    if os.listdir(target) and not os.path.isfile(os.path.join(target, M.META_NAME)):
-        raise CheckpointExistsError(f"save: {target} is a non-empty directory without {M.META_NAME}; "
+    if os.listdir(target) and not os.path.isfile(os.path.join(target, fmt.META_NAME)):
+        raise CheckpointExistsError(f"save: {target} is a non-empty directory without {fmt.META_NAME}; "
                                     "refusing to replace something that is not a slimrt checkpoint")
 
 
@@ -313,8 +180,8 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
     ``entropy="zstd"`` stores int8 payloads zstd-coded (decoded transparently on load). Refuses an
     existing ``path`` unless ``overwrite=True``; the replacement is atomic either way.
     """
-    from slimrt import __version__
-    from slimrt._skeleton import describe_model
+    from slimrt._version import __version__
+    from slimrt.checkpoint.skeleton import describe_model
     from slimrt.nn import MODULE_TYPES
 
     if entropy not in (None, "zstd"):
@@ -323,7 +190,7 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
     _check_target(target, overwrite)
     slim = slimrt_modules(model)
     section = describe_model(model, tuple(MODULE_TYPES.values()))
-    modules = {name: {"type": _type_name(m), "config": M.to_json(m.slimrt_config(), f"modules.{name}.config")}
+    modules = {name: {"type": type_name(m), "config": fmt.to_json(m.slimrt_config(), f"modules.{name}.config")}
                for name, m in slim.items()}
     tensors, tied, buffers = _collect_tensors(model, slim)
     tensor_bytes = sum(t.nbytes for t in tensors.values())
@@ -335,9 +202,9 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
 
         created_by["transformers"] = transformers.__version__
     meta: dict[str, Any] = {
-        "format_version": M.FORMAT_VERSION, "slimrt_version": __version__, "created_by": created_by,
-        "model": M.to_json(section, "model"), "modules": modules,
-        "compression": M.to_json(getattr(model, "slimrt_meta", None), "model.slimrt_meta"),
+        "format_version": fmt.FORMAT_VERSION, "slimrt_version": __version__, "created_by": created_by,
+        "model": fmt.to_json(section, "model"), "modules": modules,
+        "compression": fmt.to_json(getattr(model, "slimrt_meta", None), "model.slimrt_meta"),
         "entropy": entropy, "encoded": encoded, "tied": tied, "buffers": buffers, "tokenizer": None,
     }
 
@@ -355,27 +222,27 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
             tokenizer.save_pretrained(tmp)
             names = sorted(str(p.relative_to(tmp).as_posix()) for p in Path(tmp).rglob("*") if p.is_file())
             for name in names:
-                M.check_file_name(name, "tokenizer file")
-                if name in (M.META_NAME, M.TENSORS_NAME):
+                fmt.check_file_name(name, "tokenizer file")
+                if name in (fmt.META_NAME, fmt.TENSORS_NAME):
                     raise ValueError(f"save: the tokenizer wrote {name}, which clashes with a checkpoint file")
             meta["tokenizer"] = {"class": type(tokenizer).__name__, "files": names}
             for name in names:
                 files[name] = _sha256_file(os.path.join(tmp, name))
                 _fsync_path(os.path.join(tmp, name))
-        tensors_path = os.path.join(tmp, M.TENSORS_NAME)
+        tensors_path = os.path.join(tmp, fmt.TENSORS_NAME)
         _write_tensors(tensors, tensors_path)
         _fsync_path(tensors_path)
-        files[M.TENSORS_NAME] = _sha256_file(tensors_path)
+        files[fmt.TENSORS_NAME] = _sha256_file(tensors_path)
         meta["files"] = files
-        M.validate(meta)  # what we write must be what we accept
-        meta_path = os.path.join(tmp, M.META_NAME)
+        fmt.validate(meta)  # what we write must be what we accept
+        meta_path = os.path.join(tmp, fmt.META_NAME)
         with open(meta_path, "wb") as f:
-            f.write(M.dumps(meta))
+            f.write(fmt.dumps(meta))
             f.flush()
             os.fsync(f.fileno())
-        for name in [*files, M.META_NAME]:  # some writers create 0600 files; use the umask like open() does
+        for name in [*files, fmt.META_NAME]:  # some writers create 0600 files; use the umask like open() does
             os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
-        total = sum(os.path.getsize(os.path.join(tmp, n)) for n in [*files, M.META_NAME])
+        total = sum(os.path.getsize(os.path.join(tmp, n)) for n in [*files, fmt.META_NAME])
         _fsync_path(tmp, directory=True)
         _commit(tmp, target)
     except BaseException:
@@ -384,5 +251,3 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
     return SaveResult(path=target, total_bytes=total, tensor_bytes=tensor_bytes, stored_bytes=stored_bytes,
                       bytes_saved=tensor_bytes - stored_bytes, entropy=entropy)
 
-
-__all__ = ["save", "load_model", "read_metadata", "LoadedCheckpoint", "SaveResult", "CheckpointError"]

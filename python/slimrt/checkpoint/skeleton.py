@@ -251,13 +251,13 @@ def _build_hf(section: dict[str, Any], n_tensors: int) -> tuple[nn.Module, Any]:
     return model, config
 
 
-# ---- attention pattern (slimrt.compress.sparse_attention) ----
+# ---- attention pattern (slimrt.attention; written by the recipe method sparse_attention) ----
 
 def _check_attention(pattern: Any) -> None:
     """The config's ``slimrt_attention`` (sliding window + sinks) must be valid before a Runner reads it."""
     if pattern is None:
         return
-    from slimrt.compress.sparse_attention import validate_pattern
+    from slimrt.attention import validate_pattern
 
     problem = validate_pattern(pattern)
     if problem:

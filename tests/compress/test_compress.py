@@ -439,7 +439,7 @@ def _cosines(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
 
 
 def test_minilm_w8a8_cosine(minilm):
-    # Issue 3: min cosine >= 0.99 (torch dynamic int8 reaches about 0.94, ONNX Runtime about 0.96).
+    # The w8a8 quality floor: min cosine >= 0.99 (torch dynamic int8 reaches about 0.94, ONNX Runtime about 0.96).
     model, _tok, enc, ref, _calib = minilm
     q = slimrt.compress(copy.deepcopy(model), "w8a8", progress=False)
     assert count(q, Int8Linear) == 6 * 6 + 1

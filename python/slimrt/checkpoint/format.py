@@ -2,6 +2,20 @@
 
 Everything in slimrt.json is inert data: strings are never evaluated, formatted as templates or
 used to import anything. Module types are looked up in ``slimrt.nn.MODULE_TYPES`` only.
+
+slimrt.json (format_version 1; sorted keys, no timestamps):
+  format_version, slimrt_version, created_by {slimrt, torch[, transformers]}
+  model       {"kind": "hf", "architecture", "config", "dtype", "generation_config"}
+              | {"kind": "sequential", "layers": [{"type": "Linear", "in_features": .., "dtype": ..}, ..]}
+              | {"kind": "custom", "class"}   (load then needs model=<skeleton>)
+  modules     {qualified name: {"type": a key of slimrt.nn.MODULE_TYPES, "config": slimrt_config()}}
+  compression model.slimrt_meta, verbatim (non-finite floats written as "Infinity"/"-Infinity"/"NaN")
+  files       {relative file name: sha256}, model.safetensors and any tokenizer files
+  entropy     null | "zstd";  encoded {tensor: {"codec": "zstd", "dtype", "shape"}} (stored as 1-D uint8)
+  tied        [[stored name, alias name], ..]   (one tensor under two names: stored once, re-tied)
+  buffers     names of the non-persistent buffers stored (e.g. rotary inv_freq); slimrt modules'
+              own non-persistent buffers are rebuilt by their repack() instead
+  tokenizer   null | {"class", "files"}
 """
 
 from __future__ import annotations
@@ -115,7 +129,7 @@ def check_file_name(name: str, where: str) -> None:
 
 def validate(meta: dict[str, Any]) -> dict[str, Any]:
     """Checks every field slimrt reads; returns ``meta`` unchanged."""
-    from slimrt import __version__
+    from slimrt._version import __version__
     from slimrt.nn import MODULE_TYPES
 
     version = _field(meta, "format_version", int, "")

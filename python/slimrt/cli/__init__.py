@@ -1,0 +1,48 @@
+"""The `slimrt` command line: one module per command (group), each with ``add_parser(sub)``.
+
+  info.py      slimrt info [CKPT]
+  run.py       slimrt embed, slimrt generate
+  demo.py      slimrt demo
+  bench.py     slimrt bench
+  compress.py  slimrt compress (with the quality flags of quality.py)
+  quality.py   slimrt eval, slimrt distill
+
+A new command: a module here with ``add_parser(sub)`` (its ``set_defaults(func=...)`` returns the
+exit code), listed in ``COMMANDS`` below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from slimrt.cli import bench, compress, demo, info, quality, run
+from slimrt.cli._texts import _read_calibration, _read_texts  # noqa: F401  (importable from slimrt.cli)
+from slimrt.cli.bench import BENCH_ALIASES, _bench_dir  # noqa: F401
+from slimrt.cli.quality import QUALITY_EXIT, quality_step  # noqa: F401
+
+COMMANDS = (info, run, demo, bench, compress, quality)  # in the order `slimrt --help` lists them
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="slimrt", description="Runtime for compressed transformer models.")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("slimrt: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one readable line for people; --debug for the traceback
+        if args.debug:
+            raise
+        print(f"slimrt: error: {e}", file=sys.stderr)
+        return 2
