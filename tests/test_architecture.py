@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("native", ("slimrt._native", "slimrt._C", "slimrt.kernels")),
     ("ops", ("slimrt.ops",)),
     ("nn", ("slimrt.nn",)),
-    ("checkpoint / compress", ("slimrt.checkpoint", "slimrt.compress")),
+    ("checkpoint / compress", ("slimrt.checkpoint", "slimrt.compress", "slimrt.gguf")),
     ("models", ("slimrt.models",)),
     ("runner", ("slimrt.runner",)),
     ("evaluate / distill", ("slimrt.evaluate", "slimrt.distill", "slimrt.metrics", "slimrt.data")),

@@ -4,6 +4,7 @@ The public API, by what it does (docs/architecture.md shows how the package is l
 
   compress     compress(model, recipe), report(model), Recipe
   checkpoints  save(model, path); slimrt.checkpoint.load_model / read_metadata
+  GGUF input   load_gguf(path) -> (Hugging Face model, tokenizer)
   run          load(path) -> Runner, Runner(model, tokenizer)
   quality      evaluate(compressed, reference), distill(student, teacher)
   kernels      ops (torch.ops.slimrt.* entry points), nn (Int8Linear, LowRankLinear),
@@ -35,6 +36,7 @@ from slimrt.runner import Runner, load
 # errors and checkpoints
 from slimrt.errors import CheckpointError, SlimrtError
 from slimrt.checkpoint import save
+from slimrt.gguf import GGUFError, load_gguf
 
 # quality
 from slimrt.evaluate import evaluate, QualityGateError
@@ -42,10 +44,10 @@ from slimrt.distill import distill
 
 __all__ = [
     "compress", "report", "Recipe",
-    "save",
+    "save", "load_gguf",
     "load", "Runner",
     "evaluate", "distill",
     "ops", "nn", "attention", "BlockMask",
-    "SlimrtError", "CheckpointError", "QualityGateError",
+    "SlimrtError", "CheckpointError", "GGUFError", "QualityGateError",
     "info", "__version__",
 ]

