@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("nn", ("slimrt.nn",)),
     ("checkpoint / compress", ("slimrt.checkpoint", "slimrt.compress", "slimrt.gguf")),
     ("models", ("slimrt.models",)),
-    ("runner", ("slimrt.runner",)),
+    ("runner", ("slimrt.runner", "slimrt.chat")),
     ("evaluate / distill", ("slimrt.evaluate", "slimrt.distill", "slimrt.metrics", "slimrt.data")),
     ("face", ("slimrt", "slimrt._info")),
     ("cli / demo", ("slimrt.cli", "slimrt.demo")),

@@ -6,7 +6,7 @@ import json
 import pytest
 
 import slimrt
-from slimrt.recipe import DEFAULT_IGNORE, PRESETS, RECIPE_VERSION, Recipe, resolve
+from slimrt.recipe import DEFAULT_IGNORE, EMBEDDINGS_IGNORE, PRESETS, RECIPE_VERSION, Recipe, resolve
 
 
 def test_defaults_and_presets():
@@ -21,7 +21,7 @@ def test_defaults_and_presets():
 def test_preset_override():
     r = Recipe.preset("w8", ignore=[])
     assert r.methods == ("w8",) and r.ignore == ()
-    assert PRESETS["w8"].ignore == DEFAULT_IGNORE  # the preset itself is untouched
+    assert PRESETS["w8"].ignore == EMBEDDINGS_IGNORE  # the preset itself is untouched
     r = Recipe.preset("w8a8", smoothquant=True, alpha=0.7, targets=[r"\.mlp\."])
     assert r.smoothquant and r.alpha == 0.7 and r.targets == (r"\.mlp\.",)
     with pytest.raises(ValueError, match="unknown preset 'w3'"):

@@ -67,15 +67,20 @@ def as_runner(obj: Any, tokenizer: Any = None, pooling: str | None = None):
 
 
 def load_hf(src: str | os.PathLike) -> tuple[nn.Module, Any]:
-    """(model in eval mode, tokenizer or None) from a local Hugging Face model directory, offline.
+    """(model in eval mode, tokenizer or None) from a local Hugging Face model directory, offline,
+    or from a GGUF file (slimrt.gguf.load_gguf).
 
     Only a model class defined by transformers itself is instantiated (config.json is input, never
     code to run); other architectures fall back to AutoModel / AutoModelForCausalLM.
     """
+    from slimrt.gguf import is_gguf, load_gguf
+
     src = os.fspath(src)
+    if is_gguf(src):  # a llama.cpp GGUF file (or a directory holding one): dequantized to float32
+        return load_gguf(src)
     if not os.path.isfile(os.path.join(src, "config.json")):
-        raise ValueError(f"{src!r} is neither a slimrt checkpoint (slimrt.json) nor a Hugging Face model "
-                         "directory (config.json)")
+        raise ValueError(f"{src!r} is neither a slimrt checkpoint (slimrt.json), a Hugging Face model "
+                         "directory (config.json) nor a GGUF file")
     import transformers
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -242,10 +242,12 @@ class Runner:
         return self._stream(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos, stats)
 
     def _stream(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int | None,
-                top_p: float | None, seed: int | None, eos: bool, stats: dict | None) -> Iterator[str]:
+                top_p: float | None, seed: int | None, eos: bool, stats: dict | None,
+                stop_ids: Collection[int] | None = None) -> Iterator[str]:
         detok = Detokenizer(self.tokenizer)
-        eos_ids = self._eos_ids() if eos else set()
-        for tokens in self._token_loop(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos, stats):
+        eos_ids = self._stop_set(eos, stop_ids)
+        for tokens in self._token_loop(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos, stats,
+                                       stop_ids):
             token = int(tokens[0])
             if token in eos_ids:
                 break
@@ -256,14 +258,47 @@ class Runner:
         if tail:
             yield tail
 
+    def chat(self, messages: Sequence[Mapping[str, Any]], max_new_tokens: int = 256, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             stats: dict | None = None) -> str:
+        """The assistant's reply to a conversation [{"role": "system"|"user"|"assistant", "content": str}, ...].
+
+        The conversation is rendered with the tokenizer's chat template (an error if it has none) and
+        the reply ends at the model's end-of-turn token (not included) or after ``max_new_tokens``,
+        which is lowered to what is left of the model's context.
+        """
+        return "".join(self.chat_stream(messages, max_new_tokens, temperature, top_k, top_p, seed, stats))
+
+    def chat_stream(self, messages: Sequence[Mapping[str, Any]], max_new_tokens: int = 256,
+                    temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                    seed: int | None = None, stats: dict | None = None) -> Iterator[str]:
+        """``chat``'s reply as text pieces while it is decoded; arguments are checked on the call."""
+        from slimrt import chat
+
+        lean = self._need_decoder("chat")
+        ids = chat.prompt_ids(self._need_tokenizer("chat"), messages)
+        room = lean.max_positions - len(ids)
+        if room < 1:
+            raise ValueError(f"chat: the conversation is {len(ids)} tokens, which fills the model's context of "
+                             f"{lean.max_positions}; start a new one or drop old turns")
+        max_new_tokens = min(max_new_tokens, room)
+        _check_sampling(max_new_tokens, temperature, top_k, top_p)
+        self._check_prompts([ids], max_new_tokens)
+        stop = chat.end_of_turn_ids(self.tokenizer, lean.vocab_size, self._eos_ids())
+        return self._stream([ids], max_new_tokens, temperature, top_k, top_p, seed, True, stats, stop)
+
     def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 32, temperature: float = 0.0,
                      top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                     eos: bool = True, stats: dict | None = None) -> list[list[int]]:
-        """New token ids per prompt (an EOS that stopped a row is included, as in HF generate)."""
+                     eos: bool = True, stats: dict | None = None,
+                     stop_ids: Collection[int] | None = None) -> list[list[int]]:
+        """New token ids per prompt (an EOS that stopped a row is included, as in HF generate).
+
+        ``stop_ids``: the token ids that end a row, instead of the model's EOS ids (with ``eos``)."""
         out: list[list[int]] = [[] for _ in prompts]
         done = [False] * len(prompts)
-        eos_ids = self._eos_ids() if eos else set()
-        for tokens in self._token_loop(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos, stats):
+        eos_ids = self._stop_set(eos, stop_ids)
+        for tokens in self._token_loop(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos, stats,
+                                       stop_ids):
             for row, t in enumerate(tokens.tolist()):
                 if not done[row]:
                     out[row].append(t)
@@ -272,7 +307,7 @@ class Runner:
 
     def _token_loop(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float,
                     top_k: int | None, top_p: float | None, seed: int | None, eos: bool,
-                    stats: dict | None = None) -> Iterator[Tensor]:
+                    stats: dict | None = None, stop_ids: Collection[int] | None = None) -> Iterator[Tensor]:
         """Yields the next token of every row (B,) per step; rows that hit EOS keep yielding padding.
 
         ``stats`` (if given) receives prompt_tokens, new_tokens (steps), prefill_s and decode_s; the
@@ -285,7 +320,7 @@ class Runner:
         lengths = [len(p) for p in prompts]
         plen, b = max(lengths), len(prompts)
         max_len = plen + max_new_tokens
-        known_eos = sorted(self._eos_ids()) if eos else []
+        known_eos = sorted(self._stop_set(eos, stop_ids))
         eos_ids = torch.tensor(known_eos, dtype=torch.long, device=device) if known_eos else None
         pad_id = known_eos[0] if known_eos else 0
         generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
@@ -382,6 +417,11 @@ class Runner:
             if min(p) < 0 or max(p) >= vocab:
                 raise ValueError(f"generate: prompt {i} has a token id outside the vocabulary [0, {vocab})")
         return prompts
+
+    def _stop_set(self, eos: bool, stop_ids: Collection[int] | None) -> set[int]:
+        if stop_ids is not None:
+            return {int(i) for i in stop_ids}
+        return self._eos_ids() if eos else set()
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()

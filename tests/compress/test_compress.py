@@ -135,7 +135,7 @@ def test_gpt2_conv1d_and_tie_kept():
     ids = torch.randint(0, 100, (2, 9))
     with torch.no_grad():
         ref = model(ids).logits
-    slimrt.compress(model, "w8", progress=False)
+    slimrt.compress(model, slimrt.Recipe(methods=("w8",)), progress=False)  # the default ignore keeps the head
     assert count(model, Conv1D) == 0 and count(model, Int8Linear) == 8  # c_attn, c_proj, c_fc, c_proj x 2
     q = model.transformer.h[0].attn.c_attn
     assert (q.in_features, q.out_features) == (32, 96)
@@ -151,20 +151,26 @@ def test_gpt2_conv1d_and_tie_kept():
     assert model.slimrt_meta["layers"][0]["type"] == "Conv1D"
 
 
-def test_llama_untie_lm_head_logged(caplog):
+@pytest.mark.parametrize("head", [None, "w8a8"])
+def test_llama_untie_lm_head_logged(caplog, head):
+    # The int8 presets quantize the output head (untied from the embedding, which stays dense); under
+    # w8a8 the head is weight-only unless params say otherwise.
     model = tiny_llama(tie=True)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     ids = torch.randint(0, 100, (2, 9))
     with torch.no_grad():
         ref = model(ids).logits
+    recipe = "w8a8" if head is None else Recipe.preset("w8a8", params={"w8a8": {"head": head}})
     with caplog.at_level(logging.WARNING, logger="slimrt"):
-        slimrt.compress(model, Recipe.preset("w8a8", ignore=[]), progress=False)
+        slimrt.compress(model, recipe, progress=False)
     assert isinstance(model.lm_head, Int8Linear)
+    assert model.lm_head.mode == (head or "w8") and model.model.layers[0].mlp.up_proj.mode == "w8a8"
     assert isinstance(model.model.embed_tokens.weight, nn.Parameter)  # embedding stays dense
     assert not model.config.tie_word_embeddings
     assert any("lm_head" in r.message and "unties" in r.message for r in caplog.records), caplog.text
     rows = {r["name"]: r for r in model.slimrt_meta["layers"]}
     assert rows["lm_head"]["untied_from"] == ["model.embed_tokens.weight"]
+    assert rows["lm_head"]["mode"] == (head or "w8")
     assert count(model, Int8Linear) == 2 * 7 + 1
     with torch.no_grad():
         out = model(ids).logits
@@ -394,7 +400,7 @@ def test_report_table(capsys):
     lines = text.splitlines()
     assert lines[0].split()[:3] == ["module", "method", "kernel"]
     assert "model.layers.1.mlp.down_proj" in text and "int8_linear[" in text
-    assert "total (14 layers)" in text and "smaller" in text and "kept dense (fallbacks): 0" in text
+    assert "total (15 layers)" in text and "smaller" in text and "kept dense (fallbacks): 0" in text
     with pytest.raises(ValueError, match="no slimrt_meta"):
         slimrt.report(mlp())
 
@@ -504,7 +510,7 @@ def test_cli_compress(tiny_bert_dir, tmp_path, saved, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["compress", "/nonexistent/model", "-o", "{tmp}/o"], "not a local model directory"),
+    (["compress", "/nonexistent/model", "-o", "{tmp}/o"], "neither a local model directory"),
     (["compress", "{src}", "-o", "{tmp}", "--recipe", "w3"], "exists; pass --overwrite"),
     (["compress", "{src}", "-o", "{tmp}/o", "--recipe", "w3"], "neither a preset"),
     (["compress", "{src}", "-o", "{tmp}/o", "--smoothquant"], "--smoothquant needs --calibration"),

@@ -1,4 +1,4 @@
-"""`slimrt compress SRC -o OUT`: compress a local HF model directory into a slimrt checkpoint.
+"""`slimrt compress SRC -o OUT`: compress a local HF model directory or a GGUF file into a slimrt checkpoint.
 
 The quality flags (--min-cosine / --max-kl gate, --distill-steps) come from cli/quality.py and run
 between compression and writing.
@@ -14,13 +14,15 @@ from slimrt.cli.quality import add_compress_flags, gate_exit, quality_step
 
 
 def _load_hf_model(src: str):
-    """(model, tokenizer or None) from a local HF model directory (slimrt.evaluate.load_hf), offline."""
+    """(model, tokenizer or None) from a local HF model directory or a GGUF file (slimrt.evaluate.load_hf)."""
     import os
 
     from slimrt.evaluate import load_hf
+    from slimrt.gguf import is_gguf
 
-    if not os.path.isdir(src):
-        raise ValueError(f"SRC {src!r} is not a local model directory (expected config.json and weights)")
+    if not os.path.isdir(src) and not is_gguf(src):
+        raise ValueError(f"SRC {src!r} is neither a local model directory (config.json and weights) nor a "
+                         ".gguf file")
     model, tokenizer = load_hf(src)
     if tokenizer is None:
         print(f"slimrt: no tokenizer in {src}; the checkpoint will have none", file=sys.stderr)
@@ -58,8 +60,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    s = sub.add_parser("compress", help="compress a local HF model directory into a slimrt checkpoint")
-    s.add_argument("src", metavar="SRC", help="local Hugging Face model directory")
+    s = sub.add_parser("compress", help="compress a local HF model directory or GGUF file into a slimrt checkpoint")
+    s.add_argument("src", metavar="SRC", help="local Hugging Face model directory, or a .gguf file (llama.cpp)")
     s.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint directory to write")
     s.add_argument("--recipe", default="w8a8", help="preset name (w8a8, w8, ...) or a recipe JSON file")
     s.add_argument("--calibration", metavar="FILE", help="calibration texts: one per line, or .jsonl")

@@ -131,7 +131,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     s = sub.add_parser("eval", help="compare a checkpoint with its reference model on text (cosine / KL ...)")
     s.add_argument("checkpoint", metavar="CKPT", help="slimrt checkpoint directory")
-    s.add_argument("--reference", required=True, metavar="SRC", help="the original: HF model dir or slimrt checkpoint")
+    s.add_argument("--reference", required=True, metavar="SRC", help="the original: HF model dir, .gguf file or slimrt checkpoint")
     s.add_argument("--data", metavar="FILE", help="texts, one per line or .jsonl (default: pydoc eval paragraphs)")
     s.add_argument("--max-tokens", type=int, default=128, help="tokens per text (default 128)")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

@@ -1,4 +1,4 @@
-"""`slimrt embed` and `slimrt generate`: the runner on a checkpoint."""
+"""`slimrt embed`, `slimrt generate` and `slimrt chat`: the runner on a checkpoint."""
 
 from __future__ import annotations
 
@@ -40,8 +40,15 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     rt = Runner.from_checkpoint(args.checkpoint)
     t1 = time.perf_counter()
     stats: dict = {}
-    for piece in rt.stream(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, stats=stats):
+    sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, seed=args.seed, stats=stats)
+    if args.chat:  # one turn through the tokenizer's chat template, stopped at its end-of-turn token
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+                   [{"role": "user", "content": args.prompt}]
+        pieces = rt.chat_stream(messages, **sampling)
+    else:
+        pieces = rt.stream(args.prompt, **sampling)
+    for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -51,6 +58,68 @@ def _cmd_generate(args: argparse.Namespace) -> int:
               f"{stats.get('prefill_s', 0.0) * 1e3:.1f} ms; {n} new tokens in {dec:.3f} s "
               f"({n / max(dec, 1e-9):.1f} tokens/s)", file=sys.stderr)
     return 0
+
+
+CHAT_HELP = "/reset clears the conversation, /exit or Ctrl-D quits, Ctrl-C stops the current reply"
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from slimrt import chat
+    from slimrt.runner import Runner
+
+    rt = Runner.from_checkpoint(args.checkpoint)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    chat.prompt_ids(rt.tokenizer, system + [{"role": "user", "content": "hi"}])  # no template: fail now, not later
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"slimrt chat: {CHAT_HELP}", file=sys.stderr)
+    history = list(system)
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            break
+        except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh prompt, not the end of the program
+            print(file=sys.stderr)
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            break
+        if text == "/reset":
+            history = list(system)
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if text.startswith("/") and text.split()[0] in ("/help", "/?"):
+            print(CHAT_HELP, file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": line})
+        reply: list[str] = []
+        try:
+            for piece in rt.chat_stream(history, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                        top_k=args.top_k, top_p=args.top_p, seed=args.seed):
+                reply.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:  # stops this reply; what was said so far stays in the history
+            sys.stdout.write(" [stopped]")
+        except ValueError as e:  # the conversation no longer fits the context: keep the program going
+            history.pop()
+            print(f"slimrt: {e} (/reset starts over)", file=sys.stderr)
+            continue
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        history.append({"role": "assistant", "content": "".join(reply)})
+    return 0
+
+
+def _add_sampling(s, max_new_tokens: int) -> None:
+    s.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--seed", type=int, default=None)
 
 
 def add_parser(sub) -> None:
@@ -65,10 +134,14 @@ def add_parser(sub) -> None:
     s = sub.add_parser("generate", help="stream a continuation of a prompt from a decoder checkpoint")
     s.add_argument("checkpoint", help="slimrt checkpoint directory")
     s.add_argument("--prompt", required=True)
-    s.add_argument("--max-new-tokens", type=int, default=64)
-    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    s.add_argument("--top-k", type=int, default=None)
-    s.add_argument("--top-p", type=float, default=None)
-    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--chat", action="store_true",
+                   help="send the prompt as one chat turn through the tokenizer's chat template (instruct models)")
+    s.add_argument("--system", default=None, help="with --chat: a system message before the prompt")
+    _add_sampling(s, 64)
     s.add_argument("--verbose", action="store_true", help="print timing (tokens/s) to stderr")
     s.set_defaults(func=_cmd_generate)
+    s = sub.add_parser("chat", help="interactive chat with a decoder checkpoint (its tokenizer's chat template)")
+    s.add_argument("checkpoint", help="slimrt checkpoint directory")
+    s.add_argument("--system", default=None, help="a system message that starts every conversation")
+    _add_sampling(s, 256)
+    s.set_defaults(func=_cmd_chat)

@@ -2,6 +2,11 @@
 
 w8a8 quantizes activations per token at run time (optionally after SmoothQuant migration, which
 needs calibration data); w8 keeps activations in float and dequantizes weights on the fly.
+
+The presets quantize the model's output head as well. Under w8a8 the head is weight-only (w8) by
+default (param ``head``): its input is the final hidden state, whose per-token rounding goes straight
+into the logits (SmolLM2-135M, perplexity on pydoc text: head w8a8 +3.0%, head w8 +1.6% over fp32),
+and at decode (M = 1), where the head's cost is reading its weight, w8a8 saves nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from slimrt import ops
 from slimrt.compress.smoothquant import smoothing_factors
 from slimrt.compress.swap import Context, Fallback, Method, check_finite, is_linear_like, linear_weight, register
 from slimrt.nn.int8_linear import Int8Linear
-from slimrt.recipe import Recipe, register_preset
+from slimrt.recipe import EMBEDDINGS_IGNORE, Recipe, register_preset
 
 _OP = {"w8a8": "int8_linear", "w8": "int8_weight_only_linear"}
 
@@ -30,7 +35,20 @@ def kernel_name(mode: str, device: torch.device) -> str:
     return f"{_OP[mode]}[{impl}]"
 
 
+def is_output_head(model: nn.Module | None, module: nn.Module) -> bool:
+    """Whether module is the model's projection to the vocabulary (transformers' get_output_embeddings)."""
+    get = getattr(model, "get_output_embeddings", None)
+    if not callable(get):
+        return False
+    try:
+        return get() is module
+    except (AttributeError, NotImplementedError):
+        return False
+
+
 def _convert(mode: str, name: str, module: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
+    if mode == "w8a8" and ctx.params.get("head", "w8") == "w8" and is_output_head(ctx.model, module):
+        mode = "w8"  # weight-only head: see the module doc
     weight, bias = linear_weight(module)  # (N, K), (N,)
     n, k = weight.shape
     if n == 0 or k == 0:
@@ -43,7 +61,8 @@ def _convert(mode: str, name: str, module: nn.Module, ctx: Context) -> tuple[nn.
     check_finite(name, "weight", weight)
     if bias is not None:
         check_finite(name, "bias", bias)
-    info: dict[str, Any] = {"kernel": kernel_name(mode, weight.device), "in_features": k, "out_features": n}
+    info: dict[str, Any] = {"kernel": kernel_name(mode, weight.device), "in_features": k, "out_features": n,
+                            "mode": mode}
     smooth = None
     if mode == "w8a8" and ctx.recipe.smoothquant:
         act = ctx.act_amax.get(name)
@@ -57,10 +76,15 @@ def _convert(mode: str, name: str, module: nn.Module, ctx: Context) -> tuple[nn.
     return new, info
 
 
+def _check_head(value: Any) -> str | None:
+    return None if value in ("w8", "w8a8") else f"must be 'w8' or 'w8a8', got {value!r}"
+
+
 register(Method(name="w8a8", group="quantize", accepts=is_linear_like,
                 convert=lambda name, module, ctx: _convert("w8a8", name, module, ctx),
-                needs_calibration=lambda recipe: recipe.smoothquant))
+                needs_calibration=lambda recipe: recipe.smoothquant,
+                params={"head": (str, "w8", _check_head)}))
 register(Method(name="w8", group="quantize", accepts=is_linear_like,
                 convert=lambda name, module, ctx: _convert("w8", name, module, ctx)))
-register_preset("w8a8", Recipe(methods=("w8a8",)))
-register_preset("w8", Recipe(methods=("w8",)))
+register_preset("w8a8", Recipe(methods=("w8a8",), ignore=EMBEDDINGS_IGNORE))
+register_preset("w8", Recipe(methods=("w8",), ignore=EMBEDDINGS_IGNORE))
