@@ -240,6 +240,22 @@ def test_nan_calibration_names_the_module():
         slimrt.compress(model, Recipe(smoothquant=True), calibration=[x], progress=False)
 
 
+def test_recipes_that_use_calibration_default_to_slimrts_own_text(caplog, tiny_bert_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    model = tiny_bert()
+    with caplog.at_level(logging.WARNING, logger="slimrt"):
+        slimrt.compress(model, "w8a8-sq", tokenizer=tok, progress=False)
+    assert "using slimrt's own text" in caplog.text
+    layers = model.slimrt_meta["layers"]
+    assert all(r.get("smoothquant") == "alpha=0.5" for r in layers), layers
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="slimrt"):
+        slimrt.compress(tiny_bert(), "w8a8", tokenizer=tok, progress=False)  # uses none: says nothing
+    assert "own text" not in caplog.text
+
+
 def test_calibration_errors():
     with pytest.raises(ValueError, match="needs calibration data"):
         slimrt.compress(mlp(), Recipe(smoothquant=True), progress=False)
@@ -513,7 +529,6 @@ def test_cli_compress(tiny_bert_dir, tmp_path, saved, capsys):
     (["compress", "/nonexistent/model", "-o", "{tmp}/o"], "neither a local model directory"),
     (["compress", "{src}", "-o", "{tmp}", "--recipe", "w3"], "exists; pass --overwrite"),
     (["compress", "{src}", "-o", "{tmp}/o", "--recipe", "w3"], "neither a preset"),
-    (["compress", "{src}", "-o", "{tmp}/o", "--smoothquant"], "--smoothquant needs --calibration"),
 ])
 def test_cli_errors_are_one_line(tiny_bert_dir, tmp_path, saved, capsys, argv, message):
     from slimrt import cli

@@ -525,7 +525,7 @@ def test_weight_only_bits_do_not_depend_on_threads_batching_or_fusion(isa):
     k = 1000
     ws = [_rand_i8(n, k, gen=g) for n in (112, 48, 80)]
     ss = [torch.rand(w.shape[0], generator=g) * 0.01 + 1e-3 for w in ws]
-    x = torch.randn(2, k, generator=g)
+    x = torch.randn(13, k, generator=g)  # from 6 rows on, the blocked kernel: two 6-row tiles and one row
     wf, sf = torch.cat(ws), torch.cat(ss)
     before = torch.get_num_threads()
     try:
@@ -538,8 +538,13 @@ def test_weight_only_bits_do_not_depend_on_threads_batching_or_fusion(isa):
         apart = torch.cat([ops.int8_weight_only_linear(x[:1], w, s_, None, ops.int8_pack_weight(w))
                            for w, s_ in zip(ws, ss)], dim=-1)
         _assert_equal(apart, outs[0], f"w8 {isa}: fused vs apart")
-        both = ops.int8_weight_only_linear(x, wf, sf, None, ops.int8_pack_weight(wf))
-        _assert_equal(both[:1], outs[0], f"w8 {isa}: M = 1 vs row 0 of M = 2")
+        pack = ops.int8_pack_weight(wf)
+        for m in (2, 5, 6, 13):
+            both = ops.int8_weight_only_linear(x[:m], wf, sf, None, pack)
+            _assert_equal(both[:1], outs[0], f"w8 {isa}: M = 1 vs row 0 of M = {m}")
+            for i in (m // 2, m - 1):
+                one = ops.int8_weight_only_linear(x[i:i + 1], wf, sf, None, pack)
+                _assert_equal(both[i:i + 1], one, f"w8 {isa}: row {i} of M = {m} vs the row alone")
     finally:
         torch.set_num_threads(before)
 

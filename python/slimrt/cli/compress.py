@@ -45,8 +45,6 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
         recipe = dataclasses.replace(recipe, smoothquant=True, alpha=recipe.alpha if args.alpha is None else args.alpha)
     calibration = _read_calibration(args.calibration) if args.calibration else None
-    if recipe.smoothquant and calibration is None:
-        raise ValueError("--smoothquant needs --calibration FILE")
     progress = not args.no_progress
     model, tokenizer = _load_hf_model(args.src)
     if calibration is not None and tokenizer is None:
@@ -64,8 +62,9 @@ def add_parser(sub) -> None:
     s.add_argument("src", metavar="SRC", help="local Hugging Face model directory, or a .gguf file (llama.cpp)")
     s.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint directory to write")
     s.add_argument("--recipe", default="w8a8", help="preset name (w8a8, w8, ...) or a recipe JSON file")
-    s.add_argument("--calibration", metavar="FILE", help="calibration texts: one per line, or .jsonl")
-    s.add_argument("--smoothquant", action="store_true", help="SmoothQuant migration for w8a8 (needs --calibration)")
+    s.add_argument("--calibration", metavar="FILE",
+                   help="calibration texts: one per line, or .jsonl (default: slimrt's own text where the recipe uses any)")
+    s.add_argument("--smoothquant", action="store_true", help="SmoothQuant migration for w8a8 (calibration: --calibration FILE, else slimrt's own text)")
     s.add_argument("--alpha", type=float, default=None, help="SmoothQuant strength in [0, 1] (default 0.5)")
     s.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     s.add_argument("--entropy", choices=["zstd"], default=None, help="entropy-code the tensors")
