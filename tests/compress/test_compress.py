@@ -412,6 +412,11 @@ def test_methods_combine(split_method):
 def test_report_table(capsys):
     model = slimrt.compress(tiny_llama(), "w8a8", progress=False)
     text = slimrt.report(model)
+    assert capsys.readouterr().out == "", "report returns the table; printing it is the caller's (or the REPL's)"
+    assert repr(text) == str(text), "a REPL shows the table itself, once"
+    assert text.summary == "15 layers compressed (w8a8), " + text.summary.split(", ", 1)[1]
+    assert "kept dense (fallbacks): 0" in text.summary and "smaller" in text.summary
+    slimrt.report(model, echo=True)
     assert capsys.readouterr().out.strip() == text.strip()
     lines = text.splitlines()
     assert lines[0].split()[:3] == ["module", "method", "kernel"]
@@ -522,7 +527,11 @@ def test_cli_compress(tiny_bert_dir, tmp_path, saved, capsys):
     assert type(model).__name__ == "BertModel" and saved["out"] == str(out) and saved["entropy"] == "zstd"
     assert saved["tokenizer"] is not None and saved["overwrite"] is False
     assert model.slimrt_meta["recipe"]["smoothquant"] is True and model.slimrt_meta["recipe"]["alpha"] == 0.6
-    assert "total (13 layers)" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "slimrt: 13 layers compressed (w8a8 + smoothquant)" in out_text and "total (" not in out_text, out_text
+    rc = cli.main(["compress", str(tiny_bert_dir), "-o", str(out), "--recipe", "w8", "--overwrite", "--no-progress",
+                   "--verbose"])
+    assert rc == 0 and "total (13 layers)" in capsys.readouterr().out  # --verbose: the per-layer table
 
 
 @pytest.mark.parametrize("argv, message", [

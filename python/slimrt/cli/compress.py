@@ -50,7 +50,12 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if calibration is not None and tokenizer is None:
         raise ValueError(f"--calibration needs a tokenizer, and {args.src} has none")
     slimrt.compress(model, recipe, calibration=calibration, tokenizer=tokenizer, progress=progress)
-    slimrt.report(model)
+    if os.path.isdir(args.src):  # sentence-transformers settings travel into the checkpoint
+        from slimrt.runner import read_embedding_settings
+
+        model.slimrt_meta.update(read_embedding_settings(args.src))
+    report = slimrt.report(model)
+    print(report if args.verbose else f"slimrt: {report.summary}")
     quality_step(args, model, tokenizer, args.src)  # --distill-steps, --min-cosine/--max-kl (exit 3)
     checkpoint.save(model, args.output, tokenizer=tokenizer, overwrite=args.overwrite, entropy=args.entropy)
     print(f"slimrt: wrote {args.output}")
@@ -69,5 +74,6 @@ def add_parser(sub) -> None:
     s.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     s.add_argument("--entropy", choices=["zstd"], default=None, help="entropy-code the tensors")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--verbose", action="store_true", help="print the per-layer table (default: a one-line summary)")
     add_compress_flags(s)
     s.set_defaults(func=gate_exit(_cmd_compress))
