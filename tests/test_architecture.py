@@ -18,7 +18,8 @@ ROOT = Path(os.environ.get("SLIMRT_ARCH_ROOT") or Path(__file__).resolve().paren
 # Lowest first. A module belongs to the entry with the longest matching name ("slimrt" itself is
 # the package face, slimrt/__init__.py).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("ground", ("slimrt.errors", "slimrt._version", "slimrt.recipe", "slimrt.attention", "slimrt.data")),
+    ("ground", ("slimrt.errors", "slimrt._version", "slimrt.recipe", "slimrt.attention", "slimrt.data",
+                "slimrt.tokenizer")),
     ("native", ("slimrt._native", "slimrt._C", "slimrt.kernels")),
     ("ops", ("slimrt.ops",)),
     ("nn", ("slimrt.nn",)),

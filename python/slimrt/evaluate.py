@@ -57,7 +57,7 @@ def as_runner(obj: Any, tokenizer: Any = None, pooling: str | None = None):
     if isinstance(obj, (str, os.PathLike)):
         path = os.fspath(obj)
         if os.path.isfile(os.path.join(path, "slimrt.json")):
-            return Runner.from_checkpoint(path, policy=policy)
+            return Runner.from_checkpoint(path, policy=policy, thin=False)  # decoders score through the HF forward
         from slimrt.runner import read_embedding_settings
 
         model, tok = load_hf(path)

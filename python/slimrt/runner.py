@@ -195,11 +195,16 @@ class Runner:
                 f"weights={n_bytes / 1e6:.1f} MB, threads={torch.get_num_threads()})")
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> "Runner":
-        """Loads a slimrt checkpoint (slimrt.checkpoint.load_model) and wraps it."""
+    def from_checkpoint(cls, path: str | os.PathLike, thin: bool = True, **kwargs: Any) -> "Runner":
+        """Loads a slimrt checkpoint (slimrt.checkpoint.load_model) and wraps it.
+
+        ``thin`` (default): where the lean forward covers the model (BERT, Llama family, GPT-2), only
+        what it reads is built, without importing transformers (checkpoint/thin.py): a load in well
+        under a second. ``rt.model`` is then slimrt's weights-only module tree; thin=False gives the
+        Hugging Face model (its forward and generate), at the cost of importing its modeling code."""
         from slimrt import checkpoint
 
-        loaded = checkpoint.load_model(path)
+        loaded = checkpoint.load_model(path, thin=thin)
         # Pooling and max_seq_length: a sentence-transformers layout in the directory, else the
         # compression metadata (model.slimrt_meta, stored verbatim as slimrt.json "compression").
         meta = getattr(loaded, "meta", None) or {}
