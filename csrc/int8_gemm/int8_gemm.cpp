@@ -70,8 +70,8 @@ void int8_pack_weight(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int8_t
         std::memcpy(&comp[n], &c, 4);
       }
     }
-  }, std::max<int64_t>(1, (256 << 10) / (kPanel * k_pad)));  // >= 256 KiB a task: a small weight packs on
-                                                            // one thread, with no fork/join to wait for
+  }, std::max<int64_t>(1, (256 << 10) / std::max<int64_t>(1, kPanel * k_pad)));  // >= 256 KiB a task: a small
+                                                            // weight packs on one thread, no fork/join
   std::memset(comp + n_pad, 0, kPackSlack);
 }
 
