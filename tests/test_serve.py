@@ -550,3 +550,33 @@ def test_embeddings_base64_is_little_endian_float32(encoder):
                                                "encoding_format": "base64"}).json()
     rows = [torch.frombuffer(bytearray(base64.b64decode(d["embedding"])), dtype=torch.float32) for d in r["data"]]
     assert torch.equal(torch.stack(rows), rt.embed(["a", "the runner"]))
+
+
+# ----- the real model ----------------------------------------------------------------------------------
+@native
+@pytest.mark.slow
+def test_smollm2_w8_served_equals_the_runner(tmp_path_factory):
+    """SmolLM2-135M-Instruct (GGUF -> `slimrt compress --recipe w8`) behind the server: four concurrent
+    chat streams, each greedy reply equal to Runner.chat's alone, one of them the answer "Paris"."""
+    from test_gguf import smollm2_path
+
+    from slimrt import cli
+
+    out = tmp_path_factory.mktemp("smollm2") / "smollm2-w8"
+    assert cli.main(["compress", str(smollm2_path()), "-o", str(out), "--recipe", "w8", "--no-progress"]) == 0
+    rt = slimrt.load(out)
+    questions = ["What is the capital of France?", "Name three colours.", "What is 2 + 2?", "Say hello."]
+    chats = [[{"role": "user", "content": q}] for q in questions]
+    want = [rt.chat(m, max_new_tokens=24) for m in chats]
+    assert "Paris" in want[0], want[0]
+    live = Live(serve_app(rt, model_name="smollm2", max_batch=4, max_context=512))
+    try:
+        def one(m):
+            stream = live.client().chat.completions.create(model="smollm2", messages=m, max_tokens=24, temperature=0,
+                                                           stream=True)
+            return "".join(c.choices[0].delta.content or "" for c in stream)
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(one, chats)) == want
+    finally:
+        live.close()
