@@ -227,15 +227,15 @@ class Server:
         with self._tok_lock:
             return chat.prompt_ids(self.tokenizer, messages)
 
-    def budget(self, prompts: list[list[int]], max_tokens: int | None, default: int | None, param: str) -> int:
+    def budget(self, prompts: list[list[int]], max_tokens: int | None, default: int | None, param: str,
+               prompt_param: str) -> int:
         """max_tokens for these prompts: checked against the context, or the default capped by what is left."""
         longest = max(len(p) for p in prompts)
         if any(len(p) == 0 for p in prompts):
-            raise ApiError(400, "a prompt has no tokens", "prompt")
+            raise ApiError(400, f"{prompt_param} has no tokens", prompt_param)
         if longest >= self.context:
             raise ApiError(400, f"the prompt is {longest} tokens, which leaves no room for a reply in the context "
-                                f"of {self.context} tokens", "messages" if param == "max_completion_tokens" else
-                           "prompt", code="context_length_exceeded")
+                                f"of {self.context} tokens", prompt_param, code="context_length_exceeded")
         room = self.context - longest
         if max_tokens is None:
             return room if default is None else min(default, room)
@@ -424,7 +424,7 @@ def build_app(runner: Runner, *, model_name: str = "slimrt", max_batch: int = 16
         except chat.ChatTemplateError as e:
             raise ApiError(400, str(e), "messages") from None
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-        max_tokens = srv.budget([ids], body.max_completion_tokens or body.max_tokens, None, param)
+        max_tokens = srv.budget([ids], body.max_completion_tokens or body.max_tokens, None, param, "messages")
         return await _generate(srv, request, body, [ids], max_tokens, srv.chat_stop_ids, stops, True)
 
     async def completions(request: Request) -> Response:
@@ -438,7 +438,7 @@ def build_app(runner: Runner, *, model_name: str = "slimrt", max_batch: int = 16
         texts = [p for p in given if isinstance(p, str)]
         encoded = iter(await run_in_threadpool(srv.encode, texts) if texts else [])
         prompts = [next(encoded) if isinstance(p, str) else p for p in given]
-        max_tokens = srv.budget(prompts, body.max_tokens, 16, "max_tokens")  # 16: OpenAI's default
+        max_tokens = srv.budget(prompts, body.max_tokens, 16, "max_tokens", "prompt")  # 16: OpenAI's default
         return await _generate(srv, request, body, prompts, max_tokens, srv.eos_ids, stops, False)
 
     async def embeddings(request: Request) -> Response:
