@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runner", ("slimrt.runner", "slimrt.chat")),
     ("evaluate / distill", ("slimrt.evaluate", "slimrt.distill", "slimrt.metrics")),
     ("face", ("slimrt", "slimrt._info")),
-    ("cli / demo", ("slimrt.cli", "slimrt.demo")),
+    ("cli / demo", ("slimrt.cli", "slimrt.demo", "slimrt.serve")),
 ]
 
 # Loading and running a model must not need the compressor: nothing these import, directly or
