@@ -10,6 +10,7 @@
 #include "lowrank_matmul/lowrank_matmul.h"
 #include "blocksparse_attn/blocksparse_attn.h"  // block-sparse attention
 #include "decode_step/decode_step.h"  // whole-step batch-1 decode
+#include "w4_linear/w4_linear.h"  // int4 weights
 
 namespace py = pybind11;
 using namespace slimrt;
@@ -117,6 +118,29 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("x"), py::arg("x_dt"), py::arg("ldx"), py::arg("b"), py::arg("ldb"), py::arg("b_packed"),
      py::arg("b_scale"), py::arg("bias"), py::arg("out"), py::arg("out_dt"), py::arg("ldc"), py::arg("M"),
      py::arg("N"), py::arg("K"), py::arg("nt"), py::arg("act") = 0);
+  // ---- w4 family (csrc/w4_linear/w4_linear.h) ----
+  // w4_packed_size: bytes of the packed form of an (N, K) int4 weight of group size G.
+  m.def("w4_packed_size", &w4_packed_size, py::arg("N"), py::arg("K"), py::arg("G"));
+  // w4_pack_weight: (w_q4 (N, ng G / 2) u8, scale (N, ng) fp16, zero (N, ng) u8 or 0) -> packed blob.
+  m.def("w4_pack_weight", [](uintptr_t w_q4, uintptr_t scale, uintptr_t zero, int64_t N, int64_t K, int64_t G,
+                             uintptr_t packed, int nt) {
+    py::gil_scoped_release nogil;
+    w4_pack_weight(ptr<const uint8_t>(w_q4), ptr<const uint16_t>(scale), ptr<const uint8_t>(zero), N, K, G,
+                   ptr<uint8_t>(packed), nt);
+  });
+  // w4_check_packed: throws ValueError unless the blob is a packed (N, K) weight of group size G.
+  m.def("w4_check_packed", [](uintptr_t packed, int64_t nbytes, int64_t N, int64_t K, int64_t G) {
+    w4_check_packed(ptr<const uint8_t>(packed), nbytes, N, K, G);
+  });
+  // w4_linear: out (M, N) = x (M, K) float with int8 per-group activations times the int4 weight.
+  m.def("w4_linear", [](uintptr_t x, int x_dt, int64_t ldx, uintptr_t w_q4, uintptr_t scale, uintptr_t zero,
+                        uintptr_t packed, uintptr_t bias, uintptr_t out, int out_dt, int64_t ldc, int64_t M, int64_t N,
+                        int64_t K, int64_t G, int nt) {
+    py::gil_scoped_release nogil;
+    w4_linear(ptr<const void>(x), static_cast<DType>(x_dt), ldx, ptr<const uint8_t>(w_q4), ptr<const uint16_t>(scale),
+              ptr<const uint8_t>(zero), ptr<const uint8_t>(packed), ptr<const float>(bias), ptr<void>(out),
+              static_cast<OutType>(out_dt), ldc, M, N, K, G, nt);
+  });
   // probe_int8_peak: int8 ops/s of a register-only vpdpbusd loop on num_threads threads.
   m.def("probe_int8_peak", [](int nt, double seconds) {
     py::gil_scoped_release nogil;

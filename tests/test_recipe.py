@@ -54,7 +54,7 @@ def test_round_trip(recipe):
     ({"methods": "w8a8"}, "Recipe.methods"),
     ({"methods": [8]}, "Recipe.methods"),
     ({"methods": []}, "Recipe.methods is empty"),
-    ({"methods": ["w4"]}, "unknown method 'w4'"),
+    ({"methods": ["w3"]}, "unknown method 'w3'"),
     ({"methods": ["w8", "w8"]}, "twice"),
     ({"methods": ["w8a8", "w8"]}, "cannot be combined"),
     ({"version": "1"}, "Recipe.version"),

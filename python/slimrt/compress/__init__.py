@@ -1,7 +1,7 @@
 """slimrt.compress(model, recipe, calibration=None, tokenizer=None) -> model, in place.
 
 One generic mechanism (swap.py: a walk over named_modules() with one handler per method) and one
-file per method (int8.py: "w8a8", "w8"; lowrank.py; prune.py; sparse_attention.py). Adding a method
+file per method (int8.py: "w8a8", "w8"; w4.py: "w4"; prune.py; sparse_attention.py). Adding a method
 = one file that calls ``swap.register(Method(...))`` (and ``slimrt.recipe.register_preset`` for its
 presets) + one import line below. The registries themselves live in slimrt.recipe, so that recipes
 are checked without importing the compressor.
@@ -19,6 +19,7 @@ from slimrt.compress import int8  # noqa: F401  (registers "w8a8" and "w8")
 from slimrt.compress import lowrank  # noqa: F401  (registers "lowrank")
 from slimrt.compress import prune  # noqa: F401  (registers "prune_heads" and "prune_ffn")
 from slimrt.compress import sparse_attention  # noqa: F401  (registers "sparse_attention", model-level)
+from slimrt.compress import w4  # noqa: F401  (registers "w4")
 from slimrt.compress.report import report
 from slimrt.compress.swap import METHODS, Fallback, Method, model_size, register
 

@@ -10,11 +10,13 @@ from torch import nn
 
 from slimrt.nn.int8_linear import Int8Linear
 from slimrt.nn.lowrank_linear import LowRankLinear
+from slimrt.nn.w4_linear import W4Linear
 
 MODULE_TYPES: dict[str, type[nn.Module]] = {
     "Int8Linear": Int8Linear,
     "LowRankLinear": LowRankLinear,
+    "W4Linear": W4Linear,
 }
 
 __all__ = ["Int8Linear", "MODULE_TYPES"]
-__all__ += ["LowRankLinear"]
+__all__ += ["LowRankLinear", "W4Linear"]

@@ -22,6 +22,7 @@ _backend.register()
 # overload-packet lookup (a few us per call; see the overhead table of benchmarks/bench_int8_gemm.py).
 _INT8_LINEAR = torch.ops.slimrt.int8_linear.default
 _INT8_WEIGHT_ONLY_LINEAR = torch.ops.slimrt.int8_weight_only_linear.default
+_W4_LINEAR = torch.ops.slimrt.w4_linear.default
 
 
 def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -64,6 +65,18 @@ def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None = None) 
     return torch.ops.slimrt.lowrank_linear(x, u, v, bias)
 
 
+def w4_pack_weight(w_q4: Tensor, w_scale: Tensor, w_zero: Tensor | None, group_size: int,
+                   in_features: int) -> Tensor:
+    """Packs an int4 weight once for the device's kernel; empty when the device needs no packing."""
+    return torch.ops.slimrt.w4_pack_weight(w_q4, w_scale, w_zero, group_size, in_features)
+
+
+def w4_linear(x: Tensor, w_q4: Tensor, w_scale: Tensor, w_zero: Tensor | None = None, bias: Tensor | None = None,
+              w_packed: Tensor | None = None, group_size: int = 64) -> Tensor:
+    """int4-weight linear with int8 activations quantized per group. See reference_w4 (the spec)."""
+    return _W4_LINEAR(x, w_q4, w_scale, w_zero, bias, w_packed, group_size)
+
+
 # ---- block-sparse attention ----
 def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, mask: BlockMask, scale: float | None = None) -> Tensor:
     """Softmax attention over exactly the token pairs mask.to_dense(Lq, Lk) allows.
@@ -99,5 +112,5 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, causal
 __all__ = [
     "block_sparse_attention", "varlen_attention",
     "backend", "reference", "quantize_per_token", "quantize_per_channel", "int8_gemm", "int8_pack_weight",
-    "int8_linear", "int8_weight_only_linear", "lowrank_linear",
+    "int8_linear", "int8_weight_only_linear", "lowrank_linear", "w4_pack_weight", "w4_linear",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from slimrt.ops import reference
+from slimrt.ops import reference, reference_w4
 
 LIB = torch.library.Library("slimrt", "DEF")
 
@@ -32,6 +32,12 @@ SCHEMAS = {
         "int8_weight_only_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias, Tensor? w_packed) -> Tensor"
     ),
     "lowrank_linear": "lowrank_linear(Tensor x, Tensor u, Tensor v, Tensor? bias) -> Tensor",
+    # int4 weights (ops/reference_w4.py): packs (w_q4, w_scale, w_zero) once for the device's kernel
+    # (empty: none needed), and the linear with int8-quantized activations per group.
+    "w4_pack_weight": "w4_pack_weight(Tensor w_q4, Tensor w_scale, Tensor? w_zero, int group_size, int in_features) "
+                      "-> Tensor",
+    "w4_linear": ("w4_linear(Tensor x, Tensor w_q4, Tensor w_scale, Tensor? w_zero, Tensor? bias, Tensor? w_packed, "
+                  "int group_size) -> Tensor"),
 }
 for _schema in SCHEMAS.values():
     LIB.define(_schema)
@@ -55,6 +61,10 @@ DEFAULTS = {
         x, w_q, w_scale, bias
     ),
     "lowrank_linear": reference.lowrank_linear,
+    "w4_pack_weight": lambda w_q4, w_scale, w_zero, group_size, in_features: w_q4.new_empty((0,)),
+    "w4_linear": lambda x, w_q4, w_scale, w_zero, bias, w_packed, group_size: reference_w4.w4_linear(
+        x, w_q4, w_scale, w_zero, bias, group_size
+    ),
 }
 for _name, _fn in DEFAULTS.items():
     LIB.impl(_name, _fn, "CompositeExplicitAutograd")
@@ -98,6 +108,23 @@ def _(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Te
 @torch.library.register_fake("slimrt::int8_weight_only_linear")
 def _(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Tensor | None) -> Tensor:
     return x.new_empty((*x.shape[:-1], w_q.shape[0]))
+
+
+@torch.library.register_fake("slimrt::w4_pack_weight")
+def _(w_q4: Tensor, w_scale: Tensor, w_zero: Tensor | None, group_size: int, in_features: int) -> Tensor:
+    from slimrt.ops._backend import backend
+
+    if w_q4.device.type == "cpu" and backend()["cpu"] == "native":
+        from slimrt.ops.cpu import w4_packed_size
+
+        return w_q4.new_empty((w4_packed_size(w_q4.shape[0], in_features, group_size),))
+    return w_q4.new_empty((0,))
+
+
+@torch.library.register_fake("slimrt::w4_linear")
+def _(x: Tensor, w_q4: Tensor, w_scale: Tensor, w_zero: Tensor | None, bias: Tensor | None,
+      w_packed: Tensor | None, group_size: int) -> Tensor:
+    return x.new_empty((*x.shape[:-1], w_q4.shape[0]))
 
 
 @torch.library.register_fake("slimrt::lowrank_linear")

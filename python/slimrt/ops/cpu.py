@@ -180,6 +180,66 @@ def int8_weight_only_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tenso
     return _linear("int8_weight_only_linear", x, w_q, w_scale, bias, w_packed, weight_only=True)
 
 
+# ---- w4 family ----
+def w4_packed_size(n: int, k: int, group_size: int) -> int:
+    """Bytes of a packed w4 weight; mirrors w4_packed_size in csrc/w4_linear/w4_linear.h."""
+    ng = -(-k // group_size)
+    return 64 + -(-n // 16) * (-(-48 * ng // 64) * 64 + ng * 8 * group_size)
+
+
+def _fp16_bits(t: Tensor) -> Tensor:
+    return _vec(t)  # float16 storage is the IEEE half bits the kernels read
+
+
+def w4_pack_weight(w_q4: Tensor, w_scale: Tensor, w_zero: Tensor | None, group_size: int, in_features: int) -> Tensor:
+    from slimrt.ops.reference_w4 import check_w4
+
+    check_w4("w4_pack_weight", torch.empty((1, in_features)), w_q4, w_scale, w_zero, None, group_size)
+    n = w_q4.shape[0]
+    packed = torch.empty((w4_packed_size(n, in_features, group_size),), dtype=torch.uint8)
+    q4, sc = _vec(w_q4), _fp16_bits(w_scale)
+    z = None if w_zero is None else _vec(w_zero)
+    _native.load().w4_pack_weight(q4.data_ptr(), sc.data_ptr(), _ptr(z), n, in_features, group_size,
+                                  packed.data_ptr(), torch.get_num_threads())
+    return packed
+
+
+def w4_linear(x: Tensor, w_q4: Tensor, w_scale: Tensor, w_zero: Tensor | None, bias: Tensor | None,
+              w_packed: Tensor | None, group_size: int) -> Tensor:
+    k = x.shape[-1] if x.dim() else 0
+    n = w_q4.shape[0] if w_q4.dim() == 2 else 0
+    # The common well-formed call in one expression; anything else gets the reference's full checks.
+    if not (x.dtype in _ACT and w_q4.dtype == torch.uint8 and w_scale.dtype == torch.float16 and w_q4.dim() == 2
+            and group_size in (32, 64, 128) and w_q4.shape[1] * 2 == -(-k // group_size) * group_size
+            and w_scale.shape == (n, -(-k // group_size)) and not x.requires_grad
+            and (w_zero is None or (w_zero.dtype == torch.uint8 and w_zero.shape == w_scale.shape))
+            and (bias is None or (bias.shape == (n,) and bias.dtype in _ACT and not bias.requires_grad))):
+        from slimrt.ops.reference_w4 import check_w4
+
+        check_w4("w4_linear", x, w_q4, w_scale, w_zero, bias, group_size)
+    packed = 0
+    if w_packed is not None and w_packed.numel():
+        if w_packed.dtype != torch.uint8 or w_packed.dim() != 1 or not w_packed.is_contiguous() \
+                or w_packed.numel() != w4_packed_size(n, k, group_size):
+            raise ValueError(f"w4_linear: w_packed must be the contiguous uint8 blob w4_pack_weight makes "
+                             f"({w4_packed_size(n, k, group_size)} bytes), got {w_packed.dtype} of shape "
+                             f"{tuple(w_packed.shape)}")
+        packed = w_packed.data_ptr()
+    x2 = x if x.dim() == 2 else x.reshape(math.prod(x.shape[:-1]), k)  # (M, K)
+    if not x2.is_contiguous():
+        x2 = _mat(x2)
+    m = x2.shape[0]
+    out = torch.empty((m, n), dtype=x.dtype)
+    if m and n:
+        b32 = _bias32(bias)
+        q4, sc = _vec(w_q4), _vec(w_scale)
+        z = None if w_zero is None else _vec(w_zero)
+        _native.load().w4_linear(x2.data_ptr(), _DT[x.dtype], _ld(x2), q4.data_ptr(), sc.data_ptr(), _ptr(z), packed,
+                                 _ptr(b32), out.data_ptr(), _OUT_DT[x.dtype], n, m, n, k, group_size,
+                                 torch.get_num_threads())
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
+
+
 # ---- lowrank_linear ----
 def _transposed_ld(f: Tensor) -> tuple[Tensor, int]:
     """f (A, B) as f.T (B, A) with unit inner stride: (tensor whose data_ptr starts f.T, its row stride).
@@ -296,5 +356,7 @@ def register(lib: torch.library.Library) -> None:
     lib.impl("int8_pack_weight", int8_pack_weight, "CPU")
     lib.impl("int8_weight_only_linear", int8_weight_only_linear, "CPU")
     lib.impl("lowrank_linear", lowrank_linear, "CPU")
+    lib.impl("w4_pack_weight", w4_pack_weight, "CPU")
+    lib.impl("w4_linear", w4_linear, "CPU")
     lib.impl("block_sparse_attention", block_sparse_attention, "CPU")  # block-sparse attention
     lib.impl("varlen_attention", varlen_attention, "CPU")  # varlen attention
