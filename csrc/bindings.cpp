@@ -232,16 +232,25 @@ PYBIND11_MODULE(_C, m) {
         });
 
   // ---- decode_step: a whole batch-1 decode step in one call (csrc/decode_step/decode_step.h) ----
-  // A linear crosses as (w, packed, scale, bias, N, K): pointers as ints, 0 for none.
-  using LinTuple = std::tuple<uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t>;
+  // A linear crosses as (w, packed, scale, bias, N, K) (int8), or with (group, q4, scale16, zero) appended
+  // for int4 weights (group > 0): pointers as ints, 0 for none.
+  using LinTuple = py::tuple;
   auto to_lin = [](const LinTuple& t) {
+    SLIMRT_CHECK(t.size() == 6 || t.size() == 10, "decode_step: a linear is a tuple of 6 (int8) or 10 (w4) values, got "
+                                                      << t.size());
     W8Linear l;
-    l.w = ptr<const int8_t>(std::get<0>(t));
-    l.packed = ptr<const int8_t>(std::get<1>(t));
-    l.scale = ptr<const float>(std::get<2>(t));
-    l.bias = ptr<const float>(std::get<3>(t));
-    l.N = std::get<4>(t);
-    l.K = std::get<5>(t);
+    l.w = ptr<const int8_t>(t[0].cast<uintptr_t>());
+    l.packed = ptr<const int8_t>(t[1].cast<uintptr_t>());
+    l.scale = ptr<const float>(t[2].cast<uintptr_t>());
+    l.bias = ptr<const float>(t[3].cast<uintptr_t>());
+    l.N = t[4].cast<int64_t>();
+    l.K = t[5].cast<int64_t>();
+    if (t.size() == 10) {
+      l.group = t[6].cast<int64_t>();
+      l.q4 = ptr<const uint8_t>(t[7].cast<uintptr_t>());
+      l.scale16 = ptr<const uint16_t>(t[8].cast<uintptr_t>());
+      l.zero = ptr<const uint8_t>(t[9].cast<uintptr_t>());
+    }
     return l;
   };
   py::class_<DecodePlan>(m, "DecodePlan")

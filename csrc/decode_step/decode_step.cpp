@@ -11,6 +11,7 @@
 #include "cpu_features.h"
 #include "decode_step/decode_step_impl.h"
 #include "int8_gemm/int8_gemm.h"
+#include "w4_linear/w4_linear.h"
 #include "parallel.h"
 
 namespace slimrt {
@@ -19,6 +20,15 @@ namespace {
 constexpr int64_t kWarmUs = 1000;
 
 void check_linear(const char* what, const W8Linear& l, int64_t n, int64_t k) {
+  if (l.group) {
+    SLIMRT_CHECK(l.packed != nullptr || (l.q4 != nullptr && l.scale16 != nullptr),
+                 "decode_step: " << what << " has no w4 weight");
+    SLIMRT_CHECK(l.N == n && l.K == k,
+                 "decode_step: " << what << " is (" << l.N << ", " << l.K << "), expected (" << n << ", " << k << ")");
+    if (l.packed)
+      w4_check_packed(reinterpret_cast<const uint8_t*>(l.packed), w4_packed_size(n, k, l.group), n, k, l.group);
+    return;
+  }
   SLIMRT_CHECK(l.packed != nullptr || l.w != nullptr, "decode_step: " << what << " has no weight");
   SLIMRT_CHECK(l.scale != nullptr, "decode_step: " << what << " has no scale");
   SLIMRT_CHECK(l.N == n && l.K == k,
@@ -26,8 +36,12 @@ void check_linear(const char* what, const W8Linear& l, int64_t n, int64_t k) {
   if (l.packed) int8_check_packed(l.packed, int8_packed_size(n, k), n, k);
 }
 
-// y (M, N) = x (M, K) W^T: the same kernel call as the eager Int8Linear's w8 path, so the same bits.
+// y (M, N) = x (M, K) W^T: the same kernel call as the eager Int8Linear's w8 path (W4Linear's w4_linear),
+// so the same bits.
 void linear(const W8Linear& l, const float* x, float* y, int64_t M, int num_threads) {
+  if (l.group)
+    return w4_linear(x, DType::F32, l.K, l.q4, l.scale16, l.zero, reinterpret_cast<const uint8_t*>(l.packed), l.bias,
+                     y, OutType::F32, l.N, M, l.N, l.K, l.group, num_threads);
   int8_w8_linear(x, DType::F32, l.K, l.w, l.K, l.packed, l.scale, l.bias, y, OutType::F32, l.N, M, l.N, l.K,
                  num_threads);
 }

@@ -8,7 +8,7 @@
 // Per layer (x: (C,) fp32 residual stream; H query heads, Hkv key/value heads, D head_dim):
 //   h   = norm1(x)                        RMSNorm: x * rsqrt(mean(x^2) + eps) * w
 //                                         LayerNorm: (x - mean) * rsqrt(var + eps) * w + b
-//   qkv = Wqkv h                          one int8 weight-only linear, rows q (H*D), k, v (Hkv*D each)
+//   qkv = Wqkv h                          one int8 weight-only (or w4) linear, rows q (H*D), k, v (Hkv*D each)
 //   q, k = qk_norm(q, k)                  optional per-head RMSNorm (Qwen3)
 //   q, k = rope(q, k, slot)               optional: x*cos + rot(x)*sin over the first rot_dim dims,
 //                                         rot(x)[i] = x[(i + rot/2) % rot], sin carrying the sign
@@ -18,8 +18,8 @@
 //   h   = norm2(x)
 //   a   = silu(gate) * up  with [gate; up] = Wgu h   (gated MLP), or  a = act(Wfc h)
 //   x  += Wdown a
-// then logits (V,) = Wlm norm_f(x). Every linear is the int8_w8_linear kernel, bit for bit the
-// eager path's call; the small ops (decode_step_impl.h: AVX-512 or portable fp32) round differently
+// then logits (V,) = Wlm norm_f(x). Every linear is the int8_w8_linear kernel or, for int4 weights,
+// w4_linear (a w4 body with an int8 head mixes them), bit for bit the eager path's call; the small ops (decode_step_impl.h: AVX-512 or portable fp32) round differently
 // from PyTorch's in the last bits (tests compare against the eager forward with a tolerance).
 // DecodeSession::forward runs T tokens at once (the prefill: every linear at M = T, causal attention);
 // DecodeSession::run_rows runs any rows at their own slots (a server's continuous batching).
@@ -35,13 +35,18 @@
 
 namespace slimrt {
 
-// An Int8Linear at M = 1: y = (x . w[n]) * scale[n] + bias[n].
+// One linear of the step: an Int8Linear run by int8_w8_linear (group == 0): y = (x . w[n]) * scale[n] +
+// bias[n]; or a W4Linear run by w4_linear (group > 0: its group size; csrc/w4_linear/w4_linear.h).
 struct W8Linear {
   const int8_t* w = nullptr;       // (N, K) row-major int8 (the scalar ISA path reads this)
-  const int8_t* packed = nullptr;  // int8_pack_weight(w) (the vector paths read this)
-  const float* scale = nullptr;    // (N,)
+  const int8_t* packed = nullptr;  // int8_pack_weight(w), or w4_pack_weight(...) (the vector paths read this)
+  const float* scale = nullptr;    // (N,) (int8)
   const float* bias = nullptr;     // (N,) or null
   int64_t N = 0, K = 0;
+  int64_t group = 0;               // 0: int8; 32 / 64 / 128: int4 of this group size
+  const uint8_t* q4 = nullptr;     // w4 row-major form (the scalar path): codes, fp16 scales, zeros or null
+  const uint16_t* scale16 = nullptr;
+  const uint8_t* zero = nullptr;
 };
 
 enum class NormKind : int { RMS = 0, Layer = 1 };

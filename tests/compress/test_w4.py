@@ -122,3 +122,18 @@ def test_wrong_packed_shape_or_dtype_is_refused(tmp_path):
     slimrt.save(model, tmp_path / "dtype")
     with pytest.raises(CheckpointError, match="w_q4.*dtype"):
         checkpoint.load_model(tmp_path / "dtype", model=nn.Sequential(nn.Linear(70, 24)))
+
+
+def test_report_and_info_show_group_size_and_method(tmp_path, capsys):
+    from slimrt.cli import main
+
+    model = tiny_llama()
+    slimrt.compress(model, "w4", progress=False)
+    text = str(slimrt.report(model))
+    assert "w4(g64,zp,rtn)" in text and "w4->w8" in text, text
+    q = next(r for r in model.slimrt_meta["layers"] if r["name"].endswith("layers.0.self_attn.q_proj"))
+    assert q["bytes_after"] == 64 * 64 // 2 + 64 * 1 * 3  # codes + fp16 scale + u8 zero per group of 64
+    slimrt.save(model, tmp_path / "ck")
+    assert main(["info", str(tmp_path / "ck")]) == 0
+    out = capsys.readouterr().out
+    assert "W4Linear layers: group 64, zero points, rtn" in out, out

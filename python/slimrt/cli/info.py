@@ -31,6 +31,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     comp = meta.get("compression") or {}
     if comp.get("recipe") is not None:
         print("recipe       " + json.dumps(comp["recipe"], sort_keys=True))
+    w4 = _w4_summary(meta.get("modules") or {})
+    if w4:
+        print("int4         " + w4)
     if comp.get("quality"):
         print("quality      " + json.dumps(comp["quality"], sort_keys=True))
     for key in ("student", "distill"):  # how the checkpoint was distilled (slimrt distill, --distill-steps)
@@ -43,6 +46,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
         else:
             print(f"layers       {format_summary(comp)} (--verbose: the per-layer table)")
     return 0
+
+
+def _w4_summary(modules: dict) -> str:
+    """"84 W4Linear layers: group 64, zero points, rtn" (one part per distinct format), or ""."""
+    counts: dict[tuple, int] = {}
+    for m in modules.values():
+        if isinstance(m, dict) and m.get("type") == "W4Linear":
+            c = m.get("config") or {}
+            key = (c.get("group_size"), bool(c.get("zero_point")), c.get("method", "rtn"))
+            counts[key] = counts.get(key, 0) + 1
+    return "; ".join(f"{n} W4Linear layers: group {g}, {'zero points' if zp else 'symmetric'}, {how}"
+                     for (g, zp, how), n in sorted(counts.items(), key=str))
 
 
 def add_parser(sub) -> None:

@@ -11,13 +11,22 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
+def _method_cell(r: dict[str, Any]) -> str:
+    """The method, with what else decides the stored format: "w4(g64,zp,rtn)", "w4->w8" (an int8 head)."""
+    m = r["method"]
+    if "group_size" in r:
+        return f"{m}(g{r['group_size']}{',zp' if r.get('zero_point') else ''},{r.get('rounding', 'rtn')})"
+    mode = r.get("mode")
+    return f"{m}->{mode}" if mode and m not in (mode,) and m in ("w4",) else m
+
+
 def format_report(meta: dict[str, Any]) -> str:
     """The table as text: one row per compressed layer, its totals, the whole model, the fallbacks."""
     rows = meta.get("layers", [])
     header = ("module", "method", "kernel", "params before", "params after", "bytes before", "bytes after")
     table = [header]
     for r in rows:
-        table.append((r["name"], r["method"], str(r.get("kernel", "")), f"{r['params_before']:,}",
+        table.append((r["name"], _method_cell(r), str(r.get("kernel", "")), f"{r['params_before']:,}",
                       f"{r['params_after']:,}", f"{r['bytes_before']:,}", f"{r['bytes_after']:,}"))
     pb, pa = sum(r["params_before"] for r in rows), sum(r["params_after"] for r in rows)
     bb, ba = sum(r["bytes_before"] for r in rows), sum(r["bytes_after"] for r in rows)

@@ -11,14 +11,15 @@ Why: at batch 1 the int8 weights of a 12-layer 768-wide model stream in ~1.3-2.5
 while the eager step pays ~2-3 ms of Python and PyTorch dispatch on top (about 200 small ops).
 
 The reference is the eager lean forward (LlamaLean.forward / GPT2Lean.forward at T = 1): the
-linears are the same int8_w8_linear kernel (fusing rows does not change any output column's
+linears are the same int8_w8_linear (or, for W4Linear, w4_linear) kernel (fusing rows does not change any output column's
 arithmetic, so they match bit for bit); norms, RoPE, attention, the activation and the greedy
 argmax are fp32 kernels (AVX-512 or portable) whose last bits differ from PyTorch's
 (tests/test_decode_step.py bounds this at 1e-5 of the largest logit; measured <= 5e-7).
 
 Only the common case is native; for anything else ``build`` returns None and the reason, and the
 runner keeps the eager step: float32 weights on CPU, every
-linear an Int8Linear without smoothing whose kernel at M = 1 is "w8", a full KV cache (no
+linear an Int8Linear without smoothing whose kernel at M = 1 is "w8" or a W4Linear (a w4 body with
+an int8 head mixes them; the parts of a fused q/k/v or gate/up are of one kind), a full KV cache (no
 sliding-window pattern), SiLU / GELU activations, the CPU ops served by the native kernels
 (SLIMRT_BACKEND=auto with the extension built; the step only stands in for calls those kernels
 would serve), and not the scalar ISA where fused weights exist only packed. A left-padded batch of
@@ -38,6 +39,7 @@ from slimrt import _native, ops
 from slimrt.attention import read_pattern
 from slimrt.models.policy import KernelPolicy
 from slimrt.nn.int8_linear import Int8Linear
+from slimrt.nn.w4_linear import W4Linear
 
 NORM_RMS, NORM_LAYER = 0, 1
 ACT_SILU_GATED, ACT_GELU_TANH, ACT_GELU_ERF = 0, 1, 2
@@ -58,13 +60,17 @@ def _w8_up_to(module: Int8Linear, policy: KernelPolicy) -> float:
     return later[0] - 1 if later else math.inf
 
 
-def _fused(mods: list[Int8Linear], policy: KernelPolicy, what: str,
+def _fused(mods: list[nn.Module], policy: KernelPolicy, what: str,
            w8_max: list[float]) -> tuple[tuple, list[Tensor]]:
-    """One (w, packed, scale, bias, N, K) linear whose rows are ``mods``' rows in order, and the
-    tensors it points into (to keep alive); appends to ``w8_max`` the largest M each runs as w8."""
+    """One linear whose rows are ``mods``' rows in order, and the tensors it points into (to keep alive):
+    (w, packed, scale, bias, N, K) for Int8Linear, with (group, q4, scale16, zero) appended for
+    W4Linear. Appends to ``w8_max`` the largest M each runs as the eager step would (w4: every M)."""
+    if all(isinstance(m, W4Linear) for m in mods):
+        return _fused_w4(mods, what, w8_max)
     for m in mods:
         if not isinstance(m, Int8Linear):
-            raise Ineligible(f"{what} is a {type(m).__name__}, not an Int8Linear")
+            raise Ineligible(f"{what} is a {type(m).__name__}, not an Int8Linear or W4Linear"
+                             + (" (all of its parts must be one kind)" if len(mods) > 1 else ""))
         if m.smooth is not None:
             raise Ineligible(f"{what} has a smoothing vector")
         if policy.kernel(m, 1) != "w8":
@@ -82,15 +88,40 @@ def _fused(mods: list[Int8Linear], policy: KernelPolicy, what: str,
         w_q = torch.cat([m.w_q for m in mods])
         packed = ops.int8_pack_weight(w_q)
         scale = torch.cat([m.w_scale for m in mods]).contiguous()
-        bias = None
-        if any(m.bias is not None for m in mods):  # a missing bias adds zeros: the same outputs
-            bias = torch.cat([m.bias if m.bias is not None else torch.zeros(m.out_features) for m in mods])
+        bias = _cat_bias(mods)
         keep = [packed, scale] + ([] if bias is None else [bias])
         n, k = scale.shape[0], mods[0].in_features
         return (0, packed.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr(), n, k), keep
     bias = m.bias
     return (m.w_q.data_ptr(), m.w_packed.data_ptr(), m.w_scale.data_ptr(), 0 if bias is None else bias.data_ptr(),
             m.out_features, m.in_features), keep
+
+
+def _cat_bias(mods: list[nn.Module]) -> Tensor | None:
+    if not any(m.bias is not None for m in mods):
+        return None
+    # a missing bias adds zeros: the same outputs
+    return torch.cat([m.bias.float() if m.bias is not None else torch.zeros(m.out_features) for m in mods])
+
+
+def _fused_w4(mods: list[W4Linear], what: str, w8_max: list[float]) -> tuple[tuple, list[Tensor]]:
+    """W4Linear parts: their rows concatenated (codes, scales and zero points are per row, so the fused
+    linear gives each output column the bits its own module gives), kept row-major too (scalar ISA)."""
+    first = mods[0]
+    if len({(m.in_features, m.group_size, m.zero_point) for m in mods}) != 1:
+        raise Ineligible(f"{what}'s W4Linear parts differ in group size or zero points")
+    for m in mods:
+        if m.w_q4.device.type != "cpu" or (m.bias is not None and m.bias.dtype != torch.float32):
+            raise Ineligible(f"{what} is not on the CPU with a float32 bias")
+        w8_max.append(math.inf)  # the eager step runs w4_linear at every M too
+    q4 = torch.cat([m.w_q4 for m in mods]).contiguous()
+    scale = torch.cat([m.w_scale for m in mods]).contiguous()
+    zero = torch.cat([m.w_zero for m in mods]).contiguous() if first.zero_point else None
+    packed = ops.w4_pack_weight(q4, scale, zero, first.group_size, first.in_features)
+    bias = _cat_bias(mods)
+    keep = [q4, scale, packed] + [t for t in (zero, bias) if t is not None]
+    return (0, packed.data_ptr(), 0, 0 if bias is None else bias.data_ptr(), q4.shape[0], first.in_features,
+            first.group_size, q4.data_ptr(), scale.data_ptr(), 0 if zero is None else zero.data_ptr()), keep
 
 
 def _f32(t: Tensor | None, what: str) -> Tensor | None:
@@ -299,7 +330,7 @@ def _build_llama(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
         if hasattr(at, "q_norm"):
             qn, kn = _f32(at.q_norm.weight, f"layer {i} q_norm"), _f32(at.k_norm.weight, f"layer {i} k_norm")
         keep += k1 + k2 + k3 + k4 + [t for t in (ln1, ln2, qn, kn) if t is not None]
-        fused_only = True
+        fused_only = fused_only or qkv[0] == 0 and len(qkv) == 6 or up[0] == 0 and len(up) == 6  # int8, packed only
         h, hkv = at.q_proj.out_features // head_dim, at.k_proj.out_features // head_dim
         kv_shapes.append((hkv, int(head_dim)))
         plan.add_layer(ln1.data_ptr(), 0, qkv, h, hkv, 0 if qn is None else qn.data_ptr(),
