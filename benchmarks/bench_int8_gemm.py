@@ -37,7 +37,9 @@ from common import Csv, machine_info, machine_str, markdown_table, time_interlea
 M_GRID = (1, 8, 32, 128, 512)
 KN_GRID = ((384, 1536), (1536, 384), (768, 768), (4096, 4096), (4096, 11008))
 QUICK = [(m, k, n) for m in (1, 128) for (k, n) in ((384, 1536), (1536, 384), (4096, 4096))] + [(1, 4096, 11008)]
-PROVIDERS = ("torch_fp32", "torch_bf16", "torch_int_mm", "torch_dq", "slimrt_gemm", "slimrt_w8a8", "slimrt_w8")
+PROVIDERS = ("torch_fp32", "torch_bf16", "torch_int_mm", "torch_dq", "slimrt_gemm", "slimrt_w8a8", "slimrt_w8",
+             "slimrt_w4")
+W4_GROUP = 64  # the w4 preset's group size
 
 
 def sqnr_db(ref: torch.Tensor, got: torch.Tensor) -> float:
@@ -54,7 +56,7 @@ def providers() -> tuple[str, ...]:
 def bench_shape(m: int, k: int, n: int, reps: int) -> dict[str, dict[str, float]]:
     """Returns {provider: {"ms": p50, "sqnr": dB or nan}} for one (M, K, N)."""
     from slimrt import _native
-    from slimrt.nn import Int8Linear
+    from slimrt.nn import Int8Linear, W4Linear
 
     ext = _native.load()
     torch.manual_seed(0)
@@ -70,6 +72,7 @@ def bench_shape(m: int, k: int, n: int, reps: int) -> dict[str, dict[str, float]
     q8 = Int8Linear.from_linear(lin, mode="w8a8")
     q8_w8 = Int8Linear.from_linear(lin, mode="w8")
     q8_gemm = Int8Linear.from_linear(lin, mode="w8a8")
+    q4 = W4Linear.from_linear(lin, group_size=W4_GROUP)  # int4 codes + fp16 scale + u8 zero per group of 64
     a_i8 = torch.randint(-128, 128, (m, k), dtype=torch.int8)
     out_i32 = torch.empty(m, n, dtype=torch.int32)
     nt = torch.get_num_threads()
@@ -86,6 +89,7 @@ def bench_shape(m: int, k: int, n: int, reps: int) -> dict[str, dict[str, float]
         "slimrt_gemm": slimrt_gemm,
         "slimrt_w8a8": lambda: q8(x),
         "slimrt_w8": lambda: q8_w8(x),
+        "slimrt_w4": lambda: q4(x),
     }
     if "slimrt_w8a8_vnni" in providers():
         q8_vnni = Int8Linear.from_linear(lin, mode="w8a8")
@@ -102,8 +106,11 @@ def bench_shape(m: int, k: int, n: int, reps: int) -> dict[str, dict[str, float]
         ms = time_interleaved(fns, reps=reps)
         ref = F.linear(x, w32)
         quality = {"torch_bf16": sqnr_db(ref, fns["torch_bf16"]()), "torch_dq": sqnr_db(ref, dq(x)),
-                   "slimrt_w8a8": sqnr_db(ref, q8(x)), "slimrt_w8": sqnr_db(ref, q8_w8(x))}
-    return {p: {"ms": ms[p], "sqnr": quality.get(p, float("nan"))} for p in providers()}
+                   "slimrt_w8a8": sqnr_db(ref, q8(x)), "slimrt_w8": sqnr_db(ref, q8_w8(x)),
+                   "slimrt_w4": sqnr_db(ref, q4(x))}
+    out = {p: {"ms": ms[p], "sqnr": quality.get(p, float("nan"))} for p in providers()}
+    out["slimrt_w4"]["bytes"] = q4.w_packed.numel()  # what the kernel streams per call
+    return out
 
 
 def per_call_overhead(k: int = 64, n: int = 64) -> list[list[str]]:
@@ -191,9 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         for p in provs:
             t = r[p]["ms"]
             gops = ops / (t * 1e-3) / 1e9
-            wbytes = n * k * {"torch_fp32": 4, "torch_bf16": 2}.get(p, 1)
+            wbytes = r[p].get("bytes", n * k * {"torch_fp32": 4, "torch_bf16": 2}.get(p, 1))
             csv_out.row(kernel="int8_gemm", provider=p, shape=f"M={m},K={k},N={n}",
-                        dtype={"torch_fp32": "fp32", "torch_bf16": "bf16"}.get(p, "int8"), p50_ms=t,
+                        dtype={"torch_fp32": "fp32", "torch_bf16": "bf16", "slimrt_w4": "int4"}.get(p, "int8"), p50_ms=t,
                         rate=f"{gops:.1f} GOP/s; {wbytes / (t * 1e-3) / 1e9:.1f} GB/s",
                         ratio=r["torch_fp32"]["ms"] / t, quality="" if r[p]["sqnr"] != r[p]["sqnr"]
                         else f"SQNR {r[p]['sqnr']:.1f} dB")
@@ -208,12 +215,16 @@ def main(argv: list[str] | None = None) -> int:
             "gemm_peak": ops / (gemm * 1e-3) / peak,
             "w8_bw": n * k / (w8 * 1e-3) / bw,
             "w8a8_bw": n * k / (w8a8 * 1e-3) / bw,
+            "w4_bytes": r["slimrt_w4"]["bytes"],
+            "w4_bw": r["slimrt_w4"]["bytes"] / (r["slimrt_w4"]["ms"] * 1e-3) / bw,
+            "w4_vs_w8": w8 / r["slimrt_w4"]["ms"],
             "sqnr": r["slimrt_w8a8"]["sqnr"],
+            "w4_sqnr": r["slimrt_w4"]["sqnr"],
         }
         summary.append(rec)
         print(f"M={m:4d} K={k:5d} N={n:5d}  " + "  ".join(f"{p}={r[p]['ms']:.3f}ms" for p in provs)
               + f"  | w8a8/dq {rec['w8a8_vs_dq']:.2f}x  w8a8/int_mm {rec['w8a8_vs_int_mm']:.2f}x"
-              f"  gemm {rec['gemm_peak']:.0%} peak  w8 {rec['w8_bw']:.0%} bw", flush=True)
+              f"  gemm {rec['gemm_peak']:.0%} peak  w8 {rec['w8_bw']:.0%} bw  w4 {rec['w4_bw']:.0%} bw", flush=True)
 
     # Probe again at the end and keep the best: on a busy machine a probe only underestimates the bound.
     peak2, bw2, amx_peak2 = probes()
@@ -230,11 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         rec["gemm_peak"] = 2.0 * m * n * k / (rec["ms"]["slimrt_gemm"] * 1e-3) / peak
         rec["w8_bw"] = n * k / (rec["ms"]["slimrt_w8"] * 1e-3) / bw
         rec["w8a8_bw"] = n * k / (rec["ms"]["slimrt_w8a8"] * 1e-3) / bw
+        rec["w4_bw"] = rec["w4_bytes"] / (rec["ms"]["slimrt_w4"] * 1e-3) / bw
     rows = [[f"{s['shape'][0]}x{s['shape'][1]}x{s['shape'][2]}"] + [f"{s['ms'][p]:.3f}" for p in provs]
             + [f"{s['w8a8_vs_dq']:.2f}", f"{s['w8a8_vs_int_mm']:.2f}", f"{s['gemm_peak']:.0%}",
                f"{s['w8a8_peak']:.0%}"]
             + ([f"{s['w8a8_amx_peak']:.0%}", f"{s['vnni_peak']:.0%}"] if amx else [])
-            + [f"{s['w8_bw']:.0%}", f"{s['sqnr']:.1f}"] for s in summary]
+            + [f"{s['w8_bw']:.0%}", f"{s['w4_bw']:.0%}", f"{s['w4_vs_w8']:.2f}", f"{s['sqnr']:.1f}",
+               f"{s['w4_sqnr']:.1f}"] for s in summary]
 
     overhead = markdown_table(["layer (M=1, K=N=64)", "us per call"], per_call_overhead())
     print("\nper-call overhead on a tiny decode shape:\n" + overhead)
@@ -242,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(["MxKxN"] + [f"{p} ms" for p in provs]
                            + ["w8a8 vs dq", "w8a8 vs int_mm", "gemm % peak", "w8a8 % peak"]
                            + (["w8a8 % AMX peak", "w8a8_vnni % peak"] if amx else [])
-                           + ["w8 % bw", "w8a8 SQNR dB"], rows)
+                           + ["w8 % bw", "w4 % bw", "w4 vs w8", "w8a8 SQNR dB", "w4 SQNR dB"], rows)
     targets = evaluate_targets(summary)
     md = "\n".join([
         f"machine: {machine_str(info)}; {versions_str(info)}; git {info['git_sha']}; {info['date']}",
@@ -286,6 +299,9 @@ def evaluate_targets(summary: list[dict]) -> list[str]:
         s = dec[0]
         out.append(f"{'met' if s['w8_bw'] >= 0.8 else 'NOT met'}: M = 1, 4096 x 11008: weight-only path at "
                    f"{s['w8_bw']:.0%} of measured read bandwidth, W8A8 path {s['w8a8_bw']:.0%} (target >= 80%)")
+        out.append(f"{'met' if s['w4_bw'] >= 0.8 else 'NOT met'}: M = 1, 4096 x 11008: w4 (group {W4_GROUP}) reads "
+                   f"its {s['w4_bytes'] / 1e6:.1f} MB at {s['w4_bw']:.0%} of measured read bandwidth, "
+                   f"{s['w4_vs_w8']:.2f}x the int8 weight-only path's speed (target >= 80%)")
     return out
 
 

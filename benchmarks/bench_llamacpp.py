@@ -6,7 +6,8 @@ another Llama-family GGUF). "The same weights" are that file dequantized to floa
   the file, then Q8_0 and Q4_0 from that F32 file (llama.cpp's default choices per tensor).
 - slimrt: transformers loads the file (dequantized to float32, the same numbers); slimrt.compress
   makes w8 / w8a8 / w8a8-sq (SmoothQuant, calibrated on slimrt's own text, never the evaluation
-  paragraphs) from it, with the presets as they are.
+  paragraphs) and w4 / w4-gptq (int4 body, int8 head; GPTQ calibrated on the same text) from it, with
+  the presets as they are.
 
 Speed, batch 1, --threads threads for both (default: torch's count): prefill pp128 / pp512 (tokens/s
 of one prompt of that many tokens) and decode tg128 (tokens/s of 128 tokens generated one at a time
@@ -40,7 +41,7 @@ from common import Csv, machine_info, machine_str, markdown_table, versions_str 
 
 OUT = Path(__file__).resolve().parent / "out"
 LLAMA_TYPES = ("F32", "Q8_0", "Q4_0")
-SLIMRT_RECIPES = ("fp32", "w8", "w8a8", "w8a8-sq")
+SLIMRT_RECIPES = ("fp32", "w8", "w8a8", "w8a8-sq", "w4", "w4-gptq")
 
 
 def default_gguf() -> Path:
@@ -225,7 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- {'met' if speeds['slimrt w8']['pp128'] >= 1.5 * q8['pp128'] else 'NOT met'}: prefill pp128, slimrt w8 "
               f"{speeds['slimrt w8']['pp128'] / q8['pp128']:.2f}x llama.cpp Q8_0 (target >= 1.5x)")
         print(f"- {'met' if speeds['slimrt w8a8']['pp128'] >= 2 * q8['pp128'] else 'NOT met'}: prefill pp128, slimrt "
-              f"w8a8 {speeds['slimrt w8a8']['pp128'] / q8['pp128']:.2f}x llama.cpp Q8_0 (target >= 2x)\n", flush=True)
+              f"w8a8 {speeds['slimrt w8a8']['pp128'] / q8['pp128']:.2f}x llama.cpp Q8_0 (target >= 2x)", flush=True)
+        q4 = speeds["llama.cpp Q4_0"]
+        print(f"- {'met' if speeds['slimrt w4']['tg128'] >= 1.5 * q4['tg128'] else 'NOT met'}: decode, slimrt w4 "
+              f"{speeds['slimrt w4']['tg128'] / q4['tg128']:.2f}x llama.cpp Q4_0 (target >= 1.5x)")
+        print(f"- {'met' if speeds['slimrt w4']['pp128'] >= q4['pp128'] else 'NOT met'}: prefill pp128, slimrt w4 "
+              f"{speeds['slimrt w4']['pp128'] / q4['pp128']:.2f}x llama.cpp Q4_0 (target >= 1.0x)\n", flush=True)
 
     if args.only in (None, "ppl"):
         ppl: dict[str, float] = {}
@@ -255,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
               f"Q8_0 {100 * q8_loss:+.2f}% (target: no worse)")
         print(f"- {'met' if w8a8_loss <= 0.015 else 'NOT met'}: slimrt w8a8-sq (SmoothQuant) loses {100 * w8a8_loss:+.2f}% "
               f"(target <= +1.5%; plain w8a8 {100 * (ppl['slimrt w8a8'] / ppl['slimrt fp32'] - 1):+.2f}%)")
+        q4_loss = ppl["llama.cpp Q4_0"] / ppl["llama.cpp F32"] - 1
+        w4_loss = ppl["slimrt w4"] / ppl["slimrt fp32"] - 1
+        gptq_loss = ppl["slimrt w4-gptq"] / ppl["slimrt fp32"] - 1
+        print(f"- {'met' if w4_loss <= q4_loss else 'NOT met'}: slimrt w4 loses {100 * w4_loss:+.2f}% vs llama.cpp "
+              f"Q4_0 {100 * q4_loss:+.2f}% (target: no worse)")
+        print(f"- {'met' if gptq_loss <= q4_loss / 2 else 'NOT met'}: slimrt w4-gptq loses {100 * gptq_loss:+.2f}% "
+              f"(target: at most half of Q4_0's, {100 * q4_loss / 2:+.2f}%)")
         print(f"  (fp32 agreement: slimrt fp32 {ppl['slimrt fp32']:.4f} vs llama.cpp F32 {ppl['llama.cpp F32']:.4f})")
     print(f"\nCSV rows appended to {args.csv}")
     return 0

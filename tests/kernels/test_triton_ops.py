@@ -353,3 +353,20 @@ def test_block_sparse_attention_bf16_within_2x_torch_error():
     torch_err = (torch_bf16.double() - oracle).abs().max().item()
     err = (slimrt.ops.block_sparse_attention(q, k, v, mask).double() - oracle).abs().max().item()
     assert err <= 2 * torch_err + 1e-6, f"slimrt {err:.3e} vs torch bf16 {torch_err:.3e}"
+
+
+# --- w4_linear ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,n,k,g,zp", [(1, 17, 67, 32, True), (7, 33, 130, 64, False), (17, 7, 257, 128, True),
+                                        (33, 1, 33, 32, False), (65, 18, 96, 64, True)])
+def test_w4_linear_exact(m, n, k, g, zp, dtype):
+    from slimrt.ops import reference_w4 as W4
+
+    gen = torch.Generator().manual_seed(m + n + k)
+    q4, s, z = W4.quantize(torch.randn(n, k, generator=gen), g, zp)
+    x = (torch.randn(m, k, generator=gen) * 2).to(dtype)
+    x[0, :min(k, g)] = 0  # an all-zero group: scale 0
+    bias = torch.randn(n, generator=gen)
+    for b in (None, bias):
+        assert_equal(slimrt.ops.w4_linear(x, q4, s, z, b, None, g), W4.w4_linear(x, q4, s, z, b, g))

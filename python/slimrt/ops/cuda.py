@@ -107,6 +107,17 @@ def int8_weight_only_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tenso
         return mod.int8_weight_only_linear(x, w_q, w_scale, bias)
 
 
+def w4_linear(x: Tensor, w_q4: Tensor, w_scale: Tensor, w_zero: Tensor | None, bias: Tensor | None,
+              w_packed: Tensor | None, group_size: int) -> Tensor:
+    # w_packed is the CPU kernels' layout (empty here): the kernel reads the row-major codes.
+    from slimrt.ops.reference_w4 import check_w4
+
+    check_w4("w4_linear", x, w_q4, w_scale, w_zero, bias, group_size)
+    mod = _kernels("w4_linear")
+    with _launch_on("w4_linear", mod, x):
+        return mod.w4_linear(x, w_q4, w_scale, w_zero, bias, group_size)
+
+
 def lowrank_linear(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
     reference._check_lowrank(x, u, v, bias)
     mod = _kernels("lowrank_linear")
@@ -161,7 +172,7 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, causal
     return o.transpose(1, 2)[row, col]
 
 
-# op name -> Triton implementation. quantize_per_channel and int8_pack_weight have none: they run
+# op name -> Triton implementation. quantize_per_channel, int8_pack_weight and w4_pack_weight have none: they run
 # once per weight, offline, and the reference (any device) serves them.
 KERNELS = {
     "quantize_per_token": quantize_per_token,
@@ -169,6 +180,7 @@ KERNELS = {
     "int8_linear": int8_linear,
     "int8_weight_only_linear": int8_weight_only_linear,
     "lowrank_linear": lowrank_linear,
+    "w4_linear": w4_linear,
     "block_sparse_attention": block_sparse_attention,
     "varlen_attention": varlen_attention,  # torch SDPA over a padded batch (no Triton kernel yet)
 }
