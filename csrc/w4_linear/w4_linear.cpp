@@ -85,11 +85,15 @@ void w4_check_packed(const uint8_t* packed, int64_t nbytes, int64_t N, int64_t K
 void w4_quantize_act(const void* x, DType x_dt, int64_t ldx, int64_t M, int64_t K, int64_t G, int8_t* q,
                      float* scale, int32_t* sum, int num_threads) {
   const int64_t ng = w4_num_groups(K, G), kp = ng * G;
+  const bool wide = active_isa() == Isa::Avx512;
   parallel_for(M, num_threads, [&](int64_t m0, int64_t m1) {
     std::vector<float> xf(static_cast<size_t>(G));
     for (int64_t m = m0; m < m1; ++m) {
       for (int64_t g = 0; g < ng; ++g) {
         const int64_t k0 = g * G, kn = std::min(G, K - k0);
+        if (wide && avx512::w4_quantize_group(x, x_dt, m * ldx + k0, kn, G, q + m * kp + k0, scale + m * ng + g,
+                                              sum + m * ng + g))
+          continue;
         float amax = 0.f;
         bool finite = true;
         for (int64_t i = 0; i < kn; ++i) {

@@ -64,6 +64,9 @@ void w4_linear(const W4Act& a, const uint8_t* w_q4, const uint16_t* scale, const
 float fp16_to_f32(uint16_t h);
 }  // namespace ref
 namespace avx512 {
+// One group of w4_quantize_act; false (nothing written) where only the scalar rule is exact (tiny amax).
+bool w4_quantize_group(const void* x, DType x_dt, int64_t off, int64_t kn, int64_t G, int8_t* q, float* scale,
+                       int32_t* sum);
 void w4_linear_packed(const W4Act& a, const uint8_t* packed, const float* bias, void* out, OutType out_dt,
                       int64_t ldc, int64_t N, int num_threads);
 }

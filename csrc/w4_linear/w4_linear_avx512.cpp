@@ -15,6 +15,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "parallel.h"
@@ -132,6 +133,50 @@ void rows(const Args& s, int64_t m0, int64_t mr, int64_t p0) {
 }
 
 }  // namespace
+
+// w4_quantize_act (w4_linear.h) with 16 lanes: the same fp32 amax, (1 / amax) * 127, x * inv and
+// round-half-even conversion per element as the scalar version, so the same bytes. A group whose inv
+// overflows (amax < 127 / FLT_MAX) goes to the scalar rule (returns false for the caller to redo it).
+bool w4_quantize_group(const void* x, DType x_dt, int64_t off, int64_t kn, int64_t G, int8_t* q, float* scale,
+                       int32_t* sum) {
+  const __m512 inf = _mm512_set1_ps(INFINITY);
+  __m512 vmax = _mm512_setzero_ps();
+  __mmask16 bad = 0;
+  __m512 xs[8];  // G <= 128
+  for (int64_t i = 0, v = 0; i < G; i += 16, ++v) {
+    const __mmask16 m = i >= kn ? __mmask16(0) : kn - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (kn - i)) - 1);
+    if (x_dt == DType::F32) {
+      xs[v] = _mm512_maskz_loadu_ps(m, static_cast<const float*>(x) + off + i);
+    } else {
+      const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(x) + off + i);
+      xs[v] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    const __m512 a = _mm512_abs_ps(xs[v]);
+    bad |= _mm512_cmp_ps_mask(a, inf, _CMP_NLT_UQ);  // +-Inf or NaN
+    vmax = _mm512_max_ps(vmax, a);
+  }
+  const float amax = _mm512_reduce_max_ps(vmax);
+  if (bad || amax == 0.f) {
+    std::memset(q, 0, static_cast<size_t>(G));
+    *scale = bad ? NAN : 0.f;
+    *sum = 0;
+    return true;
+  }
+  const float inv_s = (1.f / amax) * 127.f;
+  if (!std::isfinite(inv_s)) return false;
+  const __m512 inv = _mm512_set1_ps(inv_s);
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  __m512i acc = _mm512_setzero_si512();
+  for (int64_t i = 0, v = 0; i < G; i += 16, ++v) {
+    __m512i r = _mm512_cvt_roundps_epi32(_mm512_mul_ps(xs[v], inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
+    acc = _mm512_add_epi32(acc, r);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtepi32_epi8(r));
+  }
+  *scale = amax / 127.f;
+  *sum = _mm512_reduce_add_epi32(acc);
+  return true;
+}
 
 void w4_linear_packed(const W4Act& a, const uint8_t* packed, const float* bias, void* out, OutType out_dt,
                       int64_t ldc, int64_t N, int num_threads) {
