@@ -57,13 +57,21 @@ def unpack_codes(w_q4: Tensor, in_features: int) -> Tensor:
     return torch.stack((lo, hi), dim=-1).reshape(w_q4.shape[0], -1)[:, :in_features]
 
 
-def quantize(w: Tensor, group_size: int, zero_point: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+CLIP_GRID = tuple(1.0 - 0.03 * i for i in range(11))  # range shrink factors tried per group: 1.0 .. 0.70
+
+
+def quantize(w: Tensor, group_size: int, zero_point: bool = True,
+             clip_search: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
     """Round-to-nearest int4 of w (N, K) float -> (w_q4, w_scale, w_zero or None).
 
     With a zero point: per group, scale = (max - min) / 15 (min <= 0 <= max, so 0 stays inside the
     grid), zero = round(-min / scale). Symmetric (zero 8): with m the group's value of largest
     magnitude, scale = -m / 8 when m < 0 and m / 7 otherwise, so m is code 0 or 15 exactly (llama.cpp's
-    Q4_0 maps m to -8 with a signed scale; scales here stay positive). Codes are round(w / scale) + zero clamped to [0, 15], with the fp16-rounded scale.
+    Q4_0 maps m to -8 with a signed scale; scales here stay positive).
+    ``clip_search``: the range (min and max, or m) is also shrunk by each factor of CLIP_GRID and the
+    group keeps the one whose codes reconstruct it with the least squared error: clipping a few
+    outliers buys a finer grid for the rest (the "auto clip" of AWQ and llama.cpp's k-quants, no data).
+    Codes are round(w / scale) + zero clamped to [0, 15], with the fp16-rounded scale.
     """
     check_group_size("w4 quantize", group_size)
     _check.ndim("w4 quantize", "w", w, 2)
@@ -75,19 +83,40 @@ def quantize(w: Tensor, group_size: int, zero_point: bool = True) -> tuple[Tenso
     g = torch.zeros((n, ng * group_size), dtype=torch.float32, device=w.device)
     g[:, :k] = wf
     g = g.view(n, ng, group_size)
-    if zero_point:
-        lo = g.amin(dim=2).clamp(max=0.0)
-        hi = g.amax(dim=2).clamp(min=0.0)
-        scale = _fp16_scale((hi - lo) / 15.0)
-        zero = torch.round(-lo / scale.float()).clamp(0, 15)
-    else:
-        idx = g.abs().argmax(dim=2, keepdim=True)
-        extreme = torch.gather(g, 2, idx).squeeze(2)
-        # The extreme value lands on the grid's end on its own side: -8 s (negative) or 7 s (positive).
-        scale = _fp16_scale(torch.where(extreme < 0, -extreme / 8.0, extreme / 7.0))
-        zero = torch.full_like(scale, 8.0, dtype=torch.float32)
+    valid = torch.zeros((1, 1, ng * group_size), dtype=torch.bool, device=w.device)
+    valid[..., :k] = True
+    valid = valid.view(1, ng, group_size)  # the padding past K must not pull a group's error
+    best = best_err = None
+    for p in (CLIP_GRID if clip_search else (1.0,)):
+        scale, zero = _grid(g, zero_point, p)
+        if len(CLIP_GRID) == 1 or not clip_search:
+            best = (scale, zero)
+            break
+        s, z = scale.float().unsqueeze(2), zero.unsqueeze(2)
+        err = torch.where(valid, ((torch.round(g / s) + z).clamp(0, 15) - z) * s - g, 0.0).pow(2).sum(2)
+        if best is None:
+            best, best_err = (scale, zero), err
+        else:
+            take = err < best_err
+            best = (torch.where(take, scale, best[0]), torch.where(take, zero, best[1]))
+            best_err = torch.where(take, err, best_err)
+    scale, zero = best
     codes = quantize_codes(g.view(n, -1)[:, :k], scale, zero, group_size)
     return pack_codes(codes, group_size), scale, (zero.to(torch.uint8) if zero_point else None)
+
+
+def _grid(g: Tensor, zero_point: bool, shrink: float) -> tuple[Tensor, Tensor]:
+    """(scale (N, ng) float16, zero (N, ng) float32) of groups g (N, ng, G) with the range shrunk by ``shrink``."""
+    if zero_point:
+        lo = g.amin(dim=2).clamp(max=0.0) * shrink
+        hi = g.amax(dim=2).clamp(min=0.0) * shrink
+        scale = _fp16_scale((hi - lo) / 15.0)
+        return scale, torch.round(-lo / scale.float()).clamp(0, 15)
+    idx = g.abs().argmax(dim=2, keepdim=True)
+    extreme = torch.gather(g, 2, idx).squeeze(2) * shrink
+    # The extreme value lands on the grid's end on its own side: -8 s (negative) or 7 s (positive).
+    scale = _fp16_scale(torch.where(extreme < 0, -extreme / 8.0, extreme / 7.0))
+    return scale, torch.full(scale.shape, 8.0, dtype=torch.float32, device=g.device)
 
 
 def _fp16_scale(s: Tensor) -> Tensor:
