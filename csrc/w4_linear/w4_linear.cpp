@@ -134,6 +134,15 @@ void w4_linear(const void* x, DType x_dt, int64_t ldx, const uint8_t* w_q4, cons
   SLIMRT_CHECK(out_dt != OutType::I32, "w4_linear: the output is float");
   if (packed) check_header(packed, N, K, G);
   if (M == 0 || N == 0) return;
+  if (K == 0) {  // the empty sum: bias (or 0); an empty weight may have no storage at all
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        const float v = bias ? bias[n] : 0.f;
+        if (out_dt == OutType::F32) static_cast<float*>(out)[m * ldc + n] = v;
+        else static_cast<uint16_t*>(out)[m * ldc + n] = f32_to_bf16(v);
+      }
+    return;
+  }
   const int64_t ng = w4_num_groups(K, G);
   // (M, ng * G) int8 activations, (M, ng) scales and sums; default-initialized (every byte is written).
   std::unique_ptr<int8_t[]> q(new int8_t[static_cast<size_t>(std::max<int64_t>(M * ng * G, 1))]);

@@ -178,3 +178,12 @@ def test_module_quality_and_dtype_moves():
     mod.to(torch.bfloat16)
     assert mod.w_scale.dtype == torch.float16 and torch.equal(mod.w_scale, scale), "scales must stay exact fp16"
     assert mod(x.bfloat16()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("m,n,k", [(3, 5, 0), (3, 0, 7), (0, 5, 7)])
+def test_zero_sizes(isa, m, n, k):
+    """K = 0 is the empty sum (the bias); an empty weight may have no storage at all."""
+    q4, s, z = R.quantize(torch.randn(n, k), 32, True)
+    b, x = torch.randn(n), torch.randn(m, k)
+    _assert_equal(ops.w4_linear(x, q4, s, z, b, ops.w4_pack_weight(q4, s, z, 32, k), 32),
+                  R.w4_linear(x, q4, s, z, b, 32), f"{isa} {(m, n, k)}")

@@ -24,6 +24,8 @@ of the spec: the native kernels (csrc/w4_linear) follow it and match this functi
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -54,7 +56,7 @@ def pack_codes(codes: Tensor, group_size: int) -> Tensor:
 def unpack_codes(w_q4: Tensor, in_features: int) -> Tensor:
     """w_q4 (N, Kp / 2) uint8 -> codes (N, in_features) uint8 in [0, 15]."""
     lo, hi = w_q4 & 0x0F, w_q4 >> 4
-    return torch.stack((lo, hi), dim=-1).reshape(w_q4.shape[0], -1)[:, :in_features]
+    return torch.stack((lo, hi), dim=-1).reshape(w_q4.shape[0], 2 * w_q4.shape[1])[:, :in_features]
 
 
 CLIP_GRID = tuple(1.0 - 0.03 * i for i in range(11))  # range shrink factors tried per group: 1.0 .. 0.70
@@ -101,7 +103,7 @@ def quantize(w: Tensor, group_size: int, zero_point: bool = True,
             best = (torch.where(take, scale, best[0]), torch.where(take, zero, best[1]))
             best_err = torch.where(take, err, best_err)
     scale, zero = best
-    codes = quantize_codes(g.view(n, -1)[:, :k], scale, zero, group_size)
+    codes = quantize_codes(g.view(n, ng * group_size)[:, :k], scale, zero, group_size)
     return pack_codes(codes, group_size), scale, (zero.to(torch.uint8) if zero_point else None)
 
 
@@ -191,7 +193,7 @@ def w4_linear(x: Tensor, w_q4: Tensor, w_scale: Tensor, w_zero: Tensor | None = 
     check_w4("w4_linear", x, w_q4, w_scale, w_zero, bias, group_size)
     k, n = x.shape[-1], w_q4.shape[0]
     ng = num_groups(k, group_size)
-    x2 = x.reshape(-1, k)
+    x2 = x.reshape(math.prod(x.shape[:-1]), k)  # (M, K); -1 is ambiguous when K == 0
     xq, xs = quantize_per_group(x2, group_size)  # (M, ng * G), (M, ng)
     codes = unpack_codes(w_q4, ng * group_size).to(torch.float64)  # (N, ng * G)
     zero = torch.full((n, ng), 8.0, dtype=torch.float64, device=x.device) if w_zero is None else w_zero.double()
