@@ -195,3 +195,20 @@ def test_block_sparse_attention_fp32(lq, lk):
         out = block_sparse_attention(q, k, v, counts, idx, 64, causal=True, num_splits=splits)
         err = (out.double() - ref).abs().max().item()
         assert err <= 2e-5 * max(1.0, ref.abs().max().item()), f"splits={splits}: max error {err:.3e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,n,k,g", [(1, 11008, 4096, 64), (128, 576, 1536, 32), (17, 67, 130, 128)])
+def test_w4_linear_close_to_the_spec(m, n, k, g, dtype):
+    """The integer group sums are exact on the GPU too; acc += isum * (scale * x_scale) may be one FMA
+    there, so fp32 outputs agree to a few ulp of the accumulated magnitude, bf16 ones within 2 ulp."""
+    from slimrt.ops import reference_w4 as W4
+
+    q4, s, z = W4.quantize(torch.randn(n, k), g, True)
+    x = (torch.randn(m, k) * 2).to(dtype)
+    want = W4.w4_linear(x, q4, s, z, None, g).to(DEV)
+    got = slimrt.ops.w4_linear(x.to(DEV), q4.to(DEV), s.to(DEV), z.to(DEV), None, None, g)
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    else:
+        torch.testing.assert_close(got.float(), want.float(), rtol=BF16_RTOL, atol=BF16_RTOL * want.abs().max().item())
