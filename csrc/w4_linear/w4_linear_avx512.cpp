@@ -122,13 +122,17 @@ void tile(const Args& s, int64_t m0, int64_t p0) {
   }
 }
 
+constexpr int64_t kMR = 6;  // rows per tile at M > 1
+
 template <int NB>
 void rows(const Args& s, int64_t m0, int64_t mr, int64_t p0) {
   switch (mr) {
     case 1: return tile<1, NB, true>(s, m0, p0);
     case 2: return tile<2, NB, NB <= 2>(s, m0, p0);
     case 3: return tile<3, NB, false>(s, m0, p0);
-    default: return tile<4, NB, false>(s, m0, p0);
+    case 4: return tile<4, NB, false>(s, m0, p0);
+    case 5: return tile<5, NB, false>(s, m0, p0);
+    default: return tile<6, NB, false>(s, m0, p0);
   }
 }
 
@@ -194,8 +198,8 @@ void w4_linear_packed(const W4Act& a, const uint8_t* packed, const float* bias, 
   parallel_for(blocks, num_threads, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t p0 = b * nb, np = std::min(nb, n_panels - p0);
-      for (int64_t m0 = 0; m0 < a.M; m0 += 4) {
-        const int64_t mr = std::min<int64_t>(4, a.M - m0);
+      for (int64_t m0 = 0; m0 < a.M; m0 += kMR) {
+        const int64_t mr = std::min<int64_t>(kMR, a.M - m0);
         switch (np) {
           case 1: rows<1>(s, m0, mr, p0); break;
           case 2: rows<2>(s, m0, mr, p0); break;
