@@ -73,10 +73,10 @@ def gptq_quantize(weight: Tensor, gram: Tensor, group_size: int, zero_point: boo
                 _, s, z = reference_w4.quantize(w1[:, i:i + group_size], group_size, zero_point)
                 scale[:, g] = s[:, 0]
                 zero[:, g] = z[:, 0].float() if z is not None else 8.0
-            c = reference_w4.quantize_codes(w1[:, i:i + 1], scale[:, g:g + 1], zero[:, g:g + 1], group_size)
-            codes[:, col] = c[:, 0]
-            deq = (c[:, 0].float() - zero[:, g]) * scale[:, g].float()
-            e = (w1[:, i] - deq) / h1[i, i]
+                s32, z32 = scale[:, g].float(), zero[:, g]
+            c = (torch.round(w1[:, i] / s32) + z32).clamp_(0, 15)  # quantize_codes for one column
+            codes[:, col] = c.to(torch.uint8)
+            e = (w1[:, i] - (c - z32) * s32) / h1[i, i]
             w1[:, i:] -= e.unsqueeze(1) * h1[i, i:].unsqueeze(0)
             err1[:, i] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
