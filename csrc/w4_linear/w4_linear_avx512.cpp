@@ -188,7 +188,7 @@ void w4_linear_packed(const W4Act& a, const uint8_t* packed, const float* bias, 
   std::memcpy(h, packed, sizeof(h));
   const int64_t n_panels = h[3] / 16, pb = h[6];
   const Args s{a, packed + 64, pb, round_up(48 * a.ng, 64), N, bias, out, out_dt, ldc};
-  // M = 1: 4 panels per tile (4 weight streams, 8 vpdpbusd chains); M > 1: 2 panels x 4 rows, the
+  // M = 1: 4 panels per tile (4 weight streams, 8 vpdpbusd chains); M > 1: 2 panels x 6 rows, the
   // unpacked chunk reused by every row of the tile, the panels' weights L1/L2-resident across row tiles.
   int64_t nb = a.M == 1 ? 4 : 2;
   // Equal shares: SmolLM2's N = 576 is 36 panels, 9 blocks of 4 (5 + 4 on 2 threads: 11% idle), 18 of 2.
