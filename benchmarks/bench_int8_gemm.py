@@ -39,7 +39,7 @@ KN_GRID = ((384, 1536), (1536, 384), (768, 768), (4096, 4096), (4096, 11008))
 QUICK = [(m, k, n) for m in (1, 128) for (k, n) in ((384, 1536), (1536, 384), (4096, 4096))] + [(1, 4096, 11008)]
 PROVIDERS = ("torch_fp32", "torch_bf16", "torch_int_mm", "torch_dq", "slimrt_gemm", "slimrt_w8a8", "slimrt_w8",
              "slimrt_w4")
-W4_GROUP = 64  # the w4 preset's group size
+W4_GROUP = 32  # the w4 preset's group size
 
 
 def sqnr_db(ref: torch.Tensor, got: torch.Tensor) -> float:
@@ -72,7 +72,7 @@ def bench_shape(m: int, k: int, n: int, reps: int) -> dict[str, dict[str, float]
     q8 = Int8Linear.from_linear(lin, mode="w8a8")
     q8_w8 = Int8Linear.from_linear(lin, mode="w8")
     q8_gemm = Int8Linear.from_linear(lin, mode="w8a8")
-    q4 = W4Linear.from_linear(lin, group_size=W4_GROUP)  # int4 codes + fp16 scale + u8 zero per group of 64
+    q4 = W4Linear.from_linear(lin, group_size=W4_GROUP)  # int4 codes + fp16 scale + u8 zero per group
     a_i8 = torch.randint(-128, 128, (m, k), dtype=torch.int8)
     out_i32 = torch.empty(m, n, dtype=torch.int32)
     nt = torch.get_num_threads()

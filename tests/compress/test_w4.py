@@ -85,10 +85,10 @@ def test_checkpoint_round_trip_is_bit_identical(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(ids).logits, loaded(ids).logits)
     q = loaded.model.layers[1].mlp.down_proj
-    assert isinstance(q, W4Linear) and q.w_packed.numel() > 0 and q.group_size == 64
+    assert isinstance(q, W4Linear) and q.w_packed.numel() > 0 and q.group_size == 32
     info = checkpoint.read_metadata(tmp_path / "ck")
     cfgs = [m for m in info["modules"].values() if m["type"] == "W4Linear"]
-    assert cfgs and all(c["config"]["group_size"] == 64 and c["config"]["method"] == "rtn" for c in cfgs)
+    assert cfgs and all(c["config"]["group_size"] == 32 and c["config"]["method"] == "rtn" for c in cfgs)
 
 
 def _one_layer(k: int = 70) -> nn.Sequential:
@@ -130,10 +130,10 @@ def test_report_and_info_show_group_size_and_method(tmp_path, capsys):
     model = tiny_llama()
     slimrt.compress(model, "w4", progress=False)
     text = str(slimrt.report(model))
-    assert "w4(g64,zp,rtn)" in text and "w4->w8" in text, text
+    assert "w4(g32,zp,rtn)" in text and "w4->w8" in text, text
     q = next(r for r in model.slimrt_meta["layers"] if r["name"].endswith("layers.0.self_attn.q_proj"))
-    assert q["bytes_after"] == 64 * 64 // 2 + 64 * 1 * 3  # codes + fp16 scale + u8 zero per group of 64
+    assert q["bytes_after"] == 64 * 64 // 2 + 64 * 2 * 3  # codes + fp16 scale + u8 zero per group of 32
     slimrt.save(model, tmp_path / "ck")
     assert main(["info", str(tmp_path / "ck")]) == 0
     out = capsys.readouterr().out
-    assert "W4Linear layers: group 64, zero points, rtn" in out, out
+    assert "W4Linear layers: group 32, zero points, rtn" in out, out

@@ -1,6 +1,6 @@
 """Method "w4": nn.Linear / Conv1D -> W4Linear (int4 weights in groups along K; ops/reference_w4.py).
 
-Params: ``group_size`` (32, 64, 128), ``zero_point`` (asymmetric groups, default on), ``head`` ("w8":
+Params: ``group_size`` (32, 64, 128; default 32), ``zero_point`` (asymmetric groups, default on), ``head`` ("w8":
 the output head becomes a weight-only Int8Linear, or "w4") and ``rounding``:
   - "rtn": round to nearest, per group (no calibration);
   - "gptq": GPTQ (Frantar et al. 2022): the columns are rounded in order and each one's rounding error
@@ -138,7 +138,7 @@ def _one_of(options: tuple) -> Any:
 
 
 PARAMS = {
-    "group_size": (int, 64, _one_of(reference_w4.GROUP_SIZES)),
+    "group_size": (int, 32, _one_of(reference_w4.GROUP_SIZES)),
     "zero_point": (bool, True, None),
     "head": (str, "w8", _one_of(("w8", "w4"))),
     "rounding": (str, "rtn", _one_of(("rtn", "gptq"))),
@@ -147,6 +147,8 @@ PARAMS = {
 register(Method(name="w4", group="quantize", accepts=is_linear_like, convert=_convert, params=PARAMS,
                 uses_calibration=lambda recipe: recipe.params.get("w4", {}).get("rounding", "rtn") == "gptq",
                 prepare=_prepare))
-# Body int4 (groups of 64 along K with zero points: 0.547 bytes per weight), head int8 weight-only.
+# Body int4 (groups of 32 along K with zero points: 0.594 bytes per weight), head int8 weight-only.
+# Group 32, not 64: SmolLM2-135M perplexity (benchmarks/quality_w4.py, 6 windows, round to nearest
+# without clip search) +22.1% over fp32 at 32 against +30.8% at 64 (llama.cpp Q4_0: about +23%).
 register_preset("w4", Recipe(methods=("w4",), ignore=EMBEDDINGS_IGNORE))
 register_preset("w4-gptq", Recipe(methods=("w4",), ignore=EMBEDDINGS_IGNORE, params={"w4": {"rounding": "gptq"}}))

@@ -22,7 +22,7 @@ class W4Linear(nn.Module):
     Inference only: the codes are not trainable.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int = 64,
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int = 32,
                  zero_point: bool = True, method: str = "rtn", device: Any = None,
                  bias_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -46,7 +46,7 @@ class W4Linear(nn.Module):
         self.register_load_state_dict_post_hook(lambda module, keys: module.repack())
 
     @classmethod
-    def from_weight(cls, weight: Tensor, bias: Tensor | None = None, group_size: int = 64, zero_point: bool = True,
+    def from_weight(cls, weight: Tensor, bias: Tensor | None = None, group_size: int = 32, zero_point: bool = True,
                     codes: tuple[Tensor, Tensor, Tensor | None] | None = None, method: str = "rtn") -> "W4Linear":
         """Round-to-nearest int4 of a float weight (N, K), or the given ``codes`` = (w_q4, w_scale, w_zero)
         from a calibrated method (reference_w4's layout)."""
@@ -67,7 +67,7 @@ class W4Linear(nn.Module):
         return mod
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group_size: int = 64, zero_point: bool = True) -> "W4Linear":
+    def from_linear(cls, linear: nn.Linear, group_size: int = 32, zero_point: bool = True) -> "W4Linear":
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"W4Linear.from_linear expects nn.Linear, got {type(linear).__name__}")
         return cls.from_weight(linear.weight, linear.bias, group_size, zero_point)

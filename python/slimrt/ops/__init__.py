@@ -72,7 +72,7 @@ def w4_pack_weight(w_q4: Tensor, w_scale: Tensor, w_zero: Tensor | None, group_s
 
 
 def w4_linear(x: Tensor, w_q4: Tensor, w_scale: Tensor, w_zero: Tensor | None = None, bias: Tensor | None = None,
-              w_packed: Tensor | None = None, group_size: int = 64) -> Tensor:
+              w_packed: Tensor | None = None, group_size: int = 32) -> Tensor:
     """int4-weight linear with int8 activations quantized per group. See reference_w4 (the spec)."""
     return _W4_LINEAR(x, w_q4, w_scale, w_zero, bias, w_packed, group_size)
 

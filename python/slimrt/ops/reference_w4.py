@@ -184,7 +184,7 @@ def check_w4(op: str, x: Tensor, w_q4: Tensor, w_scale: Tensor, w_zero: Tensor |
 
 
 def w4_linear(x: Tensor, w_q4: Tensor, w_scale: Tensor, w_zero: Tensor | None = None, bias: Tensor | None = None,
-              group_size: int = 64) -> Tensor:
+              group_size: int = 32) -> Tensor:
     """out (..., N) = the w4 linear of the module doc; x (..., K) float32|bfloat16, out in x.dtype.
 
     w_q4 (N, ng * G / 2) uint8, w_scale (N, ng) float16, w_zero (N, ng) uint8 or None (8), bias (N,) float.
