@@ -40,8 +40,8 @@ def test_w4_answers_through_the_native_step(w4_checkpoint):
 
 
 def test_w4_perplexity_is_within_q4_0s_loss(w4_checkpoint):
-    """The issue's measurement: llama.cpp Q4_0 loses 25% perplexity over fp32 on this model; w4 must
-    lose no more (here against slimrt's own fp32 on 4 windows of the evaluation paragraphs)."""
+    """The issue's measurement: llama.cpp Q4_0 loses 23-29% perplexity over fp32 on this model (28.7% on
+    these 4 windows); w4 must lose no more than 25% (measured +19.6%), against slimrt's own fp32."""
     from slimrt.data import pydoc_paragraphs
     from slimrt.gguf import load_gguf
 
@@ -59,5 +59,7 @@ def test_w4_perplexity_is_within_q4_0s_loss(w4_checkpoint):
                 n += len(pos)
         return math.exp(nll / n)
 
-    base, got = ppl(model), ppl(slimrt.load(w4_checkpoint).model)
+    from slimrt.checkpoint import load_model
+
+    base, got = ppl(model), ppl(load_model(w4_checkpoint).model)  # the Hugging Face model (slimrt.load's is thin)
     assert got / base - 1 <= 0.25, f"w4 perplexity {got:.3f} vs fp32 {base:.3f}: {100 * (got / base - 1):+.1f}%"
