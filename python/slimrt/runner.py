@@ -172,7 +172,10 @@ class Runner:
         max_len = read_max_seq_length(path) or extra.get("max_seq_length")
         kwargs.setdefault("pooling", pooling if isinstance(pooling, str) else None)
         kwargs.setdefault("max_seq_length", max_len if isinstance(max_len, int) and max_len > 0 else None)
-        return cls(loaded.model, loaded.tokenizer, **kwargs)
+        try:
+            return cls(loaded.model, loaded.tokenizer, **kwargs)
+        except ValueError as e:  # a valid checkpoint the runner cannot run (an unsupported config value)
+            raise ValueError(f"{os.path.abspath(os.fspath(path))}: {e}") from e
 
     # ----- encoders -------------------------------------------------------------------------
     def embed(self, texts: str | Sequence[str], batch_size: int = 32, normalize: bool = True) -> Tensor:

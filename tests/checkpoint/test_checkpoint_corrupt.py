@@ -17,6 +17,7 @@ from torch import nn
 
 import slimrt
 from slimrt import checkpoint
+from slimrt.checkpoint import format as fmt
 from slimrt.errors import CheckpointError
 from slimrt.nn import Int8Linear
 
@@ -39,7 +40,11 @@ def _meta(ck):
     return json.loads((ck / "slimrt.json").read_text())
 
 
-def _put_meta(ck, meta):
+def _put_meta(ck, meta, restamp: bool = True):
+    """Writes slimrt.json; restamp recomputes its digest, as a deliberate (or fuzzed) hostile file
+    would carry, so that the check of the edited field itself is reached."""
+    if restamp and isinstance(meta, dict):
+        fmt.stamp(meta)
     (ck / "slimrt.json").write_text(json.dumps(meta))
 
 
@@ -170,12 +175,12 @@ CASES = [
      r"field 'model\.config\.num_hidden_layers' is 1000000000, more layers than the 5 stored tensors"),
     ("hf_bad_config", _edit_meta(lambda m: m.update(model={"kind": "hf", "architecture": "BertModel", "dtype": "float32",
                                                            "config": {"hidden_size": 30, "num_attention_heads": 4}})),
-     r"field 'model\.config' does not build a BertModel"),
+     r"field 'model\.config\.num_attention_heads' is 4; expected a divisor of hidden_size=30"),
     ("module_dtype_name", _edit_meta(lambda m: m["modules"]["0"]["config"].update(bias_dtype="load")),
      r"field 'modules\.0\.config\.bias_dtype' is 'load', not one of"),
     # 7. newer format version names both
     ("newer_version", _edit_meta(lambda m: m.update(format_version=99)),
-     r"format version 99 is newer than the version 1 this slimrt"),
+     rf"format version 99 is newer than the version {fmt.FORMAT_VERSION} this slimrt"),
     # 8. stored shapes disagree with the module config: named layer
     ("shape_vs_config", _edit_meta(lambda m: m["modules"]["0"]["config"].update(in_features=4)),
      r"tensor '0\.w_q' has shape \[16, 8\] but layer '0' \(Int8Linear\) expects \[16, 4\]"),
@@ -237,8 +242,9 @@ def test_checkpoint_error_is_a_value_error():
 
 def test_read_metadata_validates(ck):
     assert checkpoint.read_metadata(ck)["modules"]["0"]["type"] == "Int8Linear"
-    _edit_meta(lambda m: m.update(format_version=2))(ck, None)
-    with pytest.raises(CheckpointError, match="format version 2 is newer"):
+    newer = fmt.FORMAT_VERSION + 1
+    _edit_meta(lambda m: m.update(format_version=newer))(ck, None)
+    with pytest.raises(CheckpointError, match=f"format version {newer} is newer"):
         checkpoint.read_metadata(ck)
 
 

@@ -234,6 +234,7 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
         _fsync_path(tensors_path)
         files[fmt.TENSORS_NAME] = _sha256_file(tensors_path)
         meta["files"] = files
+        fmt.stamp(meta)  # last: the digest covers every other field
         fmt.validate(meta)  # what we write must be what we accept
         meta_path = os.path.join(tmp, fmt.META_NAME)
         with open(meta_path, "wb") as f:
