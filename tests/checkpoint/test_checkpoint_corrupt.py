@@ -205,6 +205,18 @@ CASES = [
     ("scale_inf", _set_scale(float("inf")), r"scale tensor '0\.w_scale' has 1 NaN/Inf/zero/negative"),
     ("scale_zero", _set_scale(0.0), r"scale tensor '0\.w_scale' has 1 NaN/Inf/zero/negative"),
     ("scale_negative", _set_scale(-1.0), r"scale tensor '0\.w_scale' has 1 NaN/Inf/zero/negative"),
+    ("bias_nan", lambda ck, tmp: _tensors(ck, lambda t: t["0.bias"].__setitem__(5, float("nan"))),
+     r"tensor '0\.bias' has 1 NaN/Inf values \(first at flat index 5: nan\)"),
+    # 6. a module config's flags are booleans, not any truthy value
+    ("module_bias_int", _edit_meta(lambda m: m["modules"]["0"]["config"].update(bias=1)),
+     r"field 'modules\.0\.config' does not build a Int8Linear: ValueError: Int8Linear config: bias=1 is not "
+     r"true or false"),
+    ("module_bias_huge", _edit_meta(lambda m: m["modules"]["0"]["config"].update(bias=2**63)),
+     r"bias=9223372036854775808 is not true or false"),
+    ("module_smooth_str", _edit_meta(lambda m: m["modules"]["0"]["config"].update(smooth="yes")),
+     r"smooth='yes' is not true or false"),
+    ("module_in_features_float", _edit_meta(lambda m: m["modules"]["0"]["config"].update(in_features=8.0)),
+     r"in_features=8\.0 is not an int"),
     # 14. pickle files refused
     ("pickle_in_dir", lambda ck, tmp: (ck / "pytorch_model.bin").write_bytes(b"\x80\x02}q\x00."),
      r"pytorch_model\.bin is a pickle file, which slimrt never loads"),
@@ -226,6 +238,21 @@ def test_broken_checkpoint_is_named(ck, tmp_path, case):
     _, mutate, pattern = case
     mutate(ck, tmp_path)
     with pytest.raises(CheckpointError, match=pattern):
+        checkpoint.load_model(ck)
+
+
+@pytest.mark.parametrize("value", [0.0, -0.5, float("nan"), float("inf")], ids=["zero", "negative", "nan", "inf"])
+def test_bad_smoothing_vector_is_refused(tmp_path, value):
+    # RELIABILITY 12 for SmoothQuant's smooth (K,): x is multiplied by it, like a scale.
+    torch.manual_seed(0)
+    w = torch.randn(16, 8)
+    model = nn.Sequential(Int8Linear.from_weight(w, torch.randn(16), smooth=torch.rand(8) + 0.5), nn.ReLU())
+    ck = tmp_path / "ck"
+    slimrt.save(model, ck)
+    checkpoint.load_model(ck)
+    _tensors(ck, lambda t: t["0.smooth"].__setitem__(2, value))
+    with pytest.raises(CheckpointError, match=r"scale tensor '0\.smooth' has 1 NaN/Inf/zero/negative values "
+                                              r"\(first at flat index 2"):
         checkpoint.load_model(ck)
 
 

@@ -11,6 +11,8 @@ from slimrt import ops
 from slimrt.nn import _train
 
 MODES = ("w8a8", "w8")
+_BIAS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                "float64": torch.float64}
 
 
 class Int8Linear(nn.Module):
@@ -37,6 +39,9 @@ class Int8Linear(nn.Module):
     """
 
     TRAINABLE = ("w_scale", "bias", "smooth")
+    # Float tensors the outputs are multiplied by: a checkpoint holding a zero, negative, NaN or Inf
+    # value in one of them is refused at load (checkpoint/loader.py).
+    POSITIVE_TENSORS = ("w_scale", "smooth")
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "w8a8",
                  device: Any = None, bias_dtype: torch.dtype = torch.float32, smooth: bool = False) -> None:
@@ -113,9 +118,21 @@ class Int8Linear(nn.Module):
 
     @classmethod
     def from_slimrt_config(cls, cfg: dict[str, Any], device: Any = "meta") -> "Int8Linear":
-        return cls(int(cfg["in_features"]), int(cfg["out_features"]), bool(cfg["bias"]), str(cfg["mode"]),
-                   device=device, bias_dtype=getattr(torch, str(cfg.get("bias_dtype", "float32"))),
-                   smooth=bool(cfg.get("smooth", False)))
+        """Rebuilds an empty module from ``slimrt_config()``; a field of the wrong type is a ValueError
+        naming it (a checkpoint's ``"bias": 2**63`` must not mean True)."""
+        for key in ("in_features", "out_features"):
+            if isinstance(cfg.get(key), bool) or not isinstance(cfg.get(key), int):
+                raise ValueError(f"Int8Linear config: {key}={cfg.get(key)!r} is not an int")
+        for key, default in (("bias", None), ("smooth", False)):
+            if not isinstance(cfg.get(key, default), bool):
+                raise ValueError(f"Int8Linear config: {key}={cfg.get(key)!r} is not true or false")
+        if not isinstance(cfg.get("mode"), str):
+            raise ValueError(f"Int8Linear config: mode={cfg.get('mode')!r} is not a string")
+        bias_dtype = cfg.get("bias_dtype", "float32")
+        if bias_dtype not in _BIAS_DTYPES:
+            raise ValueError(f"Int8Linear config: bias_dtype={bias_dtype!r} is not one of {sorted(_BIAS_DTYPES)}")
+        return cls(cfg["in_features"], cfg["out_features"], cfg["bias"], cfg["mode"], device=device,
+                   bias_dtype=_BIAS_DTYPES[bias_dtype], smooth=cfg.get("smooth", False))
 
     def repack(self) -> None:
         """Rebuilds the kernel's packed weight from w_q (after loading or moving the module)."""
