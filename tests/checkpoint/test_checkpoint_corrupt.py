@@ -366,6 +366,69 @@ def test_sigkill_during_save_leaves_old_or_new(tmp_path, kill_at, survivor):
     assert isinstance(loaded.model[0], Int8Linear)
 
 
+def test_temp_dirs_of_killed_saves_are_removed_by_the_next_save_or_load(tmp_path):
+    # Each SIGKILL before the rename leaves a full-size .ck.tmp-* directory; without the sweep they
+    # accumulated until the disk was full.
+    target = tmp_path / "ck"
+    slimrt.save(_model(), target)
+
+    def killed_save() -> str:
+        r = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(target), "3"], capture_output=True)
+        assert r.returncode == -signal.SIGKILL, r.stderr.decode()[-2000:]
+        left = _leftovers(tmp_path)
+        assert len(left) == 1 and left[0].startswith(".ck.tmp-"), left
+        return left[0]
+
+    first = killed_save()
+    assert killed_save() != first  # the second killed save first removed what the first one left
+    checkpoint.load_model(target)
+    assert _leftovers(tmp_path) == []
+    killed_save()
+    slimrt.save(_model(), target, overwrite=True)
+    assert _leftovers(tmp_path) == []
+
+
+_PAUSED_SAVE = """
+import os, sys, torch
+from torch import nn
+import slimrt
+from slimrt.nn import Int8Linear
+torch.manual_seed(2)
+model = nn.Sequential(Int8Linear.from_linear(nn.Linear(8, 16)), nn.ReLU(), nn.Linear(16, 4))
+real = os.fsync
+def fsync(fd):  # pauses inside the save, its temp dir written, until the parent says go
+    if not getattr(fsync, "paused", False):
+        fsync.paused = True
+        print("ready", flush=True)
+        sys.stdin.readline()
+    real(fd)
+os.fsync = fsync
+slimrt.save(model, sys.argv[1], overwrite=True)
+print("saved", flush=True)
+"""
+
+
+def test_a_live_save_keeps_its_temp_dir(tmp_path):
+    target = tmp_path / "ck"
+    slimrt.save(_model(), target)
+    child = subprocess.Popen([sys.executable, "-c", _PAUSED_SAVE, str(target)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready", child.stderr.read()[-2000:]
+        live = _leftovers(tmp_path)
+        assert len(live) == 1 and live[0].startswith(".ck.tmp-"), live
+        checkpoint.load_model(target)
+        slimrt.save(_model(), target, overwrite=True)
+        assert _leftovers(tmp_path) == live, "a sweep removed the temp dir of a save still running"
+        out, err = child.communicate("go\n", timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0 and out.strip() == "saved", err[-2000:]
+    assert _leftovers(tmp_path) == []
+    checkpoint.load_model(target)
+
+
 class _Sparse(nn.Module):
     """A stand-in slimrt module whose layout indices must be sorted (the block-sparse contract)."""
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from slimrt.checkpoint import format as fmt
+from slimrt.checkpoint import staging
 from slimrt.checkpoint.modules import nonpersistent_buffers
 from slimrt.checkpoint.safetensors import DTYPE_NAMES, read_tensors
 from slimrt.errors import CheckpointError
@@ -53,6 +54,7 @@ def load_model(path: str | os.PathLike, model: nn.Module | None = None,
     place). The returned model is in eval mode on ``device``, with ``model.slimrt_meta`` restored.
     """
     root = check_directory(path)
+    staging.sweep(root)  # temp dirs that killed saves of this checkpoint left next to it
     with _located(root):
         meta = fmt.loads(read_file(root, fmt.META_NAME, fmt.META_CAP))
         tensors = read_model_tensors(root, meta)

@@ -4,7 +4,9 @@ Every tensor of a compressed model (slimrt modules' int8 weights, scales, factor
 layers; non-persistent buffers such as rotary inv_freq), the architecture (skeleton.py), each
 slimrt module's type and config, ``model.slimrt_meta`` under "compression", and the sha256 of every
 file go into model.safetensors + slimrt.json (format.py). The write is atomic: a temp dir next to
-the target, fsync, rename, fsync the parent; identical input gives identical bytes.
+the target, fsync, rename, fsync the parent; identical input gives identical bytes. slimrt.json
+carries the sha256 of its own canonical content (format.py). A save killed mid-write leaves its
+temp dir; the next save or load of the target removes it (staging.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from slimrt.checkpoint import format as fmt
+from slimrt.checkpoint import staging
 from slimrt.checkpoint.modules import nonpersistent_buffers, slimrt_modules, type_name
 from slimrt.errors import CheckpointExistsError
 
@@ -210,7 +213,8 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
 
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    staging.sweep(target)  # temp dirs of earlier saves of this target that were killed mid-write
+    tmp, lock = staging.claim(target)
     try:
         umask = _umask()
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a checkpoint gets the usual permissions
@@ -249,6 +253,8 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        staging.release(lock)
     return SaveResult(path=target, total_bytes=total, tensor_bytes=tensor_bytes, stored_bytes=stored_bytes,
                       bytes_saved=tensor_bytes - stored_bytes, entropy=entropy)
 
