@@ -335,6 +335,85 @@ def test_packed_blob_of_another_weight_is_refused():
             fn(torch.randn(2, 3), w2, torch.ones(16), None, ops.int8_pack_weight(w1))
 
 
+@pytest.mark.parametrize("op", ["int8_linear", "int8_weight_only_linear"])
+def test_pack_of_another_weight_of_the_same_shape_is_refused(isa, op):
+    # Same (N, K), so the header matches: the pack's content must be checked. Before the check the
+    # vector paths ran on the other weight (max difference 43) while the scalar path used w_q.
+    g = torch.Generator().manual_seed(5)
+    fn = getattr(ops, op)
+    x, s = torch.randn(3, 67, generator=g), torch.rand(33, generator=g) + 0.1
+    for n, k in ((33, 67), (1, 1), (16, 4)):
+        w, other = _rand_i8(n, k, gen=g), _rand_i8(n, k, gen=g)
+        while torch.equal(w, other):  # (1, 1): the two could be equal by chance
+            other = _rand_i8(n, k, gen=g)
+        xk, sn = x[:, :k].contiguous(), s[:n].contiguous()
+        with pytest.raises(ValueError, match=r"w_packed was not packed from this w_q: w_q\[\d+, \d+\] = -?\d+ "
+                                             r"but the pack holds -?\d+; repack it"):
+            out = fn(xk, w, sn, None, ops.int8_pack_weight(other))
+            pytest.fail(f"{op} {isa} ({n}, {k}): accepted another weight's pack, max |diff| "
+                        f"{(out - fn(xk, w, sn, None, None)).abs().max().item()}")
+        _assert_equal(fn(xk, w, sn, None, ops.int8_pack_weight(w.clone())), fn(xk, w, sn, None, None),
+                      f"{op} {isa}: a pack of an equal copy of w_q is accepted")
+
+
+def test_sampled_check_covers_every_row_of_a_small_weight():
+    # The check compares samples, not every element; on a weight of up to 16 rows they fall in every
+    # row (two columns of each), so a change confined to one row is caught in some column of it.
+    w = _rand_i8(16, 4, gen=torch.Generator().manual_seed(6))
+    x, s = torch.randn(2, 4), torch.ones(16)
+    caught_rows = set()
+    for n in range(16):
+        for k in range(4):
+            other = w.clone()
+            other[n, k] = int(w[n, k]) + 1 if int(w[n, k]) < 127 else 0
+            try:
+                ops.int8_linear(x, w, s, None, ops.int8_pack_weight(other))
+            except ValueError:
+                caught_rows.add(n)
+    assert caught_rows == set(range(16)), f"rows whose changes were never caught: {sorted(set(range(16)) - caught_rows)}"
+
+
+@pytest.mark.parametrize("mode", ["w8a8", "w8"])
+def test_module_repacks_after_w_q_changes_in_place(mode):
+    # Every ISA path must agree after w_q changes: the vector paths read the pack, the scalar path
+    # w_q, so a pack made before the change gave ISA-dependent answers.
+    torch.manual_seed(7)
+    mod = Int8Linear.from_linear(torch.nn.Linear(67, 33), mode=mode)
+    other = Int8Linear.from_linear(torch.nn.Linear(67, 33))
+    x = torch.randn(5, 67)
+    ref = R.int8_linear if mode == "w8a8" else R.int8_weight_only_linear
+    ext = _native.load()
+    before = ext.active_isa()
+    edits = [lambda: mod.w_q.copy_(other.w_q), lambda: mod.w_q[3].fill_(-7), lambda: mod.w_q.mul_(-1)]
+    try:
+        with torch.no_grad():
+            for step, edit in enumerate(edits):
+                mod(x)  # packed and used before the change
+                edit()
+                for isa_name in ISAS:
+                    ext.set_isa(isa_name)
+                    got = mod(x)
+                    if mode == "w8a8":
+                        _assert_equal(got, ref(x, mod.w_q, mod.w_scale, mod.bias), f"{mode} edit {step} {isa_name}")
+                    else:
+                        want = ref(x, mod.w_q, mod.w_scale, mod.bias)
+                        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), \
+                            f"{mode} edit {step} {isa_name}: max |diff| {(got - want).abs().max().item()}"
+    finally:
+        ext.set_isa(before)
+    assert torch.equal(mod.w_packed, ops.int8_pack_weight(mod.w_q))
+
+
+def test_module_repacks_when_w_q_is_replaced():
+    torch.manual_seed(8)
+    mod = Int8Linear.from_linear(torch.nn.Linear(40, 24))
+    x = torch.randn(2, 40)
+    with torch.no_grad():
+        mod(x)
+        mod.w_q = torch.randint(-127, 128, (24, 40), dtype=torch.int8)  # a new tensor, no in-place write
+        _assert_equal(mod(x), R.int8_linear(x, mod.w_q, mod.w_scale, mod.bias), "after replacing w_q")
+
+
 def test_tensors_on_another_device_are_refused():
     from slimrt.ops import cpu
 

@@ -64,6 +64,7 @@ class Int8Linear(nn.Module):
         else:
             self.smooth = None
         self.register_buffer("w_packed", torch.empty(0, dtype=torch.int8, device=device), persistent=False)
+        self._packed_from = _weight_key(self.w_q)  # the empty "pack" above is current for this w_q
         self.register_load_state_dict_post_hook(lambda module, keys: module.repack())
 
     @classmethod
@@ -135,11 +136,17 @@ class Int8Linear(nn.Module):
                    bias_dtype=_BIAS_DTYPES[bias_dtype], smooth=cfg.get("smooth", False))
 
     def repack(self) -> None:
-        """Rebuilds the kernel's packed weight from w_q (after loading or moving the module)."""
-        if self.w_q.device.type == "meta":
-            return
-        with torch.no_grad():
-            self.w_packed = ops.int8_pack_weight(self.w_q)
+        """Rebuilds the kernel's packed weight from w_q. Called after loading or moving the module, and
+        by ``forward`` when w_q is not what the pack was made from: another tensor (a new data
+        pointer) or the same one changed in place (torch bumps ``_version`` on every in-place write).
+        The vector kernels read only the pack and the scalar one only w_q, so a stale pack made the
+        ISA paths disagree. Inference tensors have no version counter: for them only the kernels'
+        sampled check of the pack against w_q remains (csrc/int8_gemm/int8_gemm.cpp)."""
+        w_q = self.w_q
+        if w_q.device.type != "meta":
+            with torch.no_grad():
+                self.w_packed = ops.int8_pack_weight(w_q)
+        self._packed_from = _weight_key(w_q)
 
     def _apply(self, fn, recurse=True):
         # model.to(torch.bfloat16) casts every float buffer; the kernels take fp32 scales (and the
@@ -162,6 +169,9 @@ class Int8Linear(nn.Module):
             y = self._forward_differentiable(x, mode)
             return y if activation == "none" else _activation(activation)(y)
         buf = self._buffers  # one dict instead of four nn.Module.__getattr__ walks: this is the decode path
+        w_q, key = buf["w_q"], self._packed_from  # is the pack stale? (see repack)
+        if key is not None and (w_q._version != key[0] or w_q.data_ptr() != key[1]):
+            self.repack()
         smooth = buf.get("smooth")
         if smooth is not None:
             x = x * smooth.to(x.dtype)
@@ -193,6 +203,14 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, mode={self.mode}" + (", smooth=True" if self.smooth is not None else "")
+
+
+def _weight_key(w_q: Tensor) -> tuple[int, int] | None:
+    """(in-place version, data pointer) of w_q: what ties a pack to the weight it was made from; None
+    for an inference tensor, which has no version counter (and cannot change outside inference mode)."""
+    if w_q.is_inference():
+        return None
+    return w_q._version, w_q.data_ptr()
 
 
 def _activation(name: str):
