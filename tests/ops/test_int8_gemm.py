@@ -623,6 +623,51 @@ def test_weight_only_bits_do_not_depend_on_threads_batching_or_fusion(isa):
         torch.set_num_threads(before)
 
 
+def test_weight_only_row_blocks_do_not_change_bits(isa):
+    # The vector paths convert x to fp32 a block of rows at a time (1024 rows at K = 1024); rows of
+    # later blocks and of blocks cut mid-quad must come out as they do in a call of their own.
+    g = torch.Generator().manual_seed(12)
+    m, k, n = 2500, 1024, 40
+    w, s = _rand_i8(n, k, gen=g), torch.rand(n, generator=g) * 0.01 + 1e-3
+    b = torch.randn(n, generator=g)
+    packed = ops.int8_pack_weight(w)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(m, k, generator=g).to(dtype)
+        whole = ops.int8_weight_only_linear(x, w, s, b, packed)
+        parts = torch.cat([ops.int8_weight_only_linear(x[i:i + 7], w, s, b, packed) for i in range(0, m, 7)])
+        _assert_equal(whole, parts, f"w8 {isa} {dtype}: one call vs 7-row calls")
+
+
+_W8_PEAK_CODE = r"""
+import sys, torch
+from slimrt import _native, ops
+def hwm_mb():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
+_native.load().set_isa(sys.argv[1])
+m, k, n = 65536, 1024, 16
+x = torch.ones(m, k, dtype=torch.bfloat16)  # 128 MiB, made without an fp32 temporary
+w = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+packed = ops.int8_pack_weight(w)
+ops.int8_weight_only_linear(x[:8], w, torch.ones(n), None, packed)
+before = hwm_mb()
+y = ops.int8_weight_only_linear(x, w, torch.ones(n), None, packed)
+print(round(hwm_mb() - before, 1), y.shape[0])
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
+def test_weight_only_linear_keeps_memory_flat_on_a_large_bf16_input():
+    # Before the row blocks, the vector paths made an fp32 copy of all of x: 256 MiB on top of this
+    # 128 MiB bf16 input (12.8 GB peak for a 4.3 GB one). Now the copy is one 4 MiB block.
+    for isa_name in [i for i in ISAS if i != "scalar"]:
+        out = subprocess.run([sys.executable, "-c", _W8_PEAK_CODE, isa_name], capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        grown, rows = out.stdout.split()
+        assert int(rows) == 65536 and float(grown) < 48, f"{isa_name}: the call raised peak RSS by {grown} MiB"
+
+
 def test_int8linear_concurrent_calls_match_serial():
     torch.manual_seed(1)
     mod = Int8Linear.from_linear(torch.nn.Linear(256, 130))
