@@ -124,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
                     rate=f"{t:.1f} tokens/s", ratio=tb / ta, quality="")
     print()
     print(markdown_table(["comparison", "first (tokens/s)", "second (tokens/s)", "second / first"], rows))
-    for label, _, _, ratio in rows[:2]:
-        verdict = "met" if abs(ratio - 1) <= 0.05 else "NOT met"
-        print(f"- {verdict}: {label}: {ratio:.3f}x (target within 5%)")
+    # torch beside slimrt must be no slower (>= 0.95x); the two import orders within 5% either way.
+    for (label, _, _, ratio), ok, target in ((rows[0], rows[0][3] >= 0.95, "no slower than 0.95x"),
+                                             (rows[1], abs(rows[1][3] - 1) <= 0.05, "within 5%")):
+        print(f"- {'met' if ok else 'NOT met'}: {label}: {ratio:.3f}x (target {target})")
     print(f"\nCSV rows appended to {args.csv}")
     return 0
 

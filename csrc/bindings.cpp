@@ -265,5 +265,13 @@ PYBIND11_MODULE(_C, m) {
                          uintptr_t argmax, int nt) {
         py::gil_scoped_release nogil;
         s.forward(ptr<const int64_t>(tokens), T, start, ptr<float>(logits), ptr<int64_t>(argmax), nt);
-      });
+      })
+      .def("run_rows", [](DecodeSession& s, uintptr_t tokens, uintptr_t rows, uintptr_t slots, int64_t n,
+                          uintptr_t out, int64_t n_out, uintptr_t logits, uintptr_t argmax, int nt) {
+        py::gil_scoped_release nogil;
+        s.run_rows(ptr<const int64_t>(tokens), ptr<const int64_t>(rows), ptr<const int64_t>(slots), n,
+                   ptr<const int64_t>(out), n_out, ptr<float>(logits), ptr<int64_t>(argmax), nt);
+      })
+      .def_property_readonly("batch", &DecodeSession::batch)
+      .def_property_readonly("max_len", &DecodeSession::max_len);
 }

@@ -18,16 +18,17 @@ ROOT = Path(os.environ.get("SLIMRT_ARCH_ROOT") or Path(__file__).resolve().paren
 # Lowest first. A module belongs to the entry with the longest matching name ("slimrt" itself is
 # the package face, slimrt/__init__.py).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("ground", ("slimrt.errors", "slimrt._version", "slimrt.recipe", "slimrt.attention")),
+    ("ground", ("slimrt.errors", "slimrt._version", "slimrt.recipe", "slimrt.attention", "slimrt.data",
+                "slimrt.tokenizer")),
     ("native", ("slimrt._native", "slimrt._C", "slimrt.kernels")),
     ("ops", ("slimrt.ops",)),
     ("nn", ("slimrt.nn",)),
     ("checkpoint / compress", ("slimrt.checkpoint", "slimrt.compress", "slimrt.gguf")),
     ("models", ("slimrt.models",)),
     ("runner", ("slimrt.runner", "slimrt.chat")),
-    ("evaluate / distill", ("slimrt.evaluate", "slimrt.distill", "slimrt.metrics", "slimrt.data")),
+    ("evaluate / distill", ("slimrt.evaluate", "slimrt.distill", "slimrt.metrics")),
     ("face", ("slimrt", "slimrt._info")),
-    ("cli / demo", ("slimrt.cli", "slimrt.demo")),
+    ("cli / demo", ("slimrt.cli", "slimrt.demo", "slimrt.serve")),
 ]
 
 # Loading and running a model must not need the compressor: nothing these import, directly or

@@ -440,3 +440,143 @@ def test_tuned_policy_keeps_the_native_step(monkeypatch):
     assert all(r[0] == (1, "w8") for r in rt.policy.per_shape.values())
     # pinned rules ((1, w8), (2, w8a8)) are the default policy's: the same tokens as the default runner
     assert rt.generate_ids(PROMPTS, 6) == Runner(model).generate_ids(PROMPTS, 6)
+
+
+# ----- run_rows: independent sequences per cache row (the server's continuous batching) -----------
+def _row_session(rt: Runner, rows: int, max_len: int):
+    """A session over ``rows`` cache rows of ``max_len`` slots, each row its own sequence from slot 0."""
+    lean = rt.lean
+    pos = lean.prepare(Batch.left_padded([max_len] * rows, max_len, torch.device("cpu")))
+    cache = lean.new_cache(rows, max_len)
+    return rt.native.session(cache, pos, max_len, any_batch=True), cache, pos
+
+
+def _alone(rt: Runner, prompt: list[int], steps: int, max_len: int):
+    """Batch-1 native prefill + greedy steps on a session of its own: [(logits, token)], and its cache."""
+    lean = rt.lean
+    pos = lean.prepare(Batch.left_padded([len(prompt)], max_len, torch.device("cpu")))
+    cache = lean.new_cache(1, max_len)
+    sess = rt.native.session(cache, pos, max_len)
+    ids = torch.tensor(prompt)
+    if len(prompt) <= sess.max_prefill:
+        logits = sess.prefill(ids).clone()
+    else:  # a model whose M = T calls run w8a8 eagerly: the native prefill all the same (w8 at M = T)
+        sess._sess.forward(ids.data_ptr(), len(prompt), 0, sess._out, sess._greedy_ptr, torch.get_num_threads())
+        logits = sess.logits[:1].clone()
+    out = [(logits, int(logits.argmax()))]
+    for s in range(steps):
+        logits = sess.step(torch.tensor([out[-1][1]]), len(prompt) + s).clone()
+        out.append((logits, int(logits.argmax())))
+    return out, cache
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3-qk-norm", "gpt2", "llama-mha-w8a8-modules"])
+def test_run_rows_gives_each_row_its_batch1_bits(family, isa):
+    """Rows prefilled whole, in chunks and in calls shared with other rows' decode steps, then decoded
+    together at their own slots: each row's logits and cache equal its own batch-1 prefill + steps
+    bit for bit (the w8 kernel's row results do not depend on M)."""
+    rt = Runner(MODELS[family]())
+    prompts, steps, max_len = PROMPTS[:3], 5, 40
+    want = [_alone(rt, p, steps, max_len) for p in prompts]
+
+    def tok(i: int, s: int) -> int:  # prompt i's greedy token after s steps, alone
+        return want[i][0][s][1]
+
+    sess, cache, _ = _row_session(rt, 4, max_len)  # row 3 stays unused; rows 2, 0, 1 hold prompts 0, 1, 2
+    where = [2, 0, 1]
+    got: list[list[torch.Tensor]] = [[], [], []]
+    p0, p1, p2 = prompts
+    with torch.inference_mode():
+        got[0].append(sess.prefill_row(2, torch.tensor(p0))[0].clone())  # prompt 0 whole
+        # One call: prompt 0's first step, prompt 1 whole, and the first chunk of prompt 2 (no logits).
+        toks = [tok(0, 0)] + p1 + p2[:5]
+        rows = [2] + [0] * len(p1) + [1] * 5
+        slots = [len(p0)] + list(range(len(p1))) + list(range(5))
+        logits, greedy = sess.run_rows(torch.tensor(toks), torch.tensor(rows), torch.tensor(slots),
+                                       torch.tensor([0, len(p1)]))
+        assert torch.equal(greedy, logits.argmax(-1))
+        got[0].append(logits[0].clone())
+        got[1].append(logits[1].clone())
+        # Next call: prompts 0 and 1 step, the rest of prompt 2 completes its prefill.
+        toks = [tok(0, 1), tok(1, 0)] + p2[5:]
+        rows = [2, 0] + [1] * (len(p2) - 5)
+        slots = [len(p0) + 1, len(p1)] + list(range(5, len(p2)))
+        logits, _ = sess.run_rows(torch.tensor(toks), torch.tensor(rows), torch.tensor(slots),
+                                  torch.tensor([0, 1, len(toks) - 1]))
+        for i in range(3):
+            got[i].append(logits[i].clone())
+        # Then every unfinished row one token a step at its own slot (rows listed out of order).
+        while any(len(g) < steps + 1 for g in got):
+            live = [i for i in (2, 1, 0) if len(got[i]) < steps + 1]
+            toks = [tok(i, len(got[i]) - 1) for i in live]
+            slots = [len(prompts[i]) + len(got[i]) - 1 for i in live]
+            logits = sess.step_rows(torch.tensor(toks), torch.tensor([where[i] for i in live]), torch.tensor(slots))
+            for j, i in enumerate(live):
+                got[i].append(logits[j].clone())
+    for i in range(3):
+        assert len(got[i]) == steps + 1
+        for s, (lg, (w, _)) in enumerate(zip(got[i], want[i][0])):
+            assert torch.equal(lg.view(-1), w.view(-1)), f"{family} {isa} prompt {i} step {s}: logits differ"
+        n = len(prompts[i]) + steps
+        for layer in range(len(cache.k)):
+            assert torch.equal(cache.k[layer][where[i], :, :n], want[i][1].k[layer][0, :, :n])
+            assert torch.equal(cache.v[layer][where[i], :, :n], want[i][1].v[layer][0, :, :n])
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_run_rows_matches_the_eager_forward(family):
+    """The eager lean forward (its reference) on one sequence, against that sequence in row 1 of 2."""
+    rt = Runner(MODELS[family]())
+    lean, prompt, max_len = rt.lean, PROMPTS[0], 24
+    sess, _, _ = _row_session(rt, 2, max_len)
+    pos = lean.prepare(Batch.left_padded([len(prompt)], max_len, torch.device("cpu")))
+    cache = lean.new_cache(1, max_len)
+    with torch.inference_mode():
+        sess.prefill_row(0, torch.tensor([3, 4, 5]))  # another sequence in row 0
+        got = sess.prefill_row(1, torch.tensor(prompt)).clone()
+        want = lean.forward(torch.tensor([prompt]), pos, cache, 0, None, True)
+        for s in range(4):
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max(), f"{family} step {s}"
+            tok = want.argmax(-1)
+            slot = len(prompt) + s
+            got = sess.step_rows(torch.cat([tok, torch.tensor([7])]), torch.tensor([1, 0]),
+                                 torch.tensor([slot, 3 + s]))[:1].clone()
+            want = lean.forward(tok.unsqueeze(1), pos, cache, slot, None, False)
+
+
+def test_run_rows_bad_input_is_a_clear_error():
+    rt = Runner(MODELS["llama"]())
+    sess, _, _ = _row_session(rt, 2, 8)
+    t = torch.tensor
+
+    def run(tokens, rows, slots, out=(0,)):
+        return sess.run_rows(t(tokens), t(rows), t(slots), t(list(out), dtype=torch.long))
+
+    with pytest.raises(ValueError, match=r"rows\[1\]=2 is outside \[0, 2\)"):
+        run([3, 4], [0, 2], [0, 0])
+    with pytest.raises(ValueError, match=r"rows\[0\]=-1 is outside"):
+        run([3], [-1], [0])
+    with pytest.raises(ValueError, match=r"slots\[0\]=8 is outside \[0, 8\)"):
+        run([3], [0], [8])
+    with pytest.raises(ValueError, match="token 300 is outside"):
+        run([300], [0], [0])
+    with pytest.raises(ValueError, match="row 1 slot 2 appears twice"):
+        run([3, 4], [1, 1], [2, 2])
+    with pytest.raises(ValueError, match=r"out\[0\]=2 is outside \[0, n=2\)"):
+        run([3, 4], [0, 1], [0, 0], out=[2])
+    with pytest.raises(ValueError, match="n_out=3"):
+        run([3, 4], [0, 1], [0, 0], out=[0, 1, 1])
+    with pytest.raises(ValueError, match="one row and one slot per token"):
+        run([3, 4], [0], [0, 1])
+    with pytest.raises(ValueError, match="rows must be a 1-D int64"):
+        sess.run_rows(t([3]), t([0.0]), t([0]), t([0]))
+    with pytest.raises(ValueError, match="tokens must be a 1-D int64"):
+        sess.prefill_row(0, t([[3, 4]]))
+    with pytest.raises(ValueError, match="got 0 tokens"):
+        sess.prefill_row(0, t([], dtype=torch.long))
+    logits, _ = run([3], [0], [0], out=[])  # a prefill chunk that ends no prompt: no logits
+    assert logits.shape == (0, 300)
+    padded = rt.native.session(rt.lean.new_cache(1, 8), rt.lean.prepare(Batch.left_padded([8], 8,
+                               torch.device("cpu"))), 8, [2])
+    with pytest.raises(ValueError, match=r"slots\[0\]=1 is inside row 0's left padding"):
+        padded.run_rows(t([3]), t([0]), t([1]), t([0]))

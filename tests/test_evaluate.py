@@ -50,6 +50,20 @@ def test_encoder_identical_is_perfect(tok):
     assert r["retrieval_top5"] == 1.0 and r["spearman"] == pytest.approx(1.0), r
 
 
+def test_encoder_full_length_check_runs_at_the_models_truncation(tok):
+    ref = tiny_bert()
+    cmp = slimrt.compress(clone(ref), "w8a8", progress=False)
+    full = Runner(ref, tok).max_seq_length
+    r = slimrt.evaluate(cmp, ref, TEXTS, tokenizer=tok, max_tokens=8)
+    assert r["max_tokens"] == 8 and r["full_length_tokens"] == full > 8, r
+    assert 0.9 < r["cos_min_full_length"] <= r["cos_mean_full_length"] <= 1.0 + 1e-9, r
+    # A compressed runner that truncates shorter than its reference shows up in the long-input check only.
+    short = slimrt.evaluate(Runner(cmp, tok, max_seq_length=12), Runner(ref, tok), TEXTS, tokenizer=tok, max_tokens=8)
+    assert short["compressed_max_seq_length"] == 12 and short["full_length_tokens"] == full, short
+    assert short["cos_min"] > 0.9 and short["cos_min_full_length"] < r["cos_min_full_length"] - 0.01, (short, r)
+    assert "cos_min_full_length" not in slimrt.evaluate(cmp, ref, TEXTS, tokenizer=tok, max_tokens=full)
+
+
 def test_encoder_values_match_metrics_on_runner_embeddings(tok):
     ref = tiny_bert()
     cmp = slimrt.compress(clone(ref), "w8a8", progress=False)
@@ -155,6 +169,7 @@ def test_cli_eval_json_and_table(int8_ckpt, hf_dir, tmp_path, capsys):
     assert len(out) == 1
     r = json.loads(out[0])
     assert r["kind"] == "encoder" and r["texts"] == len(TEXTS) and 0.9 < r["cos_min"] <= 1.0
+    assert r["checkpoint"] == int8_ckpt and r["reference"] == str(hf_dir) and r["data"] == str(data) and r["max_tokens"]
     assert main(["eval", int8_ckpt, "--reference", hf_dir, "--data", str(data)]) == 0
     table = capsys.readouterr().out
     assert "cos_min" in table and "retrieval_top5" in table
@@ -166,6 +181,12 @@ def test_cli_info_checkpoint_shows_quality(int8_ckpt, capsys):
     shown = [json.loads(ln.split(None, 1)[1]) for ln in lines if ln.startswith("quality ")]
     assert len(shown) == 1, lines
     assert shown[0]["thresholds"] == {"min_cosine": 0.9} and shown[0]["measured"]["cos_min"] > 0.9
+    assert not any(ln.startswith("total (") for ln in lines)  # the per-layer table is behind --verbose
+    assert main(["info", int8_ckpt, "--verbose"]) == 0
+    assert "total (" in capsys.readouterr().out
+    assert main(["info", int8_ckpt, "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["checkpoint"] == int8_ckpt and meta["compression"]["layers"] and meta["file_bytes"]
 
 
 def _recipe_file(tmp_path, recipe: dict) -> str:

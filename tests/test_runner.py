@@ -490,8 +490,18 @@ def test_cli_generate_streams_and_embed_prints(monkeypatch, capsys, tmp_path):
     assert cli.main(["embed", "enc", "--text", "zero", "--file", str(tmp_path / "s.txt"), "--verbose"]) == 0
     out, err = capsys.readouterr()
     rows = [json.loads(line) for line in out.splitlines()]
-    assert len(rows) == 3 and len(rows[0]) == 64
-    assert torch.allclose(torch.tensor(rows), enc.embed(["zero", "one", "two three"]), atol=1e-5)
-    assert "sentences/s" in err
+    assert len(rows) == 4 and len(rows[0]) == 64  # the blank line is a row too: row i answers line i
+    assert torch.allclose(torch.tensor(rows), enc.embed(["zero", "one", "", "two three"]), atol=1e-5)
+    assert "texts/s" in err
     assert cli.main(["generate", "enc", "--prompt", "x"]) == 2
     assert "generate needs a decoder" in capsys.readouterr().err
+
+
+def test_runner_repr_names_family_path_and_recipe():
+    import slimrt
+
+    model = slimrt.compress(tiny_llama(), "w8", progress=False)
+    text = repr(Runner(model))
+    assert text.startswith("Runner(family=llama, kind=decoder, path=native,") and "recipe=w8," in text, text
+    text = repr(Runner(tiny_llama(), native=False))
+    assert "path=lean (disabled (native=False))" in text and "recipe=none (dense)" in text, text

@@ -43,3 +43,17 @@ def test_cli_chat_and_generate_chat(w8_checkpoint):
     r = subprocess.run([sys.executable, "-m", "slimrt.cli", "generate", str(w8_checkpoint), "--chat", "--prompt",
                         "What is the capital of France?"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "Paris" in r.stdout, r.stdout + r.stderr
+
+
+def test_thin_tokenizer_matches_transformers_on_smollm2(w8_checkpoint):
+    from slimrt.checkpoint import load_model
+    from slimrt.data import pydoc_paragraphs
+
+    thin, full = load_model(w8_checkpoint, thin=True).tokenizer, load_model(w8_checkpoint).tokenizer
+    assert type(thin).__module__ == "slimrt.tokenizer" and type(full).__module__.startswith("transformers")
+    texts = pydoc_paragraphs("eval")[:50] + ["héllo wörld 你好 🙂"]
+    assert thin(texts)["input_ids"] == full(texts)["input_ids"]
+    chat = QUESTION + [{"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And Germany?"}]
+    for gen in (True, False):
+        assert thin.apply_chat_template(chat, add_generation_prompt=gen, tokenize=False) == \
+            full.apply_chat_template(chat, add_generation_prompt=gen, tokenize=False)

@@ -254,7 +254,9 @@ void DecodeSession::step(const int64_t* tokens, int64_t slot, float* logits, int
     SLIMRT_CHECK(slot >= pads_[b], "decode_step: slot " << slot << " is inside row " << b << "'s left padding");
     rows[b] = Row{b, slot, pads_[b]};
   }
-  run(tokens, rows, true, logits, argmax, num_threads);
+  std::vector<int64_t> out(batch_);
+  for (int64_t b = 0; b < batch_; ++b) out[b] = b;
+  run(tokens, rows, out, logits, argmax, num_threads);
 }
 
 void DecodeSession::forward(const int64_t* tokens, int64_t T, int64_t start, float* logits, int64_t* argmax,
@@ -266,15 +268,48 @@ void DecodeSession::forward(const int64_t* tokens, int64_t T, int64_t start, flo
                "decode_step: slot " << start + T - 1 << " is outside [0, " << max_len_ << ")");
   std::vector<Row> rows(T);
   for (int64_t t = 0; t < T; ++t) rows[t] = Row{0, start + t, 0};
-  run(tokens, rows, false, logits, argmax, num_threads);
+  run(tokens, rows, {T - 1}, logits, argmax, num_threads);
 }
 
-void DecodeSession::run(const int64_t* tokens, const std::vector<Row>& rows, bool all_logits, float* logits,
-                        int64_t* argmax, int num_threads) {
+void DecodeSession::run_rows(const int64_t* tokens, const int64_t* rows, const int64_t* slots, int64_t n,
+                             const int64_t* out, int64_t n_out, float* logits, int64_t* argmax, int num_threads) {
+  SLIMRT_CHECK(n >= 1, "decode_step: run_rows got " << n << " tokens; need at least 1");
+  SLIMRT_CHECK(tokens != nullptr && rows != nullptr && slots != nullptr,
+               "decode_step: run_rows: tokens, rows and slots must not be null");
+  SLIMRT_CHECK(n_out >= 0 && n_out <= n, "decode_step: run_rows: n_out=" << n_out << " is outside [0, n=" << n << "]");
+  SLIMRT_CHECK(n_out == 0 || (out != nullptr && logits != nullptr),
+               "decode_step: run_rows: out and logits must not be null when n_out > 0");
+  std::vector<Row> rs(n);
+  std::vector<int64_t> keys(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t b = rows[i], s = slots[i];
+    SLIMRT_CHECK(b >= 0 && b < batch_, "decode_step: run_rows: rows[" << i << "]=" << b << " is outside [0, "
+                                                                      << batch_ << ")");
+    SLIMRT_CHECK(s >= 0 && s < max_len_, "decode_step: run_rows: slots[" << i << "]=" << s << " is outside [0, "
+                                                                         << max_len_ << ")");
+    SLIMRT_CHECK(s >= pads_[b], "decode_step: run_rows: slots[" << i << "]=" << s << " is inside row " << b
+                                                                << "'s left padding");
+    rs[i] = Row{b, s, pads_[b]};
+    keys[i] = b * max_len_ + s;
+  }
+  std::sort(keys.begin(), keys.end());
+  const auto dup = std::adjacent_find(keys.begin(), keys.end());
+  SLIMRT_CHECK(dup == keys.end(), "decode_step: run_rows: row " << *dup / max_len_ << " slot " << *dup % max_len_
+                                                                << " appears twice in one call");
+  std::vector<int64_t> outs(out, out + n_out);
+  for (int64_t j = 0; j < n_out; ++j)
+    SLIMRT_CHECK(outs[j] >= 0 && outs[j] < n, "decode_step: run_rows: out[" << j << "]=" << outs[j]
+                                                                             << " is outside [0, n=" << n << ")");
+  run(tokens, rs, outs, logits, argmax, num_threads);
+}
+
+void DecodeSession::run(const int64_t* tokens, const std::vector<Row>& rows, const std::vector<int64_t>& out,
+                        float* logits, int64_t* argmax, int num_threads) {
   const DecodePlan& p = plan_;
   const DecodeConfig& c = p.cfg_;
   const int64_t C = c.hidden, D = c.head_dim, R = static_cast<int64_t>(rows.size());
-  SLIMRT_CHECK(tokens != nullptr && logits != nullptr, "decode_step: tokens and logits must not be null");
+  SLIMRT_CHECK(tokens != nullptr && (logits != nullptr || out.empty()),
+               "decode_step: tokens and logits must not be null");
   for (int64_t r = 0; r < R; ++r)
     SLIMRT_CHECK(tokens[r] >= 0 && tokens[r] < c.vocab,
                  "decode_step: token " << tokens[r] << " is outside [0, " << c.vocab << ")");
@@ -337,10 +372,10 @@ void DecodeSession::run(const int64_t* tokens, const std::vector<Row>& rows, boo
     for (int64_t i = 0; i < R * C; ++i) x[i] += tmp_[i];
   }
   parallel_keep_warm(kWarmUs);
-  // Logits for every row (batched decode) or for the last one only (the prefill samples one).
-  const int64_t first = all_logits ? 0 : R - 1, n_out = R - first;
-  for (int64_t r = first; r < R; ++r)
-    norm(wide, c.norm, x + r * C, p.norm_w_, p.norm_b_, h + (r - first) * C, C, c.eps);
+  // Logits only for the rows that sample (every row of a batched decode step, the last of a prefill).
+  const int64_t n_out = static_cast<int64_t>(out.size());
+  if (n_out == 0) return;
+  for (int64_t j = 0; j < n_out; ++j) norm(wide, c.norm, x + out[j] * C, p.norm_w_, p.norm_b_, h + j * C, C, c.eps);
   linear(p.lm_head_, h, logits, n_out, num_threads);
   const auto amax = wide ? avx512::argmax : portable::argmax;
   if (argmax)

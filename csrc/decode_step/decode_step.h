@@ -21,7 +21,8 @@
 // then logits (V,) = Wlm norm_f(x). Every linear is the int8_w8_linear kernel, bit for bit the
 // eager path's call; the small ops (decode_step_impl.h: AVX-512 or portable fp32) round differently
 // from PyTorch's in the last bits (tests compare against the eager forward with a tolerance).
-// DecodeSession::forward runs T tokens at once (the prefill: every linear at M = T, causal attention).
+// DecodeSession::forward runs T tokens at once (the prefill: every linear at M = T, causal attention);
+// DecodeSession::run_rows runs any rows at their own slots (a server's continuous batching).
 //
 // Layouts: KV caches (Hkv, max_len, D) fp32 contiguous per layer (the runner's KVCache at B = 1);
 // rope cos/sin (max_len, rot_dim) fp32; positional embedding (max_len, C) fp32; embedding (V, C).
@@ -113,13 +114,25 @@ class DecodeSession {
   // One unpadded row only (B = 1): T tokens at slots [start, start + T) (the prefill: each attends
   // to [0, its slot]), every linear at M = T -> logits (V,) (and argmax) of the last one.
   void forward(const int64_t* tokens, int64_t T, int64_t start, float* logits, int64_t* argmax, int num_threads);
+  // Any mix of rows at their own slots, in one call (continuous batching: each cache row holds an
+  // independent sequence). Token i goes into cache row rows[i] at slot slots[i] and attends to that
+  // row's keys at [pads[row], slots[i]]: keys at earlier slots come from earlier calls or from this
+  // one (every token's keys are written before any attends), so one call can decode one token of
+  // some rows and prefill (a chunk of) the prompts of others. Every linear runs at M = n.
+  // logits (n_out, V) (and argmax (n_out,) when non-null) for the tokens out[0..n_out); n_out may be 0
+  // (a prefill chunk that ends no prompt), then logits may be null. A (row, slot) pair at most once.
+  void run_rows(const int64_t* tokens, const int64_t* rows, const int64_t* slots, int64_t n, const int64_t* out,
+                int64_t n_out, float* logits, int64_t* argmax, int num_threads);
+  int64_t batch() const { return batch_; }
+  int64_t max_len() const { return max_len_; }
 
  private:
   struct Row {
     int64_t b, slot, kv0;  // cache / table row, slot of this token, first key slot it attends to
   };
-  void run(const int64_t* tokens, const std::vector<Row>& rows, bool all_logits, float* logits, int64_t* argmax,
-           int num_threads);
+  // Logits for the tokens listed in ``out`` (indices into rows), in that order.
+  void run(const int64_t* tokens, const std::vector<Row>& rows, const std::vector<int64_t>& out, float* logits,
+           int64_t* argmax, int num_threads);
   void attention(const DecodeLayer& l, int64_t layer, const std::vector<Row>& rows, int num_threads);
   void ensure_rows(int64_t R);  // scratch for R rows
 

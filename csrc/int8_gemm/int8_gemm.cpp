@@ -95,16 +95,19 @@ void int8_pack_weight(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int8_t
         uint32_t sum = 0;  // unsigned: wraps like the int32 hardware accumulator, never UB
         if (n < N) {
           const int8_t* src = w + n * ldw;
-          for (int64_t k = 0; k < K; ++k) {
-            dst[(k >> 2) * 64 + j * 4 + (k & 3)] = src[k];
-            sum += static_cast<uint32_t>(static_cast<int32_t>(src[k]));
-          }
+          // Whole k groups move as one 4-byte word (a byte at a time made loading a 135M-parameter
+          // model spend seconds here); the tail group byte by byte.
+          const int64_t whole = K / 4;
+          for (int64_t g = 0; g < whole; ++g) std::memcpy(dst + g * 64 + j * 4, src + 4 * g, 4);
+          for (int64_t k = 4 * whole; k < K; ++k) dst[(k >> 2) * 64 + j * 4 + (k & 3)] = src[k];
+          for (int64_t k = 0; k < K; ++k) sum += static_cast<uint32_t>(static_cast<int32_t>(src[k]));
         }
         const uint32_t c = sum * 128u;
         std::memcpy(&comp[n], &c, 4);
       }
     }
-  });
+  }, std::max<int64_t>(1, (256 << 10) / std::max<int64_t>(1, kPanel * k_pad)));  // >= 256 KiB a task: a small
+                                                            // weight packs on one thread, no fork/join
   std::memset(comp + n_pad, 0, kPackSlack);
 }
 

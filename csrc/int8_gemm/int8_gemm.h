@@ -51,10 +51,10 @@ constexpr int64_t kPackSlack = 1024;
 // held up to twice the input (a 4.3 GB bf16 x peaked at 12.8 GB). A 4 MiB block keeps the copy in
 // L2/L3 and re-streams the weight once per block (N K bytes against >= 4 MiB / 4 x N K FMAs: noise).
 constexpr int64_t kW8BlockBytes = int64_t(4) << 20;
-// Rows per block for fp32 rows of row_floats floats: a multiple of 4 (the MR grouping of the rows
-// stays the one a whole-x pass uses), at least 4, at most M.
+// Rows per block for fp32 rows of row_floats floats: a multiple of 12 (the 4-row and the 6-row tiles
+// group the rows as a whole-x pass does; the bits do not depend on it either), at least 12, at most M.
 inline int64_t w8_block_rows(int64_t M, int64_t row_floats) {
-  const int64_t rows = std::max<int64_t>(4, kW8BlockBytes / (4 * std::max<int64_t>(row_floats, 1)) / 4 * 4);
+  const int64_t rows = std::max<int64_t>(12, kW8BlockBytes / (4 * std::max<int64_t>(row_floats, 1)) / 12 * 12);
   return std::min(rows, std::max<int64_t>(M, 1));
 }
 

@@ -709,6 +709,66 @@ void w8_row_4panels(const float* xf, const int8_t* panel, int64_t ps, int64_t kq
       for (int c = 0; c < 4; ++c) res[pn][4 * j + c] = (t[4 * c] + t[4 * c + 1]) + (t[4 * c + 2] + t[4 * c + 3]);
     }
 }
+
+// Weight-only from M = kW8BlockedMinM rows on: w8_panel widens the weight again for every 4 rows, so a
+// prefill of M rows pays the int8 -> fp32 conversion M / 4 times and runs 4-row tiles that are bound
+// by it (8 conversion uops per 16 FMAs). Here each thread widens a panel once into an fp32 copy (16
+// columns x k_pad, L2-resident: 36 KiB at K = 576) and then runs 6-row tiles over it: 24 FMAs per 4
+// weight loads and 6 broadcasts, no conversions. The products and their order per column are
+// w8_panel's (exact int8 -> fp32 widening, one running sum per output vector over k groups in
+// order, the same lane reduction), so the bits are the same as every other w8 path.
+constexpr int64_t kW8BlockedMinM = 6;
+
+// panel (16 columns x k_pad int8, packed order) -> wf (kq x 64 floats, the same order).
+void w8_widen_panel(const int8_t* panel, int64_t kq, float* wf) {
+  for (int64_t i = 0; i < kq * 4; ++i)
+    _mm512_store_ps(wf + 16 * i, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(panel + 16 * i)))));
+}
+
+template <int MR>
+void w8f_tile(const float* xf, int64_t k_pad, const float* wf, int64_t kq, float (*res)[16]) {
+  __m512 acc[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_ps();
+  for (int64_t q = 0; q < kq; ++q) {
+    const float* wq = wf + q * 64;
+    const __m512 w0 = _mm512_load_ps(wq), w1 = _mm512_load_ps(wq + 16), w2 = _mm512_load_ps(wq + 32),
+                 w3 = _mm512_load_ps(wq + 48);
+    for (int r = 0; r < MR; ++r) {
+      const __m512 xv = _mm512_broadcast_f32x4(_mm_loadu_ps(xf + r * k_pad + 4 * q));
+      acc[r][0] = _mm512_fmadd_ps(w0, xv, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(w1, xv, acc[r][1]);
+      acc[r][2] = _mm512_fmadd_ps(w2, xv, acc[r][2]);
+      acc[r][3] = _mm512_fmadd_ps(w3, xv, acc[r][3]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < 4; ++j) {
+      alignas(64) float t[16];
+      _mm512_store_ps(t, acc[r][j]);
+      for (int c = 0; c < 4; ++c) res[r][4 * j + c] = (t[4 * c] + t[4 * c + 1]) + (t[4 * c + 2] + t[4 * c + 3]);
+    }
+}
+
+void w8f_rows(const float* xf, int64_t k_pad, const float* wf, int64_t kq, int64_t mr, float (*res)[16]) {
+  switch (mr) {
+    case 1: return w8f_tile<1>(xf, k_pad, wf, kq, res);
+    case 2: return w8f_tile<2>(xf, k_pad, wf, kq, res);
+    case 3: return w8f_tile<3>(xf, k_pad, wf, kq, res);
+    case 4: return w8f_tile<4>(xf, k_pad, wf, kq, res);
+    case 5: return w8f_tile<5>(xf, k_pad, wf, kq, res);
+    default: return w8f_tile<6>(xf, k_pad, wf, kq, res);
+  }
+}
+
+// One fp32 panel buffer per thread, grown as needed (64-byte aligned).
+float* w8_panel_buffer(int64_t floats) {
+  thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < floats + 16) buf.resize(static_cast<size_t>(floats + 16));
+  const uintptr_t p = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
+}
 }  // namespace
 
 void int8_w8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t* packed, const float* b_scale,
@@ -740,6 +800,19 @@ void int8_w8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t*
         store_out(out, out_dt, (r0 + r) * ldc + n, mk, f);
       };
       int64_t p = p0;
+      if (M >= kW8BlockedMinM) {  // M, not mb: the kernel a call runs does not depend on the blocking
+        float* wf = w8_panel_buffer(kq * 64);
+        for (; p < p1; ++p) {
+          w8_widen_panel(panels + p * kPanel * k_pad, kq, wf);  // once per block (1020 rows at K = 1024)
+          float tile[6][16];
+          for (int64_t m0 = 0; m0 < mb; m0 += 6) {
+            const int64_t mr = std::min<int64_t>(6, mb - m0);
+            w8f_rows(xf.data() + m0 * k_pad, k_pad, wf, kq, mr, tile);
+            for (int64_t r = 0; r < mr; ++r) finish(p, m0 + r, tile[r]);
+          }
+        }
+        return;
+      }
       if (M == 1)
         for (; p + 4 <= p1; p += 4) {
           w8_row_4panels(xf.data(), panels + p * kPanel * k_pad, kPanel * k_pad, kq, res);

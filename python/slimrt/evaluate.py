@@ -57,12 +57,11 @@ def as_runner(obj: Any, tokenizer: Any = None, pooling: str | None = None):
     if isinstance(obj, (str, os.PathLike)):
         path = os.fspath(obj)
         if os.path.isfile(os.path.join(path, "slimrt.json")):
-            return Runner.from_checkpoint(path, policy=policy)
-        from slimrt.runner import read_max_seq_length, read_pooling
+            return Runner.from_checkpoint(path, policy=policy, thin=False)  # decoders score through the HF forward
+        from slimrt.runner import read_embedding_settings
 
         model, tok = load_hf(path)
-        return Runner(model, tok, pooling=read_pooling(path), max_seq_length=read_max_seq_length(path),
-                      policy=policy)
+        return Runner(model, tok, policy=policy, **read_embedding_settings(path))
     raise TypeError(f"evaluate: expected a slimrt.Runner, an nn.Module or a model directory, got {type(obj).__name__}")
 
 
@@ -150,6 +149,9 @@ def _window_mask(mask: Tensor, pattern: dict[str, int]) -> Tensor:
     return ((rule & mask.bool()[:, None, None, :]) | eye)
 
 
+LONG_GROUP = 8  # texts joined into one long input for the full-length check
+
+
 def evaluate(compressed: Any, reference: Any, data: Sequence[str] | None = None, kind: str | None = None, *,
              tokenizer: Any = None, max_tokens: int = DEFAULT_MAX_TOKENS, batch_size: int = 16,
              k: int = RETRIEVAL_K, progress: bool = True) -> dict[str, Any]:
@@ -158,7 +160,9 @@ def evaluate(compressed: Any, reference: Any, data: Sequence[str] | None = None,
     compressed, reference: slimrt.Runner, HF model objects (wrapped in a Runner), or paths to a slimrt
     checkpoint / HF model directory. data: list of strings (default: ``default_texts()``, evaluation
     paragraphs disjoint from calibration). kind: "encoder" or "decoder" (default: the model's kind).
-    Encoder keys: cos_min, cos_mean, cos_p5, cos_p50, retrieval_top{k}, spearman.
+    Encoder keys: cos_min, cos_mean, cos_p5, cos_p50, retrieval_top{k}, spearman, and where the models
+    truncate beyond max_tokens, cos_min_full_length / cos_mean_full_length on the texts joined by
+    eights, each model cutting them at its own max_seq_length (full_length_tokens: the reference's).
     Decoder keys: kl, top1, ppl_compressed, ppl_reference, ppl_ratio. Both: kind, texts, tokens.
     """
     ref_rt = as_runner(reference, tokenizer)
@@ -188,6 +192,16 @@ def evaluate(compressed: Any, reference: Any, data: Sequence[str] | None = None,
             out[f"retrieval_top{k}"] = metrics.retrieval_agreement(ref, cmp, k)
         if len(texts) > 2:
             out["spearman"] = metrics.similarity_spearman(ref, cmp)
+        # Long inputs, each model truncating at its own max_seq_length (sentence-transformers' setting
+        # where it has one): a checkpoint that truncates elsewhere than its reference shows only here.
+        if max(ref_rt.max_seq_length, cmp_rt.max_seq_length) > max_tokens:
+            long_texts = [" ".join(texts[i:i + LONG_GROUP]) for i in range(0, len(texts), LONG_GROUP)]
+            lr = ref_rt.embed(long_texts, batch_size=batch_size, normalize=False)
+            lc = cmp_rt.embed(long_texts, batch_size=batch_size, normalize=False)
+            long_stats = metrics.cosine_stats(lr, lc)
+            out.update(full_length_tokens=ref_rt.max_seq_length, compressed_max_seq_length=cmp_rt.max_seq_length,
+                       full_length_texts=len(long_texts), cos_min_full_length=long_stats["cos_min"],
+                       cos_mean_full_length=long_stats["cos_mean"])
         return out
     ref_l, cmp_l = _logits(ref_rt, ids, mask, batch_size, d_ref), _logits(cmp_rt, ids, mask, batch_size, d_cmp)
     # Per batch, weighted by the positions scored, so padding never counts.
@@ -260,7 +274,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines = []
     for key, val in result.items():
         shown = f"{val:.6f}" if isinstance(val, float) else str(val)
-        lines.append(f"{key:<16} {shown}")
+        lines.append(f"{key:<22} {shown}")
     return "\n".join(lines)
 
 

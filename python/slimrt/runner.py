@@ -50,6 +50,26 @@ def read_max_seq_length(path: str | os.PathLike) -> int | None:
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
+def read_normalize(path: str | os.PathLike) -> bool | None:
+    """Whether a sentence-transformers dir ends in a Normalize module (modules.json), or None if not one."""
+    cfg_path = os.path.join(os.fspath(path), "modules.json")
+    if not os.path.isfile(cfg_path):
+        return None
+    with open(cfg_path, encoding="utf-8") as f:
+        modules = json.load(f)
+    return any(isinstance(m, dict) and str(m.get("type", "")).endswith(".Normalize") for m in modules)
+
+
+def read_embedding_settings(path: str | os.PathLike) -> dict[str, Any]:
+    """What a sentence-transformers model directory says about embedding with it: ``pooling``,
+    ``max_seq_length`` (its truncation, often below the model's position limit: 256 for
+    all-MiniLM-L6-v2 against 512) and ``normalize``; only the keys the directory sets. A checkpoint
+    stores them (compression metadata) so the Runner embeds as sentence-transformers does."""
+    found = {"pooling": read_pooling(path), "max_seq_length": read_max_seq_length(path),
+             "normalize": read_normalize(path)}
+    return {k: v for k, v in found.items() if v is not None}
+
+
 class Detokenizer:
     """Incremental detokenization: text pieces as tokens arrive, never a split multi-byte character.
 
@@ -127,7 +147,8 @@ class Runner:
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any = None, *, policy: KernelPolicy | str | None = None,
-                 pooling: str | None = None, max_seq_length: int | None = None, native: bool = True) -> None:
+                 pooling: str | None = None, max_seq_length: int | None = None, native: bool = True,
+                 normalize: bool = True) -> None:
         if pooling is not None and pooling not in POOLING_MODES:
             raise ValueError(f"Runner: pooling={pooling!r} is not one of {', '.join(POOLING_MODES)}")
         self.model = model.eval()
@@ -155,14 +176,35 @@ class Runner:
                     self.policy, self.native, self.native_reason = pinned, native_step, reason
                     self.lean = models.build(model, pinned)
         self.pooling = pooling or "mean"
+        self.normalize = bool(normalize)
         self.max_seq_length = min(max_seq_length or self.lean.max_positions, self.lean.max_positions)
 
+    @property
+    def path(self) -> str:
+        """Which forward runs: "native" (one C++ call per decode step) or "lean" (slimrt's own forward)."""
+        return "native" if self.native is not None else "lean"
+
+    def __repr__(self) -> str:
+        meta = getattr(self.model, "slimrt_meta", None) or {}
+        recipe = meta.get("recipe") or (meta.get("compression") or {}).get("recipe") or {}
+        methods = "+".join(recipe.get("methods", [])) or "none (dense)"
+        seen = {t.data_ptr(): t.numel() * t.element_size() for t in self.model.state_dict().values()}  # tied: once
+        n_bytes = sum(seen.values())
+        why = "" if self.native is not None or self.kind != "decoder" else f" ({self.native_reason})"
+        return (f"Runner(family={getattr(self.lean, 'family', self.config.model_type)}, kind={self.kind}, path={self.path}{why}, recipe={methods}, "
+                f"weights={n_bytes / 1e6:.1f} MB, threads={torch.get_num_threads()})")
+
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> "Runner":
-        """Loads a slimrt checkpoint (slimrt.checkpoint.load_model) and wraps it."""
+    def from_checkpoint(cls, path: str | os.PathLike, thin: bool = True, **kwargs: Any) -> "Runner":
+        """Loads a slimrt checkpoint (slimrt.checkpoint.load_model) and wraps it.
+
+        ``thin`` (default): where the lean forward covers the model (BERT, Llama family, GPT-2), only
+        what it reads is built, without importing transformers (checkpoint/thin.py): a load in well
+        under a second. ``rt.model`` is then slimrt's weights-only module tree; thin=False gives the
+        Hugging Face model (its forward and generate), at the cost of importing its modeling code."""
         from slimrt import checkpoint
 
-        loaded = checkpoint.load_model(path)
+        loaded = checkpoint.load_model(path, thin=thin)
         # Pooling and max_seq_length: a sentence-transformers layout in the directory, else the
         # compression metadata (model.slimrt_meta, stored verbatim as slimrt.json "compression").
         meta = getattr(loaded, "meta", None) or {}
@@ -170,16 +212,22 @@ class Runner:
         extra = extra if isinstance(extra, dict) else {}
         pooling = read_pooling(path) or extra.get("pooling")
         max_len = read_max_seq_length(path) or extra.get("max_seq_length")
+        normalize = read_normalize(path)
+        normalize = extra.get("normalize") if normalize is None else normalize
         kwargs.setdefault("pooling", pooling if isinstance(pooling, str) else None)
         kwargs.setdefault("max_seq_length", max_len if isinstance(max_len, int) and max_len > 0 else None)
+        if isinstance(normalize, bool):
+            kwargs.setdefault("normalize", normalize)
         try:
             return cls(loaded.model, loaded.tokenizer, **kwargs)
         except ValueError as e:  # a valid checkpoint the runner cannot run (an unsupported config value)
             raise ValueError(f"{os.path.abspath(os.fspath(path))}: {e}") from e
 
     # ----- encoders -------------------------------------------------------------------------
-    def embed(self, texts: str | Sequence[str], batch_size: int = 32, normalize: bool = True) -> Tensor:
-        """Sentence embeddings (N, C) float32 with the model's pooling; unit length if ``normalize``."""
+    def embed(self, texts: str | Sequence[str], batch_size: int = 32, normalize: bool | None = None) -> Tensor:
+        """Sentence embeddings (N, C) float32 with the model's pooling; unit length if ``normalize``
+        (default: the model's own setting, e.g. a sentence-transformers Normalize module; else True)."""
+        normalize = self.normalize if normalize is None else normalize
         if self.kind != "encoder":
             raise ValueError(f"embed needs an encoder (BERT family); this is a {self.config.model_type} decoder: "
                              "use generate")
@@ -215,7 +263,7 @@ class Runner:
             return F.normalize(emb, dim=-1) if normalize else emb
 
     # ----- decoders -------------------------------------------------------------------------
-    def generate(self, prompt: str | Sequence[str], max_new_tokens: int = 32, temperature: float = 0.0,
+    def generate(self, prompt: str | Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  eos: bool = True, stats: dict | None = None) -> str | list[str]:
         """Generated text for one prompt (str) or each of a list (list[str]), prompt not included.
@@ -230,7 +278,7 @@ class Runner:
                                        clean_up_tokenization_spaces=False) for ids in out]
         return texts[0] if single else texts
 
-    def stream(self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int | None = None,
+    def stream(self, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int | None = None,
                top_p: float | None = None, seed: int | None = None, eos: bool = True,
                stats: dict | None = None) -> Iterator[str]:
         """Text pieces of one prompt's continuation as they are decoded; they add up to ``generate``'s text.
@@ -290,7 +338,7 @@ class Runner:
         stop = chat.end_of_turn_ids(self.tokenizer, lean.vocab_size, self._eos_ids())
         return self._stream([ids], max_new_tokens, temperature, top_k, top_p, seed, True, stats, stop)
 
-    def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 32, temperature: float = 0.0,
+    def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64, temperature: float = 0.0,
                      top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                      eos: bool = True, stats: dict | None = None,
                      stop_ids: Collection[int] | None = None) -> list[list[int]]:

@@ -140,13 +140,15 @@ BERT_BAD = [
 ]
 
 
+@pytest.mark.parametrize("thin", [False, True], ids=["hf_skeleton", "thin"])
 @pytest.mark.parametrize("key, value, expected", BERT_BAD,
                          ids=[f"{k}={v!r}"[:40] for k, v, _ in BERT_BAD])
-def test_bad_config_value_is_a_checkpoint_error_naming_the_field(bert_ck, tmp_path, key, value, expected):
+def test_bad_config_value_is_a_checkpoint_error_naming_the_field(bert_ck, tmp_path, key, value, expected, thin):
+    # thin: the skeleton built without transformers (slimrt.load's default) checks the same values.
     ck = _restamped(bert_ck, tmp_path / "ck", lambda c: c.update({key: value}))
     with pytest.raises(CheckpointError, match=rf"slimrt\.json: field 'model\.config\.{key}' is .*; expected "
                                               rf"{expected}") as e:
-        checkpoint.load_model(ck)
+        checkpoint.load_model(ck, thin=thin)
     assert str(ck) in str(e.value)
 
 
@@ -165,8 +167,9 @@ def test_bad_decoder_config_value_is_named(tmp_path, make, key, value, expected)
     if isinstance(value, float) and not math.isfinite(value):  # JSON has no inf: the file says "Infinity"
         value = "Infinity"
     ck = _restamped(tmp_path / "src", tmp_path / "ck", lambda c: c.update({key: value}))
-    with pytest.raises(CheckpointError, match=rf"field 'model\.config\.{key}(\.\w+)?' is .*; expected {expected}"):
-        checkpoint.load_model(ck)
+    for thin in (False, True):
+        with pytest.raises(CheckpointError, match=rf"field 'model\.config\.{key}(\.\w+)?' is .*; expected {expected}"):
+            checkpoint.load_model(ck, thin=thin)
 
 
 def test_relative_position_embedding_is_named_by_file(tmp_path):

@@ -240,6 +240,22 @@ def test_nan_calibration_names_the_module():
         slimrt.compress(model, Recipe(smoothquant=True), calibration=[x], progress=False)
 
 
+def test_recipes_that_use_calibration_default_to_slimrts_own_text(caplog, tiny_bert_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    model = tiny_bert()
+    with caplog.at_level(logging.WARNING, logger="slimrt"):
+        slimrt.compress(model, "w8a8-sq", tokenizer=tok, progress=False)
+    assert "using slimrt's own text" in caplog.text
+    layers = model.slimrt_meta["layers"]
+    assert all(r.get("smoothquant") == "alpha=0.5" for r in layers), layers
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="slimrt"):
+        slimrt.compress(tiny_bert(), "w8a8", tokenizer=tok, progress=False)  # uses none: says nothing
+    assert "own text" not in caplog.text
+
+
 def test_calibration_errors():
     with pytest.raises(ValueError, match="needs calibration data"):
         slimrt.compress(mlp(), Recipe(smoothquant=True), progress=False)
@@ -396,6 +412,11 @@ def test_methods_combine(split_method):
 def test_report_table(capsys):
     model = slimrt.compress(tiny_llama(), "w8a8", progress=False)
     text = slimrt.report(model)
+    assert capsys.readouterr().out == "", "report returns the table; printing it is the caller's (or the REPL's)"
+    assert repr(text) == str(text), "a REPL shows the table itself, once"
+    assert text.summary == "15 layers compressed (w8a8), " + text.summary.split(", ", 1)[1]
+    assert "kept dense (fallbacks): 0" in text.summary and "smaller" in text.summary
+    slimrt.report(model, echo=True)
     assert capsys.readouterr().out.strip() == text.strip()
     lines = text.splitlines()
     assert lines[0].split()[:3] == ["module", "method", "kernel"]
@@ -506,14 +527,17 @@ def test_cli_compress(tiny_bert_dir, tmp_path, saved, capsys):
     assert type(model).__name__ == "BertModel" and saved["out"] == str(out) and saved["entropy"] == "zstd"
     assert saved["tokenizer"] is not None and saved["overwrite"] is False
     assert model.slimrt_meta["recipe"]["smoothquant"] is True and model.slimrt_meta["recipe"]["alpha"] == 0.6
-    assert "total (13 layers)" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "slimrt: 13 layers compressed (w8a8 + smoothquant)" in out_text and "total (" not in out_text, out_text
+    rc = cli.main(["compress", str(tiny_bert_dir), "-o", str(out), "--recipe", "w8", "--overwrite", "--no-progress",
+                   "--verbose"])
+    assert rc == 0 and "total (13 layers)" in capsys.readouterr().out  # --verbose: the per-layer table
 
 
 @pytest.mark.parametrize("argv, message", [
     (["compress", "/nonexistent/model", "-o", "{tmp}/o"], "neither a local model directory"),
     (["compress", "{src}", "-o", "{tmp}", "--recipe", "w3"], "exists; pass --overwrite"),
     (["compress", "{src}", "-o", "{tmp}/o", "--recipe", "w3"], "neither a preset"),
-    (["compress", "{src}", "-o", "{tmp}/o", "--smoothquant"], "--smoothquant needs --calibration"),
 ])
 def test_cli_errors_are_one_line(tiny_bert_dir, tmp_path, saved, capsys, argv, message):
     from slimrt import cli

@@ -3,7 +3,8 @@
 Input: flags (1 byte) | len(slimrt.json) (4 bytes, little-endian) | slimrt.json | model.safetensors.
 Flags: FIX_SHA sets files["model.safetensors"] to the sha256 of the safetensors bytes, FIX_DIGEST
 restamps slimrt.json's own digest (format.stamp): without them nearly every mutation would stop at
-a checksum, and the checks behind the checksums would never be reached. The seeds are valid
+a checksum, and the checks behind the checksums would never be reached. THIN loads with thin=True
+(the skeleton slimrt.load builds without transformers, checkpoint/thin.py). The seeds are valid
 checkpoints (int8 w8a8 and w8 with smoothing, quantized low-rank, zstd-coded, BERT, tied Llama).
 
 Any exception other than CheckpointError fails, as do crashes and hangs (libFuzzer's -timeout).
@@ -21,7 +22,7 @@ import struct
 import sys
 import tempfile
 
-FIX_SHA, FIX_DIGEST = 1, 2
+FIX_SHA, FIX_DIGEST, THIN = 1, 2, 4
 TENSORS, META = "model.safetensors", "slimrt.json"
 _DIR = None
 
@@ -79,7 +80,7 @@ def test_one_input(data: bytes) -> None:
     with open(os.path.join(ck, TENSORS), "wb") as f:
         f.write(tensors)
     try:
-        checkpoint.load_model(ck)
+        checkpoint.load_model(ck, thin=bool(flags & THIN))
     except CheckpointError:
         pass
 
@@ -117,6 +118,8 @@ def seeds() -> dict[str, bytes]:
                 tensors = f.read()
             out[name] = pack(meta, tensors)
             out[name + "_raw"] = pack(meta, tensors, flags=0)
+            if name in ("bert", "llama_tied"):
+                out[name + "_thin"] = pack(meta, tensors, flags=FIX_SHA | FIX_DIGEST | THIN)
     return out
 
 

@@ -35,7 +35,8 @@ def test_checkpoint_seeds_are_valid_checkpoints(checkpoint_seeds):
 
     for name, data in checkpoint_seeds.items():
         fuzz_checkpoint.test_one_input(data)  # refusals pass silently: load again to see it load
-        checkpoint.load_model(fuzz_checkpoint._DIR + "/ck")
+        thin = bool(fuzz_checkpoint.unpack(data)[0] & fuzz_checkpoint.THIN)
+        checkpoint.load_model(fuzz_checkpoint._DIR + "/ck", thin=thin)
 
 
 def test_gguf_seeds_validate(gguf_seeds):

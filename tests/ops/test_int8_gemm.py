@@ -404,6 +404,17 @@ def test_module_repacks_after_w_q_changes_in_place(mode):
     assert torch.equal(mod.w_packed, ops.int8_pack_weight(mod.w_q))
 
 
+def test_current_pack_follows_an_in_place_change():
+    # The native decode step takes the module's pack through current_pack: a pack made before an
+    # in-place change of w_q must not reach it.
+    torch.manual_seed(9)
+    mod = Int8Linear.from_linear(torch.nn.Linear(40, 24), mode="w8")
+    with torch.no_grad():
+        mod(torch.randn(2, 40))
+        mod.w_q.mul_(-1)
+    assert torch.equal(mod.current_pack(), ops.int8_pack_weight(mod.w_q))
+
+
 def test_module_repacks_when_w_q_is_replaced():
     torch.manual_seed(8)
     mod = Int8Linear.from_linear(torch.nn.Linear(40, 24))
@@ -604,7 +615,7 @@ def test_weight_only_bits_do_not_depend_on_threads_batching_or_fusion(isa):
     k = 1000
     ws = [_rand_i8(n, k, gen=g) for n in (112, 48, 80)]
     ss = [torch.rand(w.shape[0], generator=g) * 0.01 + 1e-3 for w in ws]
-    x = torch.randn(2, k, generator=g)
+    x = torch.randn(13, k, generator=g)  # from 6 rows on, the blocked kernel: two 6-row tiles and one row
     wf, sf = torch.cat(ws), torch.cat(ss)
     before = torch.get_num_threads()
     try:
@@ -617,14 +628,19 @@ def test_weight_only_bits_do_not_depend_on_threads_batching_or_fusion(isa):
         apart = torch.cat([ops.int8_weight_only_linear(x[:1], w, s_, None, ops.int8_pack_weight(w))
                            for w, s_ in zip(ws, ss)], dim=-1)
         _assert_equal(apart, outs[0], f"w8 {isa}: fused vs apart")
-        both = ops.int8_weight_only_linear(x, wf, sf, None, ops.int8_pack_weight(wf))
-        _assert_equal(both[:1], outs[0], f"w8 {isa}: M = 1 vs row 0 of M = 2")
+        pack = ops.int8_pack_weight(wf)
+        for m in (2, 5, 6, 13):
+            both = ops.int8_weight_only_linear(x[:m], wf, sf, None, pack)
+            _assert_equal(both[:1], outs[0], f"w8 {isa}: M = 1 vs row 0 of M = {m}")
+            for i in (m // 2, m - 1):
+                one = ops.int8_weight_only_linear(x[i:i + 1], wf, sf, None, pack)
+                _assert_equal(both[i:i + 1], one, f"w8 {isa}: row {i} of M = {m} vs the row alone")
     finally:
         torch.set_num_threads(before)
 
 
 def test_weight_only_row_blocks_do_not_change_bits(isa):
-    # The vector paths convert x to fp32 a block of rows at a time (1024 rows at K = 1024); rows of
+    # The vector paths convert x to fp32 a block of rows at a time (1020 rows at K = 1024); rows of
     # later blocks and of blocks cut mid-quad must come out as they do in a call of their own.
     g = torch.Generator().manual_seed(12)
     m, k, n = 2500, 1024, 40

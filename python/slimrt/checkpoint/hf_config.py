@@ -12,6 +12,7 @@ checkpoint (Runner.from_checkpoint).
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 from slimrt.errors import CheckpointError
@@ -60,9 +61,12 @@ def _activation_names() -> set[str]:
     return set(ACT2FN.keys())
 
 
-def check(cfg: dict[str, Any], model_type: str | None) -> None:
+def check(cfg: dict[str, Any], model_type: str | None, activations: Collection[str] | None = None,
+          position_types: Collection[str] | None = None) -> None:
     """Raises CheckpointError for the first config value (of those the runner reads) of a wrong type
-    or outside its range; ``model_type`` is the architecture's own (the config may not change it)."""
+    or outside its range; ``model_type`` is the architecture's own (the config may not change it).
+    ``activations`` and ``position_types`` are the names allowed (default: what the installed
+    transformers defines); the thin skeleton passes its own, and transformers is then not imported."""
     given = cfg.get("model_type")
     if given is not None and model_type is not None and given != model_type:
         raise _bad("model_type", given, f"{model_type!r}, the model type of the stored architecture")
@@ -84,12 +88,14 @@ def check(cfg: dict[str, Any], model_type: str | None) -> None:
             raise _bad(key, cfg[key], "true or false")
     for key in _ACTIVATIONS:
         if key in cfg and cfg[key] is not None:
-            names = _activation_names()
+            names = set(activations) if activations is not None else _activation_names()
             if not isinstance(cfg[key], str) or cfg[key] not in names:
                 raise _bad(key, cfg[key], f"an activation transformers defines ({', '.join(sorted(names))})")
-    if "position_embedding_type" in cfg and cfg["position_embedding_type"] not in position_embedding_types():
-        raise _bad("position_embedding_type", cfg["position_embedding_type"],
-                   f"one of {', '.join(position_embedding_types())} (what transformers runs)")
+    if "position_embedding_type" in cfg:
+        kinds = tuple(position_types) if position_types is not None else position_embedding_types()
+        if cfg["position_embedding_type"] not in kinds:
+            raise _bad("position_embedding_type", cfg["position_embedding_type"],
+                       f"one of {', '.join(kinds)} (what transformers runs)")
     _check_heads(cfg)
     _check_rope(cfg)
 

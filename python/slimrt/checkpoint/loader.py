@@ -47,11 +47,14 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_model(path: str | os.PathLike, model: nn.Module | None = None,
-               device: str | torch.device = "cpu") -> LoadedCheckpoint:
+               device: str | torch.device = "cpu", thin: bool = False) -> LoadedCheckpoint:
     """Loads a checkpoint written by :func:`save`; raises CheckpointError naming what is wrong.
 
     ``model``: a skeleton to load into (required for checkpoints of kind "custom"; it is modified in
     place). The returned model is in eval mode on ``device``, with ``model.slimrt_meta`` restored.
+    ``thin``: for the families slimrt's lean forwards run (checkpoint/thin.py), build the model from
+    plain torch modules and the tokenizer from its tokenizer.json, without importing transformers (a
+    weights-only model for slimrt.Runner; others load as usual).
     """
     root = check_directory(path)
     staging.sweep(root)  # temp dirs that killed saves of this checkpoint left next to it
@@ -65,16 +68,25 @@ def load_model(path: str | os.PathLike, model: nn.Module | None = None,
                 if hashlib.sha256(data).hexdigest() != digest:
                     raise CheckpointError(f"{name} in {root}: sha256 checksum mismatch (corrupt or modified file)")
                 other_files[name] = data
-        model, config = assemble(meta, tensors, model)
+        model, config = assemble(meta, tensors, model, thin=thin)
         model.eval()
         if torch.device(device).type != "cpu":
             model.to(device)
         model.slimrt_meta = meta.get("compression")
-        tokenizer = _load_tokenizer(meta, other_files) if meta.get("tokenizer") else None
+        tokenizer = _load_tokenizer(meta, other_files, thin) if meta.get("tokenizer") else None
     return LoadedCheckpoint(model=model, tokenizer=tokenizer, config=config, meta=meta)
 
 
-def _load_tokenizer(meta: dict[str, Any], files: dict[str, bytes]) -> Any:
+def _load_tokenizer(meta: dict[str, Any], files: dict[str, bytes], thin: bool = False) -> Any:
+    names = meta["tokenizer"]["files"]
+    if thin and "tokenizer.json" in names:
+        from slimrt.tokenizer import Tokenizer
+
+        try:
+            return Tokenizer.from_files({n: files[n] for n in names})
+        except Exception as e:
+            raise CheckpointError(f"the tokenizer files of the checkpoint cannot be loaded: "
+                                  f"{type(e).__name__}: {e}") from None
     import transformers
 
     # From a private copy of the verified bytes only: nothing unlisted or modified since the check.
@@ -302,11 +314,18 @@ def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
 
 
 def assemble(meta: dict[str, Any], tensors: dict[str, torch.Tensor],
-             model: nn.Module | None) -> tuple[nn.Module, Any]:
-    """Skeleton (given or rebuilt) + slimrt modules + validated tensors -> a loaded model."""
-    from slimrt.checkpoint.skeleton import build_skeleton
+             model: nn.Module | None, thin: bool = False) -> tuple[nn.Module, Any]:
+    """Skeleton (given, thin or rebuilt) + slimrt modules + validated tensors -> a loaded model."""
+    from slimrt.checkpoint import thin as thin_skeleton
+    from slimrt.checkpoint.skeleton import SlimrtPlaceholder, build_skeleton, check_attention
 
     config = None
+    if model is None and thin:
+        model = thin_skeleton.build(meta["model"], tensors, meta["modules"], list(meta.get("buffers") or []),
+                                    SlimrtPlaceholder, meta.get("tied") or [])
+        if model is not None:
+            config = model.config
+            check_attention(meta["model"]["config"].get("slimrt_attention"))
     if model is None:
         model, config = build_skeleton(meta["model"], len(tensors))
     elif not isinstance(model, nn.Module):

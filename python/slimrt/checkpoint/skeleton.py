@@ -249,7 +249,7 @@ def _build_hf(section: dict[str, Any], n_tensors: int) -> tuple[nn.Module, Any]:
         raise CheckpointError(f"slimrt.json: field 'model.config' does not build a {arch}: "
                               f"{type(e).__name__}: {e}") from None
     _apply_resized(model, cfg.get("slimrt_resized"))
-    _check_attention(cfg.get("slimrt_attention"))
+    check_attention(cfg.get("slimrt_attention"))
     gen = section.get("generation_config")
     if isinstance(gen, dict) and getattr(model, "generation_config", None) is not None:
         try:
@@ -261,7 +261,7 @@ def _build_hf(section: dict[str, Any], n_tensors: int) -> tuple[nn.Module, Any]:
 
 # ---- attention pattern (slimrt.attention; written by the recipe method sparse_attention) ----
 
-def _check_attention(pattern: Any) -> None:
+def check_attention(pattern: Any) -> None:
     """The config's ``slimrt_attention`` (sliding window + sinks) must be valid before a Runner reads it."""
     if pattern is None:
         return

@@ -45,14 +45,17 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
         recipe = dataclasses.replace(recipe, smoothquant=True, alpha=recipe.alpha if args.alpha is None else args.alpha)
     calibration = _read_calibration(args.calibration) if args.calibration else None
-    if recipe.smoothquant and calibration is None:
-        raise ValueError("--smoothquant needs --calibration FILE")
     progress = not args.no_progress
     model, tokenizer = _load_hf_model(args.src)
     if calibration is not None and tokenizer is None:
         raise ValueError(f"--calibration needs a tokenizer, and {args.src} has none")
     slimrt.compress(model, recipe, calibration=calibration, tokenizer=tokenizer, progress=progress)
-    slimrt.report(model)
+    if os.path.isdir(args.src):  # sentence-transformers settings travel into the checkpoint
+        from slimrt.runner import read_embedding_settings
+
+        model.slimrt_meta.update(read_embedding_settings(args.src))
+    report = slimrt.report(model)
+    print(report if args.verbose else f"slimrt: {report.summary}")
     quality_step(args, model, tokenizer, args.src)  # --distill-steps, --min-cosine/--max-kl (exit 3)
     checkpoint.save(model, args.output, tokenizer=tokenizer, overwrite=args.overwrite, entropy=args.entropy)
     print(f"slimrt: wrote {args.output}")
@@ -64,11 +67,13 @@ def add_parser(sub) -> None:
     s.add_argument("src", metavar="SRC", help="local Hugging Face model directory, or a .gguf file (llama.cpp)")
     s.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint directory to write")
     s.add_argument("--recipe", default="w8a8", help="preset name (w8a8, w8, ...) or a recipe JSON file")
-    s.add_argument("--calibration", metavar="FILE", help="calibration texts: one per line, or .jsonl")
-    s.add_argument("--smoothquant", action="store_true", help="SmoothQuant migration for w8a8 (needs --calibration)")
+    s.add_argument("--calibration", metavar="FILE",
+                   help="calibration texts: one per line, or .jsonl (default: slimrt's own text where the recipe uses any)")
+    s.add_argument("--smoothquant", action="store_true", help="SmoothQuant migration for w8a8 (calibration: --calibration FILE, else slimrt's own text)")
     s.add_argument("--alpha", type=float, default=None, help="SmoothQuant strength in [0, 1] (default 0.5)")
     s.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     s.add_argument("--entropy", choices=["zstd"], default=None, help="entropy-code the tensors")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--verbose", action="store_true", help="print the per-layer table (default: a one-line summary)")
     add_compress_flags(s)
     s.set_defaults(func=gate_exit(_cmd_compress))

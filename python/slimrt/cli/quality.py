@@ -77,8 +77,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     data = _read_texts(args.data) if args.data else None
     result = slimrt.evaluate(args.checkpoint, args.reference, data, max_tokens=args.max_tokens)
-    if args.json:
-        print(json.dumps(result, sort_keys=True))
+    if args.json:  # what was compared, on what, with which settings, beside the numbers
+        compared = {"checkpoint": args.checkpoint, "reference": args.reference,
+                    "data": args.data or "slimrt.data.pydoc_paragraphs('eval')", "max_tokens": args.max_tokens}
+        print(json.dumps({**compared, **result}, sort_keys=True))
     else:
         from slimrt.evaluate import format_table
 
@@ -134,7 +136,9 @@ def add_parser(sub) -> None:
     s.add_argument("--reference", required=True, metavar="SRC", help="the original: HF model dir, .gguf file or slimrt checkpoint")
     s.add_argument("--data", metavar="FILE", help="texts, one per line or .jsonl (default: pydoc eval paragraphs)")
     s.add_argument("--max-tokens", type=int, default=128, help="tokens per text (default 128)")
-    s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    s.add_argument("--json", action="store_true",
+                   help="one JSON object: what was compared (checkpoint, reference, data, settings) and the numbers")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("distill", help="train a student (shallower copy or compressed checkpoint) to match SRC")

@@ -7,6 +7,15 @@ import json
 import sys
 
 
+def _read_lines(path: str) -> list[str]:
+    """One text per line of a UTF-8 file, or of standard input for "-". Blank lines are kept (each is a
+    row of the output, so row i always answers line i)."""
+    if path == "-":
+        return [line.rstrip("\r\n") for line in sys.stdin]
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\r\n") for line in f]
+
+
 def _cmd_embed(args: argparse.Namespace) -> int:
     import time
 
@@ -14,21 +23,39 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     texts = list(args.text or [])
     if args.file:
-        with open(args.file, encoding="utf-8") as f:
-            texts += [line.rstrip("\n") for line in f if line.strip()]
+        texts += _read_lines(args.file)
     if not texts:
-        raise ValueError("embed: no input; pass --text (repeatable) or --file with one sentence per line")
+        raise ValueError("embed: no input; pass --text (repeatable) or --file FILE (one text per line, - for stdin)")
     t0 = time.perf_counter()
     rt = Runner.from_checkpoint(args.checkpoint)
     t1 = time.perf_counter()
-    emb = rt.embed(texts, batch_size=args.batch_size, normalize=not args.no_normalize)
+    emb = rt.embed(texts, batch_size=args.batch_size, normalize=False if args.no_normalize else None)
     t2 = time.perf_counter()
-    for row in emb.tolist():
-        print(json.dumps([round(v, 6) for v in row]))
+    rows = [[round(v, 6) for v in row] for row in emb.tolist()]
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "texts": len(texts), "dim": emb.shape[1],
+                          "normalized": rt.normalize and not args.no_normalize, "load_s": round(t1 - t0, 4),
+                          "embed_s": round(t2 - t1, 4), "embeddings": rows}))
+    else:
+        for row in rows:
+            print(json.dumps(row))
     if args.verbose:
-        print(f"slimrt: loaded in {t1 - t0:.2f} s; embedded {len(texts)} sentences in {t2 - t1:.3f} s "
-              f"({len(texts) / max(t2 - t1, 1e-9):.1f} sentences/s), dim {emb.shape[1]}", file=sys.stderr)
+        print(f"slimrt: loaded in {t1 - t0:.2f} s; embedded {len(texts)} texts in {t2 - t1:.3f} s "
+              f"({len(texts) / max(t2 - t1, 1e-9):.1f} texts/s), dim {emb.shape[1]}", file=sys.stderr)
     return 0
+
+
+def _generation_report(stats: dict, text: str, load_s: float) -> str:
+    """One line on what the generation did; a rate only where there were decode steps to time."""
+    n, dec = stats.get("new_tokens", 0), stats.get("decode_s", 0.0)
+    line = (f"slimrt: loaded in {load_s:.2f} s; prompt {stats.get('prompt_tokens', 0)} tokens, prefill "
+            f"{stats.get('prefill_s', 0.0) * 1e3:.1f} ms; ")
+    if n <= 1 and not text:
+        return line + ("no text: the model ended the sequence at once (its first token was end-of-sequence); "
+                       "an instruct or chat model usually wants --chat")
+    if n <= 1:
+        return line + "1 new token (no decode step to time)"
+    return line + f"{n} new tokens, {n - 1} decode steps in {dec:.3f} s ({(n - 1) / max(dec, 1e-9):.1f} tokens/s)"
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -48,15 +75,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         pieces = rt.chat_stream(messages, **sampling)
     else:
         pieces = rt.stream(args.prompt, **sampling)
+    text = []
     for piece in pieces:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    if args.verbose:
-        n, dec = stats.get("new_tokens", 0), stats.get("decode_s", 0.0)
-        print(f"slimrt: loaded in {t1 - t0:.2f} s; prompt {stats.get('prompt_tokens', 0)} tokens, prefill "
-              f"{stats.get('prefill_s', 0.0) * 1e3:.1f} ms; {n} new tokens in {dec:.3f} s "
-              f"({n / max(dec, 1e-9):.1f} tokens/s)", file=sys.stderr)
+        text.append(piece)
+        if not args.json:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "prompt": args.prompt, "chat": args.chat,
+                          "text": "".join(text), "load_s": round(t1 - t0, 4), **stats}))
+    else:
+        sys.stdout.write("\n")
+    if args.verbose or (not text and not args.json):
+        print(_generation_report(stats, "".join(text), t1 - t0), file=sys.stderr)
     return 0
 
 
@@ -126,10 +157,12 @@ def add_parser(sub) -> None:
     s = sub.add_parser("embed", help="sentence embeddings from an encoder checkpoint, one JSON array per line")
     s.add_argument("checkpoint", help="slimrt checkpoint directory")
     s.add_argument("--text", action="append", help="a sentence to embed (repeatable)")
-    s.add_argument("--file", help="a UTF-8 text file, one sentence per line")
+    s.add_argument("--file", help="a UTF-8 text file, one text per line (blank lines kept); - reads stdin")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--no-normalize", action="store_true", help="do not scale embeddings to unit length")
-    s.add_argument("--verbose", action="store_true", help="print timing (sentences/s) to stderr")
+    s.add_argument("--json", action="store_true", help="one JSON object (settings, timings, embeddings)")
+    s.add_argument("--verbose", action="store_true", help="print timing (texts/s) to stderr")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_embed)
     s = sub.add_parser("generate", help="stream a continuation of a prompt from a decoder checkpoint")
     s.add_argument("checkpoint", help="slimrt checkpoint directory")
@@ -138,10 +171,13 @@ def add_parser(sub) -> None:
                    help="send the prompt as one chat turn through the tokenizer's chat template (instruct models)")
     s.add_argument("--system", default=None, help="with --chat: a system message before the prompt")
     _add_sampling(s, 64)
+    s.add_argument("--json", action="store_true", help="one JSON object (text, token counts, timings) at the end")
     s.add_argument("--verbose", action="store_true", help="print timing (tokens/s) to stderr")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_generate)
     s = sub.add_parser("chat", help="interactive chat with a decoder checkpoint (its tokenizer's chat template)")
     s.add_argument("checkpoint", help="slimrt checkpoint directory")
     s.add_argument("--system", default=None, help="a system message that starts every conversation")
     _add_sampling(s, 256)
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_chat)

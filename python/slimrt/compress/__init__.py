@@ -36,7 +36,7 @@ def compress(model: nn.Module, recipe: "Recipe | str | os.PathLike | Mapping[str
     transformers' Conv1D layers selected by the recipe are swapped for slimrt modules.
     Afterwards ``model.slimrt_meta`` = {"recipe", "layers", "fallbacks", "totals"} (+ "model_methods"
     for model-level methods such as sparse_attention; JSON-able; the
-    checkpoint stores it) and ``slimrt.report(model)`` prints the per-layer table.
+    checkpoint stores it) and ``slimrt.report(model)`` is the per-layer table.
     """
     import torch
 

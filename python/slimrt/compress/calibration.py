@@ -21,7 +21,14 @@ from torch import Tensor, nn
 MAX_CALIBRATION_TOKENS = 512
 
 
-def _batch_inputs(batch: Any, tokenizer: Any, device: torch.device) -> list[tuple[tuple, dict]]:
+def max_calibration_tokens(model: nn.Module) -> int:
+    """MAX_CALIBRATION_TOKENS, or the model's own context where that is shorter."""
+    ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return min(MAX_CALIBRATION_TOKENS, ctx) if isinstance(ctx, int) and ctx > 0 else MAX_CALIBRATION_TOKENS
+
+
+def _batch_inputs(batch: Any, tokenizer: Any, device: torch.device,
+                  max_tokens: int = MAX_CALIBRATION_TOKENS) -> list[tuple[tuple, dict]]:
     """One batch -> [(args, kwargs)] model calls (several when strings cannot be padded together)."""
     if isinstance(batch, str) or (isinstance(batch, Sequence) and not isinstance(batch, Tensor) and batch
                                   and all(isinstance(s, str) for s in batch)):
@@ -29,7 +36,7 @@ def _batch_inputs(batch: Any, tokenizer: Any, device: torch.device) -> list[tupl
             raise ValueError("compress: calibration yields strings, so a tokenizer is required; pass "
                              "tokenizer=AutoTokenizer.from_pretrained(...) or token id tensors")
         texts = [batch] if isinstance(batch, str) else list(batch)
-        kw = dict(return_tensors="pt", truncation=True, max_length=MAX_CALIBRATION_TOKENS)
+        kw = dict(return_tensors="pt", truncation=True, max_length=max_tokens)
         if len(texts) > 1 and getattr(tokenizer, "pad_token", None) is None:
             # GPT-2-style tokenizers have no pad token: run the texts one at a time instead.
             return [((), {k: v.to(device) for k, v in tokenizer(t, **kw).items()}) for t in texts]
@@ -86,7 +93,7 @@ def observe_inputs(model: nn.Module, targets: Mapping[str, tuple[nn.Module, Call
         total = len(calibration) if hasattr(calibration, "__len__") else None
         with torch.no_grad():
             for batch in tqdm(calibration, total=total, desc=desc, unit="batch", disable=not progress, leave=False):
-                for args, kwargs in _batch_inputs(batch, tokenizer, device):
+                for args, kwargs in _batch_inputs(batch, tokenizer, device, max_calibration_tokens(model)):
                     model(*args, **kwargs)
                 n_batches += 1
     finally:

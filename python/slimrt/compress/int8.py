@@ -88,3 +88,7 @@ register(Method(name="w8", group="quantize", accepts=is_linear_like,
                 convert=lambda name, module, ctx: _convert("w8", name, module, ctx)))
 register_preset("w8a8", Recipe(methods=("w8a8",), ignore=EMBEDDINGS_IGNORE))
 register_preset("w8", Recipe(methods=("w8",), ignore=EMBEDDINGS_IGNORE))
+# SmoothQuant before w8a8: activation outliers migrate into the weights (alpha 0.5). On SmolLM2-135M
+# (perplexity on pydoc text, 16 windows): w8a8 +2.26% over fp32, w8a8-sq +0.99% (alpha 0.3: +1.40%).
+# Calibration defaults to slimrt's own text.
+register_preset("w8a8-sq", Recipe(methods=("w8a8",), ignore=EMBEDDINGS_IGNORE, smoothquant=True, alpha=0.5))

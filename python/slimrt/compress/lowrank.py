@@ -339,6 +339,7 @@ def _convert(name: str, module: nn.Module, ctx: Context) -> tuple[nn.Module, dic
 
 
 register(Method(name="lowrank", group="factorize", accepts=is_linear_like, convert=_convert, params=PARAMS,
+                uses_calibration=lambda recipe: recipe.params.get("lowrank", {}).get("method", "whiten") != "svd",
                 prepare=_prepare))
 
 # Half the linear-layer weights, activation-aware SVD (needs calibration), the same fraction of every

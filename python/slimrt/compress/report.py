@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from torch import nn
@@ -49,12 +48,46 @@ def format_report(meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def report(model: nn.Module, *, echo: bool = True) -> str:
-    """Prints (unless echo=False) and returns the per-layer table of a compressed model."""
+def format_summary(meta: dict[str, Any]) -> str:
+    """One line: layers compressed, by which methods, bytes before / after, fallbacks."""
+    rows = meta.get("layers", [])
+    recipe = meta.get("recipe", {})
+    methods = "+".join(recipe.get("methods", [])) + (" + smoothquant" if recipe.get("smoothquant") else "")
+    t = meta.get("totals") or {}
+    size = ""
+    if t:
+        ratio = t["bytes_before"] / t["bytes_after"] if t["bytes_after"] else float("inf")
+        size = f", {_mb(t['bytes_before'])} -> {_mb(t['bytes_after'])} ({ratio:.2f}x smaller)"
+    fallbacks = meta.get("fallbacks", {})
+    return f"{len(rows)} layers compressed ({methods}){size}; kept dense (fallbacks): {len(fallbacks)}"
+
+
+class Report(str):
+    """The per-layer table as a string whose repr is the table itself, so a REPL shows it once and
+    readably; ``.summary`` is the one-line form, ``.meta`` what it was made from."""
+
+    meta: dict[str, Any]
+
+    def __new__(cls, meta: dict[str, Any]) -> "Report":
+        obj = super().__new__(cls, format_report(meta))
+        obj.meta = meta
+        return obj
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    @property
+    def summary(self) -> str:
+        return format_summary(self.meta)
+
+
+def report(model: nn.Module, *, echo: bool = False) -> Report:
+    """The per-layer table of a compressed model (a Report: print it, or look at it in a REPL);
+    ``echo=True`` also prints it."""
     meta = getattr(model, "slimrt_meta", None)
     if meta is None:
         raise ValueError("report: this model has no slimrt_meta; run slimrt.compress(model, recipe) first")
-    text = format_report(meta)
+    out = Report(meta)
     if echo:
-        print(text, file=sys.stdout)
-    return text
+        print(out)
+    return out

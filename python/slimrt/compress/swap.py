@@ -76,6 +76,10 @@ class Method:
     convert: Callable[[str, nn.Module, Context], tuple[nn.Module, dict[str, Any]]]
     params: dict[str, tuple[type, Any, Callable[[Any], str | None] | None]] = field(default_factory=dict)
     needs_calibration: Callable[["Recipe"], bool] = lambda recipe: False
+    # Whether the method reads calibration data at all with this recipe (needs_calibration, or a
+    # prepare step that does, like lowrank's activation-weighted SVD). Without user data, such a
+    # recipe runs on slimrt's own text (default_calibration) when a tokenizer is given.
+    uses_calibration: Callable[["Recipe"], bool] | None = None
     # Optional: prepare(model, todo, ctx, calibration, tokenizer, progress) runs once before the layers
     # are converted, for methods that decide across layers (lowrank spreads one parameter budget)
     # or need statistics other than act_amax (lowrank's input Gram matrices).
@@ -200,6 +204,28 @@ def _skip_reason(name: str, module: nn.Module, model: nn.Module) -> str | None:
 
 MODEL_KEY = "(model)"  # the fallbacks key of a model-level method
 
+DEFAULT_CALIBRATION_TEXTS = 64  # paragraphs of slimrt's own text, 8 per batch, up to 512 tokens each
+
+
+def uses_calibration(recipe: "Recipe") -> bool:
+    """Whether any method of the recipe reads calibration data."""
+    return any((METHODS[m].uses_calibration or METHODS[m].needs_calibration)(recipe) for m in recipe.methods)
+
+
+def default_calibration(recipe: "Recipe", tokenizer: Any) -> list[list[str]] | None:
+    """slimrt's own calibration text for a recipe that uses calibration data and got none (None if it
+    needs none, or there is no tokenizer to read text with): the "calibration" split of the pydoc
+    paragraphs, which evaluation never sees. Says so in one log line."""
+    if tokenizer is None or not uses_calibration(recipe):
+        return None
+    from slimrt.data import pydoc_paragraphs
+
+    texts = pydoc_paragraphs("calibration")[:DEFAULT_CALIBRATION_TEXTS]
+    log.warning("compress: no calibration data given; using slimrt's own text (%d paragraphs of Python's "
+                "documentation, pydoc_data.topics); pass calibration=... (CLI: --calibration FILE) for your own",
+                len(texts))
+    return [texts[i:i + 8] for i in range(0, len(texts), 8)]
+
 
 def swap(model: nn.Module, recipe: "Recipe", calibration: Iterable[Any] | None = None, tokenizer: Any = None,
          progress: bool = True, model_rows: list[dict[str, Any]] | None = None,
@@ -209,6 +235,9 @@ def swap(model: nn.Module, recipe: "Recipe", calibration: Iterable[Any] | None =
     from tqdm import tqdm
 
     from slimrt.compress import calibration as calib
+
+    if calibration is None:
+        calibration = default_calibration(recipe, tokenizer)
 
     rows: list[dict[str, Any]] = []
     fallbacks: dict[str, str] = {}
@@ -232,7 +261,8 @@ def swap(model: nn.Module, recipe: "Recipe", calibration: Iterable[Any] | None =
         if method.needs_calibration(recipe) and todo:
             if calibration is None:
                 raise ValueError(f"compress: method {method_name!r} with this recipe needs calibration data "
-                                 "(smoothquant=True); pass calibration=[batches]")
+                                 "(smoothquant=True); pass calibration=[batches], or a tokenizer so that "
+                                 "slimrt's own text can be used")
             ctx.act_amax = calib.collect_input_amax(model, [m for _, m in todo], [n for n, _ in todo],
                                                     calibration, tokenizer, progress=progress)
         if method.prepare is not None and todo:

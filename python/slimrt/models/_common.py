@@ -121,6 +121,15 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
+    def row(self, b: int) -> "KVCache":
+        """A batch-1 cache over row b's buffers (views: what it writes lands in this cache), for the
+        eager prefill of one sequence of a cache whose rows hold independent sequences."""
+        if not 0 <= b < self.k[0].shape[0]:
+            raise ValueError(f"KVCache.row: row {b} is outside [0, {self.k[0].shape[0]})")
+        out = KVCache.__new__(KVCache)
+        out.k, out.v, out.max_len = [t[b:b + 1] for t in self.k], [t[b:b + 1] for t in self.v], self.max_len
+        return out
+
     def attend(self, layer: int, start: int, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
                scale: float | None = None) -> Tensor:
         """Writes k, v (B, Hkv, T, D) at [start, start+T) and attends q (B, H, T, D) over [0, start+T)."""

@@ -74,8 +74,7 @@ def _fused(mods: list[Int8Linear], policy: KernelPolicy, what: str,
             raise Ineligible(f"{what} is not on the CPU with a float32 bias")
     if len(mods) == 1:
         m = mods[0]
-        if m.w_packed.numel() == 0:
-            m.repack()
+        m.current_pack()  # packed from the w_q it holds now (the step keeps pointers to both)
         keep = [m.w_q, m.w_packed, m.w_scale] + ([] if m.bias is None else [m.bias])
     else:
         # Packed only: the int8 copy is dropped (the scalar ISA, which reads it, runs the eager step).
@@ -132,18 +131,23 @@ class NativeDecoder:
             return None, f"the native plan rejected the model: {e}"
 
     def session(self, cache: Any, positions: Tensor | tuple[Tensor, Tensor], max_len: int,
-                pads: list[int] | None = None) -> "NativeSession | None":
+                pads: list[int] | None = None, *, any_batch: bool = False) -> "NativeSession | None":
         """A session over a KVCache of B rows (row b left-padded by ``pads[b]`` slots; default none) and
         the call's position tables (LlamaLean.prepare's (cos, sin) or GPT2Lean.prepare's position
         embeddings), or None when this call must run the eager step (a sliding-window cache, B above
-        ``max_batch``, the scalar ISA with fused weights)."""
+        ``max_batch``, the scalar ISA with fused weights).
+
+        ``any_batch``: open it whatever B, for a caller whose rows are independent sequences that must
+        each match their own batch-1 run (the server's continuous batching): the w8 kernel gives a row
+        the same bits at any M, and at M = 1 it is what every eligible model runs."""
         if self.fused_only and _native.load().active_isa() == "scalar":
             return None
         ks, vs = getattr(cache, "k", None), getattr(cache, "v", None)
         if type(cache).__name__ != "KVCache" or not ks:
             return None
         b = ks[0].shape[0]
-        if not 1 <= b <= self.max_batch or not all(t.dtype == torch.float32 and t.is_contiguous() for t in ks + vs):
+        fits = 1 <= b and (any_batch or b <= self.max_batch)
+        if not fits or not all(t.dtype == torch.float32 and t.is_contiguous() for t in ks + vs):
             return None
         pads = [0] * b if pads is None else [int(p) for p in pads]
         if len(pads) != b:
@@ -171,7 +175,9 @@ class NativeDecoder:
 class NativeSession:
     """``step(tok, slot)``: tok (B,) long -> logits (B, V) float32 (a buffer reused by the next step);
     ``prefill(ids)``: ids (T,) long at slots [0, T) -> the last position's logits (1, V), for one
-    unpadded row and T <= max_prefill; ``greedy()``: torch.argmax of the latest logits (B,)."""
+    unpadded row and T <= max_prefill; ``greedy()``: torch.argmax of the latest logits (B,).
+    ``run_rows`` (and its shorthands ``prefill_row``, ``step_rows``): rows at their own slots, each
+    cache row an independent sequence (the server's continuous batching)."""
 
     def __init__(self, sess: Any, keep: tuple, vocab: int, max_prefill: float, batch: int) -> None:
         self._sess, self._keep, self.max_prefill, self.batch = sess, keep, max_prefill, batch
@@ -179,6 +185,8 @@ class NativeSession:
         self._out = self.logits.data_ptr()
         self._greedy = torch.zeros(batch, dtype=torch.long)  # argmax of self.logits, written with them
         self._greedy_ptr = self._greedy.data_ptr()
+        self._rows_logits = torch.empty((batch, vocab), dtype=torch.float32)  # run_rows' output, grown on demand
+        self._rows_greedy = torch.zeros(batch, dtype=torch.long)
 
     def greedy(self) -> Tensor:
         """(B,) long: torch.argmax of the latest logits (computed natively with them; a new tensor)."""
@@ -202,6 +210,46 @@ class NativeSession:
         tok = tok.contiguous()
         self._sess.step(tok.data_ptr(), slot, self._out, self._greedy_ptr, torch.get_num_threads())
         return self.logits
+
+    def run_rows(self, tokens: Tensor, rows: Tensor, slots: Tensor, out: Tensor,
+                 num_threads: int | None = None) -> tuple[Tensor, Tensor]:
+        """One call over any rows at their own slots (continuous batching: each cache row holds its own
+        sequence). tokens, rows, slots (n,) int64: token i goes into cache row rows[i] at slot slots[i]
+        and attends to that row's keys up to its slot (earlier slots written by earlier calls or by this
+        one), so one call decodes one token of some rows and prefills prompt chunks of others.
+        -> (logits (len(out), V), their argmax (len(out),)) of the tokens ``out`` lists: buffers that the
+        next call reuses. Every linear runs the w8 kernel at M = n, which gives each row the bits it
+        gets at any other M."""
+        named = {"tokens": tokens, "rows": rows, "slots": slots, "out": out}
+        for name, t in named.items():
+            if t.dtype != torch.long or t.dim() != 1 or t.device.type != "cpu":
+                raise ValueError(f"NativeSession.run_rows: {name} must be a 1-D int64 CPU tensor, got {t.dtype} "
+                                 f"of shape {tuple(t.shape)}")
+        n = tokens.shape[0]
+        if rows.shape[0] != n or slots.shape[0] != n:
+            raise ValueError(f"NativeSession.run_rows: {n} tokens, {rows.shape[0]} rows and {slots.shape[0]} slots; "
+                             "one row and one slot per token")
+        n_out = out.shape[0]
+        if n_out > self._rows_logits.shape[0]:
+            self._rows_logits = torch.empty((n_out, self.logits.shape[1]), dtype=torch.float32)
+            self._rows_greedy = torch.zeros(n_out, dtype=torch.long)
+        tokens, rows, slots, out = (t.contiguous() for t in (tokens, rows, slots, out))
+        self._sess.run_rows(tokens.data_ptr(), rows.data_ptr(), slots.data_ptr(), n, out.data_ptr(), n_out,
+                            self._rows_logits.data_ptr(), self._rows_greedy.data_ptr(),
+                            torch.get_num_threads() if num_threads is None else num_threads)
+        return self._rows_logits[:n_out], self._rows_greedy[:n_out]
+
+    def prefill_row(self, b: int, ids: Tensor, start: int = 0) -> Tensor:
+        """ids (T,) into cache row b at slots [start, start + T) -> the last one's logits (1, V) (reused buffer)."""
+        n = ids.shape[0] if ids.dim() == 1 else 0  # run_rows names what is wrong with other shapes
+        logits, _ = self.run_rows(ids, torch.full((n,), b, dtype=torch.long), torch.arange(start, start + n),
+                                  torch.tensor([n - 1]))
+        return logits
+
+    def step_rows(self, tokens: Tensor, rows: Tensor, slots: Tensor) -> Tensor:
+        """One token per listed row at its own slot -> logits (n, V) (reused buffer)."""
+        logits, _ = self.run_rows(tokens, rows, slots, torch.arange(tokens.shape[0]))
+        return logits
 
 
 def _act_kind(act: Any, gated: bool) -> int:

@@ -148,6 +148,15 @@ class Int8Linear(nn.Module):
                 self.w_packed = ops.int8_pack_weight(w_q)
         self._packed_from = _weight_key(w_q)
 
+    def current_pack(self) -> Tensor:
+        """w_packed, rebuilt first if it is missing or w_q changed since it was made (see repack): for
+        callers that hand the pack to a kernel themselves (the native decode step)."""
+        w_q, key = self.w_q, self._packed_from
+        if (self.w_packed.numel() == 0 and w_q.device.type != "meta") or \
+                (key is not None and (w_q._version != key[0] or w_q.data_ptr() != key[1])):
+            self.repack()
+        return self.w_packed
+
     def _apply(self, fn, recurse=True):
         # model.to(torch.bfloat16) casts every float buffer; the kernels take fp32 scales (and the
         # smoothing vector), so those stay fp32 while the bias follows the model's dtype. The packed
