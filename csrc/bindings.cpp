@@ -208,8 +208,8 @@ PYBIND11_MODULE(_C, m) {
         });
 
   // ---- decode_step: a whole batch-1 decode step in one call (csrc/decode_step/decode_step.h) ----
-  // A linear crosses as (w, packed, scale, bias, N, K): pointers as ints, 0 for none.
-  using LinTuple = std::tuple<uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t>;
+  // A linear crosses as (w, packed, scale, bias, N, K, smooth): pointers as ints, 0 for none.
+  using LinTuple = std::tuple<uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, uintptr_t>;
   auto to_lin = [](const LinTuple& t) {
     W8Linear l;
     l.w = ptr<const int8_t>(std::get<0>(t));
@@ -218,6 +218,7 @@ PYBIND11_MODULE(_C, m) {
     l.bias = ptr<const float>(std::get<3>(t));
     l.N = std::get<4>(t);
     l.K = std::get<5>(t);
+    l.smooth = ptr<const float>(std::get<6>(t));
     return l;
   };
   py::class_<DecodePlan>(m, "DecodePlan")

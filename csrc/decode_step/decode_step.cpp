@@ -27,7 +27,12 @@ void check_linear(const char* what, const W8Linear& l, int64_t n, int64_t k) {
 }
 
 // y (M, N) = x (M, K) W^T: the same kernel call as the eager Int8Linear's w8 path, so the same bits.
-void linear(const W8Linear& l, const float* x, float* y, int64_t M, int num_threads) {
+// A smoothing vector scales x in place first (x * smooth in fp32, as the eager module does): every
+// input the step passes is a scratch row block that nothing reads after its linear.
+void linear(const W8Linear& l, float* x, float* y, int64_t M, int num_threads) {
+  if (l.smooth)
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t k = 0; k < l.K; ++k) x[r * l.K + k] *= l.smooth[k];
   int8_w8_linear(x, DType::F32, l.K, l.w, l.K, l.packed, l.scale, l.bias, y, OutType::F32, l.N, M, l.N, l.K,
                  num_threads);
 }

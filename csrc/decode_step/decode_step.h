@@ -35,12 +35,14 @@
 
 namespace slimrt {
 
-// An Int8Linear at M = 1: y = (x . w[n]) * scale[n] + bias[n].
+// An Int8Linear at M = 1: y = ((x * smooth) . w[n]) * scale[n] + bias[n] (smooth: SmoothQuant's
+// per-input-channel multiplier, or null).
 struct W8Linear {
   const int8_t* w = nullptr;       // (N, K) row-major int8 (the scalar ISA path reads this)
   const int8_t* packed = nullptr;  // int8_pack_weight(w) (the vector paths read this)
   const float* scale = nullptr;    // (N,)
   const float* bias = nullptr;     // (N,) or null
+  const float* smooth = nullptr;   // (K,) or null
   int64_t N = 0, K = 0;
 };
 

@@ -53,6 +53,25 @@ def test_thin_encoder_embeds_what_the_transformers_skeleton_does(tmp_path, recip
     assert torch.equal(thin.embed(texts), full.embed(texts))
 
 
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_a_thin_model_saves_to_a_checkpoint_that_loads_like_its_source(tmp_path, family):
+    """slimrt.save(slimrt.load(d).model, e): e is a Hugging Face checkpoint again (not 'custom'), both
+    load paths run it, with the same outputs as d (slimrt serve's CLI test saves a loaded runner's model)."""
+    src = _save(tiny_llama() if family == "llama" else tiny_bert(), tmp_path / "src", "w8")
+    rt = slimrt.load(src)
+    again = tmp_path / "again"
+    slimrt.save(rt.model, again, tokenizer=rt.tokenizer)
+    meta = slimrt.checkpoint.read_metadata(again)
+    assert meta["model"]["kind"] == "hf" and meta["model"]["architecture"] == rt.model.architecture
+    thin, full = slimrt.load(again), slimrt.load(again, thin=False)
+    assert type(thin.model).__name__ == "ThinModel" and type(full.model).__name__ != "ThinModel"
+    if family == "llama":
+        assert thin.generate_ids([PROMPT], 10) == rt.generate_ids([PROMPT], 10) == full.generate_ids([PROMPT], 10)
+    else:
+        texts = ["the runner streams text", "as it is decoded"]
+        assert torch.equal(thin.embed(texts), rt.embed(texts)) and torch.equal(full.embed(texts), rt.embed(texts))
+
+
 def test_thin_load_imports_no_transformers(tmp_path):
     enc = _save(tiny_bert(), tmp_path / "enc", "w8a8")
     dec = _save(tiny_llama(), tmp_path / "dec", "w8")

@@ -249,7 +249,7 @@ def test_recipes_that_use_calibration_default_to_slimrts_own_text(caplog, tiny_b
         slimrt.compress(model, "w8a8-sq", tokenizer=tok, progress=False)
     assert "using slimrt's own text" in caplog.text
     layers = model.slimrt_meta["layers"]
-    assert all(r.get("smoothquant") == "alpha=0.5" for r in layers), layers
+    assert all(r.get("smoothquant", "").startswith("alpha=0.5") for r in layers), layers
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="slimrt"):
         slimrt.compress(tiny_bert(), "w8a8", tokenizer=tok, progress=False)  # uses none: says nothing

@@ -88,6 +88,10 @@ def _describe_layer(layer: nn.Module, slimrt_types: tuple[type, ...]) -> dict[st
 
 def describe_model(model: nn.Module, slimrt_types: tuple[type, ...]) -> dict[str, Any]:
     """The "model" section of slimrt.json for ``model`` (see the module docstring)."""
+    from slimrt.checkpoint.thin import ThinModel  # here: thin builds on this module
+
+    if isinstance(model, ThinModel):  # a thin load saved again: its own section, kind "hf"
+        return model.model_section()
     arch = _hf_architecture(model)
     if arch is not None:
         section: dict[str, Any] = {"kind": "hf", "architecture": arch,

@@ -17,6 +17,7 @@ and the loader builds the transformers skeleton as before.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -43,11 +44,23 @@ class ThinModel(nn.Module):
     """The root of a thin skeleton: its children are the stored modules; ``config`` and
     ``generation_config`` are plain attribute views of slimrt.json."""
 
-    def __init__(self, config: ThinConfig, generation_config: SimpleNamespace | None, architecture: str) -> None:
+    def __init__(self, config: ThinConfig, generation_config: SimpleNamespace | None, architecture: str,
+                 section: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.config = config
         self.generation_config = generation_config
         self.architecture = architecture
+        # The "model" section it was built from: slimrt.save writes it back (kind "hf"), so a thin
+        # model saves to a checkpoint that loads like the one it came from.
+        self.slimrt_section = copy.deepcopy(dict(section)) if section is not None else None
+
+    def model_section(self) -> dict[str, Any]:
+        """The "model" section of slimrt.json for saving this model (config edits included)."""
+        if self.slimrt_section is None:
+            raise ValueError("save: this thin model has no checkpoint section to write back")
+        section = copy.deepcopy(self.slimrt_section)
+        section["config"] = {**section.get("config", {}), **copy.deepcopy(self.config.to_dict())}
+        return section
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"this is slimrt's thin {self.architecture} (weights only, for slimrt.Runner); load the "
@@ -198,7 +211,7 @@ def build(section: Mapping[str, Any], tensors: Mapping[str, Tensor], modules: Ma
     hf_config.check(section["config"], MODEL_TYPES[arch], activations=ACTIVATIONS, position_types=("absolute",))
     cfg = ThinConfig(**{k: v for k, v in section["config"].items() if isinstance(k, str) and k.isidentifier()})
     gen = section.get("generation_config")
-    root = ThinModel(cfg, SimpleNamespace(**gen) if isinstance(gen, dict) else None, arch)
+    root = ThinModel(cfg, SimpleNamespace(**gen) if isinstance(gen, dict) else None, arch, section)
     eps = getattr(cfg, family.eps, None)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
         raise CheckpointError(f"slimrt.json: field 'model.config.{family.eps}' must be a positive number, got {eps!r}")

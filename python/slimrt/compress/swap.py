@@ -48,6 +48,9 @@ class Context:
     params: dict[str, Any]
     # Per module name: max |x| over every calibration token, per input channel, (K,) float32.
     act_amax: dict[str, Tensor] = field(default_factory=dict)
+    # Per module name: the modules (itself included) that read the same input tensor in calibration
+    # (q/k/v, gate/up), for methods that treat a shared input jointly (SmoothQuant).
+    shared_input: dict[str, list[str]] = field(default_factory=dict)
     # For structural methods (pruning), which change several sibling layers and gather their own
     # statistics: the model being compressed, the calibration data (or None), and a scratch dict
     # the method may fill once and reuse across its convert() calls.
@@ -263,8 +266,10 @@ def swap(model: nn.Module, recipe: "Recipe", calibration: Iterable[Any] | None =
                 raise ValueError(f"compress: method {method_name!r} with this recipe needs calibration data "
                                  "(smoothquant=True); pass calibration=[batches], or a tokenizer so that "
                                  "slimrt's own text can be used")
+            ctx.shared_input = {}
             ctx.act_amax = calib.collect_input_amax(model, [m for _, m in todo], [n for n, _ in todo],
-                                                    calibration, tokenizer, progress=progress)
+                                                    calibration, tokenizer, progress=progress,
+                                                    shared=ctx.shared_input)
         if method.prepare is not None and todo:
             method.prepare(model, todo, ctx, calibration, tokenizer, progress)
         shared = _shared_params(model)

@@ -18,7 +18,7 @@ argmax are fp32 kernels (AVX-512 or portable) whose last bits differ from PyTorc
 
 Only the common case is native; for anything else ``build`` returns None and the reason, and the
 runner keeps the eager step: float32 weights on CPU, every
-linear an Int8Linear without smoothing whose kernel at M = 1 is "w8", a full KV cache (no
+linear an Int8Linear whose kernel at M = 1 is "w8", a full KV cache (no
 sliding-window pattern), SiLU / GELU activations, the CPU ops served by the native kernels
 (SLIMRT_BACKEND=auto with the extension built; the step only stands in for calls those kernels
 would serve), and not the scalar ISA where fused weights exist only packed. A left-padded batch of
@@ -65,17 +65,24 @@ def _fused(mods: list[Int8Linear], policy: KernelPolicy, what: str,
     for m in mods:
         if not isinstance(m, Int8Linear):
             raise Ineligible(f"{what} is a {type(m).__name__}, not an Int8Linear")
-        if m.smooth is not None:
-            raise Ineligible(f"{what} has a smoothing vector")
         if policy.kernel(m, 1) != "w8":
             raise Ineligible(f"{what} runs the {policy.kernel(m, 1)!r} kernel at M = 1, not 'w8'")
         w8_max.append(_w8_up_to(m, policy))
         if m.w_q.device.type != "cpu" or (m.bias is not None and m.bias.dtype != torch.float32):
             raise Ineligible(f"{what} is not on the CPU with a float32 bias")
+    # SmoothQuant: the step multiplies the shared input by the smoothing vector before the fused
+    # linear, so fused linears must share one (compress smooths linears that read the same input jointly).
+    smooth = mods[0].smooth
+    if any((m.smooth is None) != (smooth is None) for m in mods) or (
+            smooth is not None and not all(torch.equal(m.smooth, smooth) for m in mods[1:])):
+        raise Ineligible(f"{what} read one input but have different smoothing vectors")
+    if smooth is not None and (smooth.dtype != torch.float32 or not smooth.is_contiguous()):
+        raise Ineligible(f"{what}'s smoothing vector is not contiguous float32")
+    sp = 0 if smooth is None else smooth.data_ptr()
     if len(mods) == 1:
         m = mods[0]
         m.current_pack()  # packed from the w_q it holds now (the step keeps pointers to both)
-        keep = [m.w_q, m.w_packed, m.w_scale] + ([] if m.bias is None else [m.bias])
+        keep = [m.w_q, m.w_packed, m.w_scale] + ([] if m.bias is None else [m.bias]) + ([] if smooth is None else [smooth])
     else:
         # Packed only: the int8 copy is dropped (the scalar ISA, which reads it, runs the eager step).
         w_q = torch.cat([m.w_q for m in mods])
@@ -84,12 +91,12 @@ def _fused(mods: list[Int8Linear], policy: KernelPolicy, what: str,
         bias = None
         if any(m.bias is not None for m in mods):  # a missing bias adds zeros: the same outputs
             bias = torch.cat([m.bias if m.bias is not None else torch.zeros(m.out_features) for m in mods])
-        keep = [packed, scale] + ([] if bias is None else [bias])
+        keep = [packed, scale] + ([] if bias is None else [bias]) + ([] if smooth is None else [smooth])
         n, k = scale.shape[0], mods[0].in_features
-        return (0, packed.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr(), n, k), keep
+        return (0, packed.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr(), n, k, sp), keep
     bias = m.bias
     return (m.w_q.data_ptr(), m.w_packed.data_ptr(), m.w_scale.data_ptr(), 0 if bias is None else bias.data_ptr(),
-            m.out_features, m.in_features), keep
+            m.out_features, m.in_features, sp), keep
 
 
 def _f32(t: Tensor | None, what: str) -> Tensor | None:
