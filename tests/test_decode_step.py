@@ -443,7 +443,7 @@ def test_bad_input_is_a_clear_error():
     plan = ext.DecodePlan(64, 16, 16, 300, 0, 0, 1e-6)
     w = torch.zeros(7, 64, dtype=torch.int8)
     s = torch.ones(7)
-    lin = (w.data_ptr(), 0, s.data_ptr(), 0, 7, 64)
+    lin = (w.data_ptr(), 0, s.data_ptr(), 0, 7, 64, 0)  # (w, packed, scale, bias, N, K, smooth)
     ln = torch.ones(64)
     with pytest.raises(ValueError, match=r"qkv is \(7, 64\), expected \(128, 64\)"):
         plan.add_layer(ln.data_ptr(), 0, lin, 4, 2, 0, 0, 0.25, lin, ln.data_ptr(), 0, lin, lin)
