@@ -534,6 +534,18 @@ def test_cli_compress(tiny_bert_dir, tmp_path, saved, capsys):
     assert rc == 0 and "total (13 layers)" in capsys.readouterr().out  # --verbose: the per-layer table
 
 
+def test_cli_lowrank_without_calibration_uses_slimrts_own_text(tiny_bert_dir, tmp_path, saved, caplog):
+    """`slimrt compress SRC -o OUT --recipe lowrank-0.5` needs no --calibration: slimrt's text is used."""
+    from slimrt import cli
+    from slimrt.nn import LowRankLinear
+
+    with caplog.at_level(logging.WARNING, logger="slimrt"):
+        rc = cli.main(["compress", str(tiny_bert_dir), "-o", str(tmp_path / "o"), "--recipe", "lowrank-0.5",
+                       "--no-progress"])
+    assert rc == 0 and "using slimrt's own text" in caplog.text
+    assert any(isinstance(m, LowRankLinear) for m in saved["model"].modules())
+
+
 @pytest.mark.parametrize("argv, message", [
     (["compress", "/nonexistent/model", "-o", "{tmp}/o"], "neither a local model directory"),
     (["compress", "{src}", "-o", "{tmp}", "--recipe", "w3"], "exists; pass --overwrite"),
