@@ -198,3 +198,83 @@ def test_lean_decoder_equals_hf_dense(family):
     got = rt.generate_ids(prompts, 8, eos=False)
     want = [_hf_greedy(model, p, 8) for p in prompts]
     assert got == want, f"{family}: lean {got} vs HF {want}"
+
+
+# ----- every entry point on the generic path: embed, generate, stream, chat, evaluate, the CLI -----------
+
+def test_every_entry_point_on_the_generic_path(tmp_path, capsys):
+    import json
+
+    from slimrt import cli
+    from test_chat import MESSAGES, chat_tokenizer
+
+    tok = chat_tokenizer()
+    texts = ["the runner streams text", "as it is decoded", "system user assistant"]
+    torch.manual_seed(0)
+    dense = tf.OPTForCausalLM(tf.OPTConfig(vocab_size=300, hidden_size=C, num_hidden_layers=L, ffn_dim=FF,
+                                           num_attention_heads=H, max_position_embeddings=P, word_embed_proj_dim=C,
+                                           pad_token_id=1, bos_token_id=0, eos_token_id=tok.eos_token_id)).eval()
+    dense.save_pretrained(tmp_path / "src")
+    tok.save_pretrained(tmp_path / "src")
+    model = copy.deepcopy(dense)
+    slimrt.compress(model, "w8", progress=False)
+    slimrt.save(model, tmp_path / "ckpt", tokenizer=tok)
+    rt = slimrt.load(tmp_path / "ckpt")
+    assert rt.path == "generic" and "path=generic" in repr(rt)
+    text = rt.generate("the runner", max_new_tokens=6, eos=False)
+    assert isinstance(text, str) and "".join(rt.stream("the runner", max_new_tokens=6, eos=False)) == text
+    assert isinstance(rt.chat(MESSAGES, max_new_tokens=6), str)
+    r = slimrt.evaluate(rt, dense, data=texts, tokenizer=tok, progress=False)
+    assert r["top1"] >= 0.9 and r["kl"] < 0.01, r
+    assert cli.main(["eval", str(tmp_path / "ckpt"), "--reference", str(tmp_path / "src"), "--json",
+                     "--no-progress", "--data", _lines(tmp_path, texts)]) == 0
+    assert "kl" in json.loads(capsys.readouterr().out)
+    assert cli.main(["generate", str(tmp_path / "ckpt"), "--prompt", "the runner", "--max-new-tokens", "3"]) == 0
+
+
+def test_embed_and_eval_on_a_generic_encoder(tmp_path, capsys):
+    import json
+
+    from slimrt import cli
+    from test_chat import chat_tokenizer
+
+    tok = chat_tokenizer()
+    texts = ["the runner streams text", "as it is decoded", "system user assistant"]
+    torch.manual_seed(0)
+    dense = tf.T5EncoderModel(tf.T5Config(vocab_size=300, d_model=C, d_kv=C // H, d_ff=FF, num_layers=L,
+                                          num_heads=H)).eval()
+    dense.save_pretrained(tmp_path / "src")
+    tok.save_pretrained(tmp_path / "src")
+    model = copy.deepcopy(dense)
+    slimrt.compress(model, "w8", progress=False)
+    slimrt.save(model, tmp_path / "ckpt", tokenizer=tok)
+    rt = slimrt.load(tmp_path / "ckpt")
+    assert (rt.kind, rt.path) == ("encoder", "generic")
+    emb = rt.embed(texts)
+    assert emb.shape == (3, C) and torch.allclose(emb.norm(dim=-1), torch.ones(3))
+    r = slimrt.evaluate(rt, dense, data=texts, tokenizer=tok, progress=False)
+    assert r["cos_min"] >= COS_FLOOR, r
+    assert cli.main(["eval", str(tmp_path / "ckpt"), "--reference", str(tmp_path / "src"), "--json",
+                     "--no-progress", "--data", _lines(tmp_path, texts)]) == 0
+    assert json.loads(capsys.readouterr().out)["cos_min"] >= COS_FLOOR
+    assert cli.main(["embed", str(tmp_path / "ckpt"), "--text", "the runner"]) == 0
+
+
+def _lines(tmp_path, texts: list[str]) -> str:
+    path = tmp_path / "data.txt"
+    path.write_text("\n".join(texts) + "\n")
+    return str(path)
+
+
+def test_path_says_which_forward_runs_and_why():
+    torch.manual_seed(0)
+    model = _dec(tf.LlamaConfig, tf.LlamaForCausalLM, num_key_value_heads=2).eval()
+    slimrt.compress(model, "w8", progress=False)
+    native = Runner(model)
+    assert native.path == "native" and native.path_reason.startswith("the native decode step"), native.path_reason
+    lean = Runner(model, native=False)
+    assert lean.path == "lean" and lean.path_reason == "slimrt's lean llama forward; not native: disabled (native=False)"
+    gemma = Runner(_build("gemma"))
+    assert gemma.path == "lean" and "the Llama and GPT-2 families, not gemma" in gemma.path_reason, gemma.path_reason
+    generic = Runner(model, generic=True)
+    assert generic.path == "generic" and generic.native is None and "generic=True" in generic.path_reason
