@@ -87,6 +87,10 @@ def _describe_layer(layer: nn.Module, slimrt_types: tuple[type, ...]) -> dict[st
 
 def describe_model(model: nn.Module, slimrt_types: tuple[type, ...]) -> dict[str, Any]:
     """The "model" section of slimrt.json for ``model`` (see the module docstring)."""
+    from slimrt.checkpoint.thin import ThinModel
+
+    if isinstance(model, ThinModel) and model.section is not None:  # a thin load: the description it came from
+        return json.loads(json.dumps(model.section))
     arch = _hf_architecture(model)
     if arch is not None:
         section: dict[str, Any] = {"kind": "hf", "architecture": arch,
