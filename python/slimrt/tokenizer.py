@@ -13,6 +13,7 @@ transformers does), never evaluated as Python.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import threading
@@ -50,6 +51,17 @@ class Tokenizer:
             setattr(self, key, _token_text(config.get(key)))
         extra = config.get("additional_special_tokens") or config.get("extra_special_tokens") or []
         self.additional_special_tokens = [t for t in (_token_text(v) for v in extra) if t]
+
+    def __deepcopy__(self, memo: dict) -> "Tokenizer":
+        """An independent copy (own backend, own lock), as ``copy.deepcopy`` gives a transformers
+        tokenizer: a server gives its request threads a tokenizer the Runner's calls never touch."""
+        new = copy.copy(self)
+        new._tok = copy.deepcopy(self._tok, memo)  # tokenizers.Tokenizer pickles: a separate backend
+        new._lock = threading.Lock()
+        new._files = dict(self._files)
+        new.additional_special_tokens = list(self.additional_special_tokens)
+        memo[id(self)] = new
+        return new
 
     @classmethod
     def from_files(cls, files: Mapping[str, bytes], name: str = "") -> "Tokenizer":
