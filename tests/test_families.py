@@ -100,6 +100,20 @@ def test_encoder_round_trip(family, tmp_path):
     assert float(cos.min()) >= COS_FLOOR, f"{family}: embedding cosine to dense {cos.tolist()}"
 
 
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "mpnet", "distilbert"])
+def test_lean_encoder_equals_hf_dense(family):
+    """The dense model: the lean forward's hidden states are the HF forward's (padding rows included)."""
+    model = _build(family)
+    rt = Runner(model)
+    assert rt.path == "lean", rt.path_reason
+    ids, mask = _ids(3, 12)
+    with torch.inference_mode():
+        want = model(input_ids=ids, attention_mask=mask).last_hidden_state * mask[..., None]
+    got = rt.lean.forward(ids, mask)
+    err = (got - want).abs().max().item()
+    assert err < 1e-5, f"{family}: max |lean - HF| = {err}"
+
+
 def _hf_greedy(model: nn.Module, prompt: list[int], n: int) -> list[int]:
     out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                          max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)

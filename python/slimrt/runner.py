@@ -136,7 +136,7 @@ def _check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, 
 
 
 class Runner:
-    """Runs an HF model object (BERT, Llama or GPT-2 family, dense or with slimrt modules swapped in).
+    """Runs an HF model object (any family, dense or with slimrt modules swapped in; README: which path).
 
     ``policy`` picks the Int8Linear kernel per call shape (see models.policy): a KernelPolicy, None
     for the default threshold rule, or "tune" to measure this model's shapes on this machine first
@@ -490,8 +490,8 @@ class Runner:
         return {"module": f"{name} module (not a Hugging Face model): call rt.model(...)"}.get(
             self.kind, f"{name} {self.kind}")
 
-    def _need_decoder(self, what: str, seq2seq: bool = True):
-        if self.kind != "decoder" and not (seq2seq and self.kind == "seq2seq"):
+    def _need_decoder(self, what: str):
+        if self.kind not in ("decoder", "seq2seq"):  # seq2seq: the model's own generate
             raise ValueError(f"{what} needs a decoder; this is a {self._what()}" +
                              (": use embed" if self.kind == "encoder" else ""))
         return self.lean

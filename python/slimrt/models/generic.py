@@ -9,8 +9,9 @@ do not change:
   model (``model.base_model``: the encoder under any task head); the Runner pools it as configured.
 - ``GenericDecoder``: ``prepare(batch)`` keeps the Runner's Batch (left padding, positions), and
   ``forward(ids, batch, cache, start, mask, causal)`` calls the model with the attention mask and
-  position ids of slots [0, start + T) and the model's own KV cache (``cache``; ``past_key_values`` in older transformers), which
-  ``GenericCache`` holds between steps; the logits of the last position come back.
+  position ids of slots [0, start + T) and the model's own KV cache (``cache``; ``past_key_values``
+  before transformers 5), which ``GenericCache`` holds between steps; the last position's logits
+  come back.
 - ``GenericSeq2Seq``: encoder-decoder models (T5, BART) generate through the model's ``generate``.
 """
 

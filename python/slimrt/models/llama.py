@@ -151,7 +151,8 @@ class LlamaLean:
                 gate_up, act = make_linear(mlp.gate_up_proj, policy), mlp.activation_fn
                 ff = _gated(gate_up, act, down)
             else:
-                gate_act, up = make_linear_act(mlp.gate_proj, policy, act_name, mlp.act_fn), make_linear(mlp.up_proj, policy)
+                gate_act = make_linear_act(mlp.gate_proj, policy, act_name, mlp.act_fn)
+                up = make_linear(mlp.up_proj, policy)
                 ff = (lambda g, u, d: lambda h: d(g(h) * u(h)))(gate_act, up, down)  # act(gate) fused where W8A8
             sandwich = hasattr(layer, "pre_feedforward_layernorm")  # Gemma 2/3
             lt = layer_types[i] if i < len(layer_types) else None
