@@ -292,3 +292,27 @@ def test_path_says_which_forward_runs_and_why():
     assert gemma.path == "lean" and "the Llama and GPT-2 families, not gemma" in gemma.path_reason, gemma.path_reason
     generic = Runner(model, generic=True)
     assert generic.path == "generic" and generic.native is None and "generic=True" in generic.path_reason
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_custom_class_checkpoint_loads_with_its_skeleton(tmp_path):
+    """A user's own class cannot be rebuilt from JSON (no pickle, no imports): slimrt.load says to pass
+    model=<an instance>, and with it runs the module."""
+    torch.manual_seed(0)
+    model, x = _Net(), torch.randn(3, 16)
+    slimrt.compress(model, "w8", progress=False)
+    want = model(x)
+    slimrt.save(model, tmp_path / "net")
+    with pytest.raises(slimrt.CheckpointError, match="pass model=<an instance of the original class>"):
+        slimrt.load(tmp_path / "net")
+    rt = slimrt.load(tmp_path / "net", model=_Net())
+    assert (rt.kind, rt.path) == ("module", "generic")
+    torch.testing.assert_close(rt.model(x), want)
