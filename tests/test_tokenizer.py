@@ -56,3 +56,13 @@ def test_no_template_and_no_padding_are_clear(tmp_path):
         thin.apply_chat_template(MESSAGES)
     with pytest.raises(ValueError, match="unpadded"):
         thin(["a", "b"], padding=True)
+
+
+def test_a_deep_copy_has_its_own_backend_and_lock(tmp_path):
+    import copy
+
+    thin = _thin(chat_tokenizer(CHATML), tmp_path)
+    twin = copy.deepcopy(thin)
+    assert twin._tok is not thin._tok and twin._lock is not thin._lock
+    assert twin(TEXTS, truncation=True, max_length=16)["input_ids"] == thin(TEXTS, truncation=True, max_length=16)["input_ids"]
+    assert twin.apply_chat_template(MESSAGES, tokenize=False) == thin.apply_chat_template(MESSAGES, tokenize=False)

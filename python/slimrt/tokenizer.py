@@ -13,6 +13,7 @@ transformers does), never evaluated as Python.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import threading
@@ -50,6 +51,15 @@ class Tokenizer:
             setattr(self, key, _token_text(config.get(key)))
         extra = config.get("additional_special_tokens") or config.get("extra_special_tokens") or []
         self.additional_special_tokens = [t for t in (_token_text(v) for v in extra) if t]
+
+    def __deepcopy__(self, memo: dict) -> "Tokenizer":
+        """A copy with its own backend and its own lock (the server gives its HTTP side a copy so
+        that tokenizing a request never waits on the engine's calls; a lock cannot be copied)."""
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            setattr(new, key, threading.Lock() if key == "_lock" else copy.deepcopy(value, memo))
+        return new
 
     @classmethod
     def from_files(cls, files: Mapping[str, bytes], name: str = "") -> "Tokenizer":

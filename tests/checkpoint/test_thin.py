@@ -53,6 +53,20 @@ def test_thin_encoder_embeds_what_the_transformers_skeleton_does(tmp_path, recip
     assert torch.equal(thin.embed(texts), full.embed(texts))
 
 
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_a_thin_model_saves_as_the_model_it_stands_for(tmp_path, family):
+    """slimrt.save of a thin-loaded model writes the checkpoint's own "model" section, so the copy loads
+    thin or as transformers' model and runs the same (the serve CLI test re-saves a loaded model)."""
+    model = tiny_llama() if family == "llama" else tiny_bert()
+    thin = slimrt.load(_save(model, tmp_path / "ck", "w8"))
+    slimrt.save(thin.model, tmp_path / "copy", tokenizer=thin.tokenizer)
+    for again in (slimrt.load(tmp_path / "copy"), slimrt.load(tmp_path / "copy", thin=False)):
+        if family == "llama":
+            assert again.generate_ids([PROMPT], 8) == thin.generate_ids([PROMPT], 8)
+        else:
+            assert torch.equal(again.embed(["the runner streams text"]), thin.embed(["the runner streams text"]))
+
+
 def test_thin_load_imports_no_transformers(tmp_path):
     enc = _save(tiny_bert(), tmp_path / "enc", "w8a8")
     dec = _save(tiny_llama(), tmp_path / "dec", "w8")

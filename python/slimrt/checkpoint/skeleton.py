@@ -87,6 +87,9 @@ def _describe_layer(layer: nn.Module, slimrt_types: tuple[type, ...]) -> dict[st
 
 def describe_model(model: nn.Module, slimrt_types: tuple[type, ...]) -> dict[str, Any]:
     """The "model" section of slimrt.json for ``model`` (see the module docstring)."""
+    section = getattr(model, "checkpoint_section", None)
+    if isinstance(section, dict):  # a thin skeleton (thin.py) is saved as the model its checkpoint held
+        return json.loads(json.dumps(section))
     arch = _hf_architecture(model)
     if arch is not None:
         section: dict[str, Any] = {"kind": "hf", "architecture": arch,

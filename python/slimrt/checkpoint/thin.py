@@ -17,6 +17,7 @@ and the loader builds the transformers skeleton as before.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -40,10 +41,14 @@ class ThinConfig(SimpleNamespace):
 
 class ThinModel(nn.Module):
     """The root of a thin skeleton: its children are the stored modules; ``config`` and
-    ``generation_config`` are plain attribute views of slimrt.json."""
+    ``generation_config`` are plain attribute views of slimrt.json; ``checkpoint_section`` is the
+    "model" section it was built from, which ``slimrt.save`` writes back (a thin model saves as the
+    Hugging Face model it stands for)."""
 
-    def __init__(self, config: ThinConfig, generation_config: SimpleNamespace | None, architecture: str) -> None:
+    def __init__(self, config: ThinConfig, generation_config: SimpleNamespace | None, architecture: str,
+                 section: dict[str, Any] | None = None) -> None:
         super().__init__()
+        self.checkpoint_section = copy.deepcopy(section) if section is not None else None
         self.config = config
         self.generation_config = generation_config
         self.architecture = architecture
@@ -187,7 +192,7 @@ def build(section: Mapping[str, Any], tensors: Mapping[str, Tensor], modules: Ma
     family = FAMILIES[arch]
     cfg = ThinConfig(**{k: v for k, v in section["config"].items() if isinstance(k, str) and k.isidentifier()})
     gen = section.get("generation_config")
-    root = ThinModel(cfg, SimpleNamespace(**gen) if isinstance(gen, dict) else None, arch)
+    root = ThinModel(cfg, SimpleNamespace(**gen) if isinstance(gen, dict) else None, arch, dict(section))
     eps = getattr(cfg, family.eps, None)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
         raise CheckpointError(f"slimrt.json: field 'model.config.{family.eps}' must be a positive number, got {eps!r}")
