@@ -21,6 +21,7 @@ same plan on Ray Data.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -366,15 +367,18 @@ def run_shards(corpus: Corpus, store: ShardStore, produce: Producer, progress: b
     embedded = 0
     with tqdm(total=corpus.rows, initial=skipped_rows, unit=" rows", disable=not progress, desc="embed",
               dynamic_ncols=True) as bar:
-        for shard, table in produce(missing) if missing else ():
-            if shard not in missing:
-                raise RuntimeError(f"shard {shard} was produced twice or was not asked for")
-            store.write(shard, table)
-            missing.discard(shard)
-            embedded += table.num_rows
-            bar.update(table.num_rows)
-            if on_shard is not None:
-                on_shard(shard)
+        # closing(): a run that stops (Ctrl-C, an error) ends the producer now, not when it is collected,
+        # so that the Ray actors it holds are let go at once.
+        with contextlib.closing(produce(missing) if missing else (x for x in ())) as shards:
+            for shard, table in shards:
+                if shard not in missing:
+                    raise RuntimeError(f"shard {shard} was produced twice or was not asked for")
+                store.write(shard, table)
+                missing.discard(shard)
+                embedded += table.num_rows
+                bar.update(table.num_rows)
+                if on_shard is not None:
+                    on_shard(shard)
     if missing:
         raise RuntimeError(f"shards {sorted(missing)[:10]} were never produced")
     return EmbedReport(store.out, corpus.rows, store.shards, len(done), embedded, time.perf_counter() - t0)

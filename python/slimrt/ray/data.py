@@ -142,8 +142,14 @@ def embed_corpus(checkpoint: str | os.PathLike, input: str | os.PathLike, output
                    workers=workers, threads_per_worker=threads_per_worker, normalize=normalize,
                    rows_per_call=shard_rows, keep_text=False)
         assembler = _Assembler(store, missing)
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            yield from assembler.add(batch)
+        batches = ds.iter_batches(batch_format="pyarrow", batch_size=None)
+        try:
+            for batch in batches:
+                yield from assembler.add(batch)
+        finally:  # a stopped run shuts the execution (and its actor pool) down now
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
 
     report = _corpus.run_shards(corpus, store, produce, progress=progress, on_shard=on_shard)
     if assembler is not None and assembler.duplicates:
