@@ -196,15 +196,26 @@ def test_cli_flags_that_do_not_go_together(encoder, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
-def test_ray_without_ray_says_how_to_install(encoder, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("command", ["embed", "serve"])
+def test_ray_without_ray_says_how_to_install(encoder, tmp_path, capsys, monkeypatch, command):
     import sys
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as where it is not installed
     write_jsonl(tmp_path / "c.jsonl", passages(3))
-    assert main(["embed", str(encoder[0]), "--input", str(tmp_path / "c.jsonl"), "--output", str(tmp_path / "o"),
-                 "--ray"]) == 2
+    if command == "embed":
+        argv = ["--input", str(tmp_path / "c.jsonl"), "--output", str(tmp_path / "o"), "--ray"]
+    else:
+        pytest.importorskip("starlette")
+        argv = ["--ray-replicas", "2"]
+    assert main([command, str(encoder[0]), *argv]) == 2
     assert "pip install 'slimrt[ray]'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_serve_ray_flags_go_with_replicas(encoder, capsys):
+    pytest.importorskip("starlette")
+    assert main(["serve", str(encoder[0]), "--threads-per-replica", "2"]) == 2
+    assert "go with --ray-replicas N" in capsys.readouterr().err
 
 
 def test_the_old_embed_cli_is_unchanged(encoder, capsys):

@@ -9,8 +9,8 @@ default to ``max_restarts=-1``, ``max_task_retries=-1``), so a lost worker costs
 ``embed_corpus`` keeps the corpus file and the output on the driver: it reads each missing shard
 into the object store (text only, one block per shard), runs the pool over them and writes each
 shard as soon as all its rows are back, whatever order blocks finish in. Rows are keyed by row
-number, so a batch that a retry delivers twice is written once (``EmbedReport`` counts none the
-less: ``duplicates`` in the log line).
+number, so a batch that a retry delivers twice is written once (a warning says how many rows came
+back twice).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Embedder:
 
         from slimrt.runner import Runner
 
+        self.threads = threads
         torch.set_num_threads(threads)
         self.runner = Runner.from_checkpoint(checkpoint)
         self.text_field, self.batch_size, self.normalize = text_field, batch_size, normalize
@@ -48,6 +49,11 @@ class Embedder:
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
+        import torch
+
+        # Under OpenMP the thread count is per calling thread, and Ray may call from another thread
+        # than the constructor's: set it where the work runs.
+        torch.set_num_threads(self.threads)
 
         texts = batch.column(self.text_field).to_pylist()
         if any(t is None or not isinstance(t, str) for t in texts):
