@@ -41,14 +41,11 @@ class ThinConfig(SimpleNamespace):
 
 class ThinModel(nn.Module):
     """The root of a thin skeleton: its children are the stored modules; ``config`` and
-    ``generation_config`` are plain attribute views of slimrt.json; ``checkpoint_section`` is the
-    "model" section it was built from, which ``slimrt.save`` writes back (a thin model saves as the
-    Hugging Face model it stands for)."""
+    ``generation_config`` are plain attribute views of slimrt.json."""
 
     def __init__(self, config: ThinConfig, generation_config: SimpleNamespace | None, architecture: str,
                  section: Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        self.checkpoint_section = copy.deepcopy(section) if section is not None else None
         self.config = config
         self.generation_config = generation_config
         self.architecture = architecture
