@@ -26,9 +26,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("checkpoint / compress", ("slimrt.checkpoint", "slimrt.compress", "slimrt.gguf")),
     ("models", ("slimrt.models",)),
     ("runner", ("slimrt.runner", "slimrt.chat")),
-    ("evaluate / distill", ("slimrt.evaluate", "slimrt.distill", "slimrt.metrics")),
+    ("evaluate / distill", ("slimrt.evaluate", "slimrt.distill", "slimrt.metrics", "slimrt.corpus")),
     ("face", ("slimrt", "slimrt._info")),
-    ("cli / demo", ("slimrt.cli", "slimrt.demo", "slimrt.serve")),
+    ("cli / demo", ("slimrt.cli", "slimrt.demo", "slimrt.serve", "slimrt.ray")),
 ]
 
 # Loading and running a model must not need the compressor: nothing these import, directly or

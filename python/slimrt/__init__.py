@@ -3,7 +3,8 @@
 The public API, by what it does (docs/architecture.md shows how the package is layered):
 
   compress     compress(model, recipe), report(model), Recipe
-  checkpoints  save(model, path); slimrt.checkpoint.load_model / read_metadata
+  checkpoints  save(model, path) (a SentenceTransformer too), to_sentence_transformer(path);
+               slimrt.checkpoint.load_model / read_metadata
   GGUF input   load_gguf(path) -> (Hugging Face model, tokenizer)
   run          load(path) -> Runner, Runner(model, tokenizer)
   quality      evaluate(compressed, reference), distill(student, teacher)
@@ -36,6 +37,7 @@ from slimrt.runner import Runner, load
 # errors and checkpoints
 from slimrt.errors import CheckpointError, SlimrtError
 from slimrt.checkpoint import save
+from slimrt.checkpoint.sentence import to_sentence_transformer
 from slimrt.gguf import GGUFError, load_gguf
 
 # quality
@@ -44,7 +46,7 @@ from slimrt.distill import distill
 
 __all__ = [
     "compress", "report", "Recipe",
-    "save", "load_gguf",
+    "save", "load_gguf", "to_sentence_transformer",
     "load", "Runner",
     "evaluate", "distill",
     "ops", "nn", "attention", "BlockMask",

@@ -538,6 +538,18 @@ def test_cli_compress(tiny_bert_dir, tmp_path, saved, capsys):
     assert rc == 0 and "total (13 layers)" in capsys.readouterr().out  # --verbose: the per-layer table
 
 
+def test_cli_lowrank_without_calibration_uses_slimrts_own_text(tiny_bert_dir, tmp_path, saved, caplog):
+    """`slimrt compress SRC -o OUT --recipe lowrank-0.5` needs no --calibration: slimrt's text is used."""
+    from slimrt import cli
+    from slimrt.nn import LowRankLinear
+
+    with caplog.at_level(logging.WARNING, logger="slimrt"):
+        rc = cli.main(["compress", str(tiny_bert_dir), "-o", str(tmp_path / "o"), "--recipe", "lowrank-0.5",
+                       "--no-progress"])
+    assert rc == 0 and "using slimrt's own text" in caplog.text
+    assert any(isinstance(m, LowRankLinear) for m in saved["model"].modules())
+
+
 @pytest.mark.parametrize("argv, message", [
     (["compress", "/nonexistent/model", "-o", "{tmp}/o"], "neither a local model directory"),
     (["compress", "{src}", "-o", "{tmp}", "--recipe", "w3"], "exists; pass --overwrite"),
@@ -570,3 +582,26 @@ def test_cli_calibration_file(tmp_path):
     txt.write_text("\n\n")
     with pytest.raises(ValueError, match="holds no text"):
         _read_calibration(str(txt))
+
+
+def test_parent_reading_child_weights_keeps_them_dense():
+    """torch's TransformerEncoderLayer (fast path) and MultiheadAttention read their linears' .weight
+    themselves: the generic swap sees it in their forward, keeps those layers dense with the reason,
+    and the model runs and matches the dense one exactly (only the head after it is quantized)."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    model = nn.Sequential(encoder, nn.Linear(16, 8)).eval()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        want_hidden = encoder(x)
+    slimrt.compress(model, "w8a8", progress=False)
+    fb = model.slimrt_meta["fallbacks"]
+    assert set(fb) == {f"0.layers.{i}.{n}" for i in range(2) for n in ("linear1", "linear2", "self_attn.out_proj")}
+    assert "TransformerEncoderLayer.forward reads linear1.weight directly" in fb["0.layers.0.linear1"]
+    assert "MultiheadAttention.forward reads out_proj.weight directly" in fb["0.layers.1.self_attn.out_proj"]
+    assert isinstance(model[1], Int8Linear)
+    with torch.no_grad():
+        torch.testing.assert_close(model[0](x), want_hidden)
+        assert model(x).shape == (2, 5, 8)
+    assert "kept dense (fallbacks): 6" in slimrt.report(model)

@@ -180,6 +180,9 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
          entropy: str | None = None) -> SaveResult:
     """Writes ``model`` (a module containing slimrt modules, or a plain one) as a checkpoint directory.
 
+    A sentence-transformers SentenceTransformer is stored as its transformers model with its pooling,
+    normalization and max_seq_length (checkpoint/sentence.py), so ``slimrt.load`` embeds as it does.
+
     ``entropy="zstd"`` stores int8 payloads zstd-coded (decoded transparently on load). Refuses an
     existing ``path`` unless ``overwrite=True``; the replacement is atomic either way.
     """
@@ -191,6 +194,12 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
         raise ValueError(f"save: entropy={entropy!r} is not None or 'zstd'")
     target = os.path.abspath(os.fspath(path))
     _check_target(target, overwrite)
+    slimrt_meta = getattr(model, "slimrt_meta", None)
+    from slimrt.checkpoint import sentence
+
+    if sentence.is_sentence_transformer(model):  # its transformers model + pooling, normalize, max_seq_length
+        model, slimrt_meta, st_tokenizer = sentence.prepare(model)
+        tokenizer = tokenizer if tokenizer is not None else st_tokenizer
     slim = slimrt_modules(model)
     section = describe_model(model, tuple(MODULE_TYPES.values()))
     modules = {name: {"type": type_name(m), "config": fmt.to_json(m.slimrt_config(), f"modules.{name}.config")}
@@ -207,7 +216,7 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
     meta: dict[str, Any] = {
         "format_version": fmt.FORMAT_VERSION, "slimrt_version": __version__, "created_by": created_by,
         "model": fmt.to_json(section, "model"), "modules": modules,
-        "compression": fmt.to_json(getattr(model, "slimrt_meta", None), "model.slimrt_meta"),
+        "compression": fmt.to_json(slimrt_meta, "model.slimrt_meta"),
         "entropy": entropy, "encoded": encoded, "tied": tied, "buffers": buffers, "tokenizer": None,
     }
 

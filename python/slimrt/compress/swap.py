@@ -19,7 +19,10 @@ ValueError for bad data (NaN weights), naming the module.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -199,9 +202,55 @@ def _skip_reason(name: str, module: nn.Module, model: nn.Module) -> str | None:
     """Generic reasons a module cannot be swapped, whatever the method."""
     if name == "":
         return "the root module itself cannot be replaced in place; wrap it in an nn.Sequential"
-    parent = model.get_submodule(name.rpartition(".")[0])
-    if isinstance(parent, nn.MultiheadAttention):
-        return "nn.MultiheadAttention reads its out_proj weight directly instead of calling the module"
+    return None
+
+
+_CHILD_READ = re.compile(r"\bself\.([A-Za-z_]\w*)\.([A-Za-z_]\w*)\b(?!\s*\()")
+_SELF_CALL = re.compile(r"\bself\.([A-Za-z_]\w*)\s*\(")
+
+
+@functools.lru_cache(maxsize=None)
+def _child_reads(cls: type) -> tuple[tuple[str, str, str], ...]:
+    """(child, attribute, method) for every ``self.<child>.<attribute>`` that ``cls.forward`` (and the
+    methods of ``cls`` it calls by ``self.<method>(``) reads without calling: a parent that takes a
+    child's tensors itself (torch's TransformerEncoderLayer fast path reads ``linear1.weight``,
+    MultiheadAttention ``out_proj.weight``) rather than calling the child. Read from the source; a
+    class without source (C extensions) reads nothing that can be seen."""
+    found: list[tuple[str, str, str]] = []
+    todo, seen = ["forward"], set()
+    while todo:
+        meth = todo.pop()
+        fn = getattr(cls, meth, None)
+        if meth in seen or not callable(fn) or getattr(nn.Module, meth, None) is fn:
+            continue
+        seen.add(meth)
+        try:
+            src = inspect.getsource(fn)
+        except (OSError, TypeError):
+            continue
+        found += [(child, attr, meth) for child, attr in _CHILD_READ.findall(src)]
+        todo += _SELF_CALL.findall(src)
+    return tuple(found)
+
+
+def _has_plain(module: nn.Module, attr: str) -> bool:
+    """Whether ``attr`` is a stored attribute of ``module`` (a tensor, submodule or value), not a
+    property computed on access (LowRankLinear.weight multiplies its factors out)."""
+    if attr in module._parameters or attr in module._buffers or attr in module._modules or attr in vars(module):
+        return True
+    static = inspect.getattr_static(module, attr, None)
+    return static is not None and not isinstance(static, property)
+
+
+def _direct_read_reason(name: str, new: nn.Module, model: nn.Module) -> str | None:
+    """Why ``new`` cannot take the place of ``name``: its parent's forward reads an attribute of it
+    directly that ``new`` does not store (the parent would do the layer's math itself, or fail)."""
+    parent_name, _, leaf = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    for child, attr, meth in _child_reads(type(parent)):
+        if child == leaf and not _has_plain(new, attr):
+            return (f"{type(parent).__name__}.{meth} reads {leaf}.{attr} directly instead of calling the module, "
+                    f"which the {type(new).__name__} that would replace it does not store")
     return None
 
 
@@ -279,6 +328,7 @@ def swap(model: nn.Module, recipe: "Recipe", calibration: Iterable[Any] | None =
             if reason is None:
                 try:
                     new, info = method.convert(name, module, ctx)
+                    reason = _direct_read_reason(name, new, model)
                 except Fallback as e:
                     reason = str(e)
             if reason is not None:

@@ -131,7 +131,10 @@ class NativeDecoder:
             if served["cpu"] != "native":  # the step replaces the native kernels' calls, nothing else
                 raise Ineligible(f"CPU ops run the {served['cpu']} implementation (SLIMRT_BACKEND="
                                  f"{served['requested']}), not the native kernels")
-            return (_build_llama(model, policy) if family == "llama" else _build_gpt2(model, policy)), ""
+            builders = {"llama": _build_llama, "gpt2": _build_gpt2}
+            if family not in builders:
+                raise Ineligible(f"the native step covers the Llama and GPT-2 families, not {family}")
+            return builders[family](model, policy), ""
         except Ineligible as e:
             return None, str(e)
         except ValueError as e:  # a shape the native plan rejects (its message names it)
