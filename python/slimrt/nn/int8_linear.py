@@ -65,7 +65,10 @@ class Int8Linear(nn.Module):
             self.smooth = None
         self.register_buffer("w_packed", torch.empty(0, dtype=torch.int8, device=device), persistent=False)
         self._packed_from = _weight_key(self.w_q)  # the empty "pack" above is current for this w_q
-        self.register_load_state_dict_post_hook(lambda module, keys: module.repack())
+        self._pack_pending = False
+        # Loading packs lazily: the first call packs (see invalidate_pack), so weights that only ever
+        # run fused (the native decode step's q/k/v and gate/up) are never packed on their own.
+        self.register_load_state_dict_post_hook(lambda module, keys: module.invalidate_pack())
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, mode: str = "w8a8") -> "Int8Linear":
@@ -147,12 +150,20 @@ class Int8Linear(nn.Module):
             with torch.no_grad():
                 self.w_packed = ops.int8_pack_weight(w_q)
         self._packed_from = _weight_key(w_q)
+        self._pack_pending = False
+
+    def invalidate_pack(self) -> None:
+        """Drops the packed weight; the next forward (or ``current_pack``) packs w_q again. What
+        loading and ``.to()`` do: packing costs ~17 ms per SmolLM2 weight, and the native decode step
+        runs q/k/v and gate/up from one fused pack of its own, so their single packs are never needed."""
+        self.w_packed = torch.empty(0, dtype=torch.int8, device=self.w_q.device)
+        self._pack_pending = True
 
     def current_pack(self) -> Tensor:
         """w_packed, rebuilt first if it is missing or w_q changed since it was made (see repack): for
         callers that hand the pack to a kernel themselves (the native decode step)."""
         w_q, key = self.w_q, self._packed_from
-        if (self.w_packed.numel() == 0 and w_q.device.type != "meta") or \
+        if self._pack_pending or (self.w_packed.numel() == 0 and w_q.device.type != "meta") or \
                 (key is not None and (w_q._version != key[0] or w_q.data_ptr() != key[1])):
             self.repack()
         return self.w_packed
@@ -166,7 +177,7 @@ class Int8Linear(nn.Module):
             t = self._buffers.get(name)
             if t is not None and t.dtype != torch.float32:
                 self._buffers[name] = t.float()
-        self.repack()
+        self.invalidate_pack()
         return out
 
     def forward(self, x: Tensor, mode: str | None = None, activation: str = "none") -> Tensor:
@@ -179,8 +190,9 @@ class Int8Linear(nn.Module):
             return y if activation == "none" else _activation(activation)(y)
         buf = self._buffers  # one dict instead of four nn.Module.__getattr__ walks: this is the decode path
         w_q, key = buf["w_q"], self._packed_from  # is the pack stale? (see repack)
-        if key is not None and (w_q._version != key[0] or w_q.data_ptr() != key[1]):
+        if self._pack_pending or (key is not None and (w_q._version != key[0] or w_q.data_ptr() != key[1])):
             self.repack()
+            buf = self._buffers
         smooth = buf.get("smooth")
         if smooth is not None:
             x = x * smooth.to(x.dtype)
