@@ -103,6 +103,7 @@ def test_sweep_writes_every_field_and_charts(kind, llama_dir, bert_dir, texts_fi
         assert [r[flag] for r in result["rows"]] == pareto(result["rows"], x, y), flag
         assert any(r[flag] for r in result["rows"]), flag
     assert result["machine"]["threads"] == torch.get_num_threads() and result["data"] == texts_file
+    assert result["name"] == os.path.basename(src) and result["source"] == src
     for png in ("sweep_bytes.png", "sweep_speed.png"):
         _check_png(os.path.join(out, png))
     table = capsys.readouterr().out

@@ -105,7 +105,7 @@ def _panel(ax, rows: Sequence[Mapping[str, Any]], x: Axis, y: Axis) -> None:
     if y.log:
         ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
-    ax.margins(0.12)
+    ax.margins(x=0.2, y=0.12)  # room for the labels right of the points
     if not shown:
         ax.text(0.5, 0.5, "no measured points", transform=ax.transAxes, ha="center")
 

@@ -51,7 +51,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     result = sweep(args.src, recipes, data, calibration=calibration, peer=args.peer, prefill_tokens=args.prefill_tokens,
                    decode_tokens=args.decode_tokens, reps=args.reps, max_tokens=args.max_tokens,
-                   progress=not args.no_progress, data_name=args.data)
+                   progress=not args.no_progress, data_name=args.data, name=args.name)
     paths = write(result, args.out, plot=not args.no_plot)
     print(_table(result))
     failed = [r["name"] for r in result["rows"] if r["status"] != "ok"]
@@ -69,14 +69,15 @@ def add_parser(sub) -> None:
                                                   "(default: slimrt's own, the pydoc eval paragraphs)")
     s.add_argument("--calibration", metavar="FILE", help="calibration texts for recipes that calibrate "
                                                          "(default: slimrt's own text)")
+    s.add_argument("--name", default=None, help="the model's name in chart titles (default: SRC's file or folder name)")
     s.add_argument("--out", default="sweep", metavar="DIR", help="output directory (default ./sweep; files in it are replaced)")
     s.add_argument("--peer", choices=["llama.cpp"], default=None,
                    help="also measure llama.cpp's F32 / Q8_0 / Q4_0 of the same GGUF (needs llama-cpp-python)")
-    s.add_argument("--prefill-tokens", type=int, default=128, help="decoders: prompt tokens timed (default 128)")
-    s.add_argument("--decode-tokens", type=int, default=64, help="decoders: tokens generated timed (default 64)")
-    s.add_argument("--reps", type=int, default=3, help="timed runs per model, best kept (default 3)")
-    s.add_argument("--max-tokens", type=int, default=128, help="tokens per text for quality (default 128)")
-    s.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for every model (default: torch's)")
+    s.add_argument("--prefill-tokens", type=int, metavar="N", default=128, help="decoders: prompt tokens timed (default 128)")
+    s.add_argument("--decode-tokens", type=int, metavar="N", default=64, help="decoders: tokens generated timed (default 64)")
+    s.add_argument("--reps", type=int, metavar="N", default=3, help="timed runs per model, best kept (default 3)")
+    s.add_argument("--max-tokens", type=int, metavar="N", default=128, help="tokens per text for quality (default 128)")
+    s.add_argument("--threads", type=int, metavar="N", default=None, help="torch.set_num_threads for every model (default: torch's)")
     s.add_argument("--no-plot", action="store_true", help="write sweep.json and sweep.csv only (no matplotlib needed)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_sweep)

@@ -61,7 +61,7 @@ def _machine() -> dict[str, Any]:
 def sweep(src: str | os.PathLike, recipes: Sequence[Any] | None = None, data: Sequence[str] | None = None, *,
           calibration: Sequence[Any] | None = None, peer: str | None = None, prefill_tokens: int = 128,
           decode_tokens: int = 64, reps: int = 3, max_tokens: int = 128, progress: bool = True,
-          data_name: str | None = None) -> dict[str, Any]:
+          data_name: str | None = None, name: str | None = None) -> dict[str, Any]:
     """Compresses ``src`` with each recipe and measures bytes, speed and quality; returns the result.
 
     src: a local Hugging Face model directory or a GGUF file (or a directory holding one).
@@ -71,8 +71,9 @@ def sweep(src: str | os.PathLike, recipes: Sequence[Any] | None = None, data: Se
     calibration: batches for recipes that calibrate (default: slimrt's own text, as slimrt.compress).
     peer: "llama.cpp" adds its F32 / Q8_0 / Q4_0 of the same GGUF (src must be a GGUF file, and
     llama-cpp-python importable). prefill_tokens / decode_tokens: the batch-1 timing (shrunk to fit a
-    short context); reps: timed runs, best kept; max_tokens: tokens per text for quality.
-    Returns {"version", "source", "kind", "model_type", "data", ..., "settings", "machine", "rows"}
+    short context); reps: timed runs, best kept; max_tokens: tokens per text for quality; name: the
+    model's name in chart titles (default: the source's file or folder name, without .gguf).
+    Returns {"version", "name", "source", "kind", "model_type", "data", ..., "settings", "machine", "rows"}
     with one row per model (``fields(kind)``): the uncompressed reference first, then the recipes,
     then the peers, and the Pareto flags set (``mark_pareto``).
     """
@@ -121,9 +122,9 @@ def sweep(src: str | os.PathLike, recipes: Sequence[Any] | None = None, data: Se
     bar.close("reference")
     rows.append(ref_row)
 
-    for name, recipe in resolved:
-        row = new_row(kind, name=name, recipe=name)
-        bar = Steps(name, ("compress", "save", "speed", "quality"), progress)
+    for label, recipe in resolved:
+        row = new_row(kind, name=label, recipe=label)
+        bar = Steps(label, ("compress", "save", "speed", "quality"), progress)
         try:
             _measure_recipe(row, bar, model, recipe, calibration, tok, speed,
                             lambda m: measure.quality(m, reference, tok, texts, settings, max_tokens))
@@ -148,7 +149,8 @@ def sweep(src: str | os.PathLike, recipes: Sequence[Any] | None = None, data: Se
             r["bytes_ratio"] = r["bytes"] / ref_row["bytes"]
     mark_pareto(rows, kind)
     return {
-        "version": SWEEP_VERSION, "source": src, "kind": kind, "model_type": getattr(model.config, "model_type", None),
+        "version": SWEEP_VERSION, "name": name or os.path.basename(src.rstrip("/")).removesuffix(".gguf"),
+        "source": src, "kind": kind, "model_type": getattr(model.config, "model_type", None),
         "params": sum(p.numel() for p in model.parameters()), "dtype": dtype,
         "data": data_name or ("slimrt.data.pydoc_paragraphs('eval')" if data is None else "user texts"),
         "texts": len(texts),

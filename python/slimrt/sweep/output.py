@@ -31,7 +31,7 @@ def caption(result: dict[str, Any]) -> str:
     m, s = result["machine"], result["settings"]
     timing = (f"prefill {s['prefill_tokens']} tokens, decode {s['decode_tokens']} tokens, batch 1"
               if result["kind"] == "decoder" else f"embed batches of {s['embed_batch_size']}")
-    return (f"{os.path.basename(result['source'].rstrip('/'))}: quality on {result['texts']} texts of {result['data']} "
+    return (f"{result['name']}: quality on {result['texts']} texts of {result['data']} "
             f"(<= {s['max_tokens']} tokens each); {timing}; best of {s['reps']}; {m['cpu']}, {m['threads']} threads, "
             f"{m['isa']}; slimrt {m['slimrt']}, {m['date']}")
 
@@ -58,10 +58,9 @@ def write(result: dict[str, Any], out: str | os.PathLike, plot: bool = True) -> 
         xs, y = axes(result["kind"])
         rows = [{**r, "bytes": r["bytes"] / 1e6 if r.get("bytes") is not None else None}
                 for r in result["rows"] if r["status"] == "ok"]
-        name = os.path.basename(result["source"].rstrip("/"))
         for key, panels in (("bytes", xs[:1]), ("speed", xs[1:])):
             path = os.path.join(out, CHARTS[key])
-            tradeoff_chart(path, rows, panels, y, f"{name}: {y.label} against {key}", caption(result))
+            tradeoff_chart(path, rows, panels, y, f"{result['name']}: {y.label} against {key}", caption(result))
             paths.append(path)
     return paths
 
