@@ -9,6 +9,7 @@ tensor), while transformers reads the same source dequantized to float32 for sli
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +51,18 @@ def quantize(src: str | os.PathLike, cache: str | os.PathLike, types: Sequence[s
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
     out = {t: cache / f"{src.stem}.{t}.gguf" for t in ("F32", *types)}
+    # llama-cpp-python prints llama.cpp's log (every tensor it quantizes) at this logger's level or above.
+    log = logging.getLogger("llama-cpp-python")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        _quantize(L, src, out, ftypes, threads)
+    finally:
+        log.setLevel(level)
+    return {t: out[t] for t in types}
+
+
+def _quantize(L, src: Path, out: dict[str, Path], ftypes: dict[str, int], threads: int | None) -> None:
     for t in out:
         if out[t].exists() and out[t].stat().st_mtime >= src.stat().st_mtime:
             continue
@@ -63,7 +76,6 @@ def quantize(src: str | os.PathLike, cache: str | os.PathLike, types: Sequence[s
         if rc != 0:
             raise RuntimeError(f"llama_model_quantize {inp} -> {t} failed with code {rc}")
         os.replace(tmp, out[t])
-    return {t: out[t] for t in types}
 
 
 class LlamaCpp:
