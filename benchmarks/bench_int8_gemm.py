@@ -15,7 +15,12 @@ read bandwidth (stream over a buffer larger than L3). Where the CPU has AMX, sli
 on AMX tiles from M = 8, which goes past the VNNI peak: the run then also measures the AMX peak
 (register-only tdpbusd loop) and reports the AMX kernel against it, and the VNNI kernel alone.
 
-    python benchmarks/bench_int8_gemm.py [--quick] [--csv PATH] [--md PATH]
+--plot PNG draws the results as a roofline (slimrt.charts, needs matplotlib): achieved GOP/s of each
+int8 provider against arithmetic intensity, 2MNK / (MK + NK + 4MN) ops per byte (int8 A and B,
+32-bit C: what an int8 GEMM must at least move), under min(int8 peak, read bandwidth x intensity)
+with the bounds measured in the same run.
+
+    python benchmarks/bench_int8_gemm.py [--quick] [--csv PATH] [--md PATH] [--plot PNG]
 """
 
 from __future__ import annotations
@@ -162,12 +167,17 @@ def main(argv: list[str] | None = None) -> int:
                          "'128,4096,4096;512,4096,4096;128,4096,11008;512,4096,11008')")
     ap.add_argument("--csv", default=str(Path(__file__).resolve().parent / "out" / "int8_gemm.csv"))
     ap.add_argument("--md", default=None, help="also write the markdown summary to this file")
+    ap.add_argument("--plot", default=None, metavar="PNG", help="also draw the roofline chart into this PNG (matplotlib)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads for every provider (default: torch's); 1 gives steadier ratios on a "
                          "loaded machine, where a descheduled OpenMP thread stalls a whole parallel region")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.plot:
+        from slimrt.charts import pyplot
+
+        pyplot()  # a missing matplotlib fails now, not after the whole grid
 
     from slimrt import _native
 
@@ -269,7 +279,30 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nCSV rows appended to {args.csv}")
     if args.md:
         Path(args.md).write_text(md + "\n")
+    if args.plot:
+        roofline(args.plot, summary, provs, peak, bw, amx_peak if amx else None,
+                 f"{machine_str(info)}; {versions_str(info)}; git {info['git_sha']}; {info['date']}")
+        print(f"roofline chart written to {args.plot}")
     return 0
+
+
+ROOFLINE_PROVIDERS = ("slimrt_gemm", "slimrt_w8a8", "slimrt_w8a8_vnni", "slimrt_w8", "torch_int_mm", "torch_dq")
+
+
+def roofline(path: str, summary: list[dict], provs: tuple[str, ...], peak: float, bw: float, amx_peak: float | None,
+             caption: str) -> None:
+    """The int8 providers of every shape as points under the roofline of this run's measured bounds."""
+    from slimrt.charts import roofline_chart
+
+    points = []
+    for s in summary:
+        m, k, n = s["shape"]
+        ops, moved = 2.0 * m * n * k, m * k + n * k + 4 * m * n  # bytes: int8 A and B, 32-bit C
+        for p in ROOFLINE_PROVIDERS:
+            if p in provs:
+                points.append({"provider": p, "intensity": ops / moved, "gops": ops / (s["ms"][p] * 1e-3) / 1e9})
+    extra = {"AMX peak (tdpbusd)": amx_peak} if amx_peak else None
+    roofline_chart(path, points, peak, bw, f"int8 GEMM roofline, {torch.get_num_threads()} threads", caption, extra)
 
 
 def evaluate_targets(summary: list[dict]) -> list[str]:

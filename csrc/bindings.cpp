@@ -232,12 +232,12 @@ PYBIND11_MODULE(_C, m) {
         });
 
   // ---- decode_step: a whole batch-1 decode step in one call (csrc/decode_step/decode_step.h) ----
-  // A linear crosses as (w, packed, scale, bias, N, K) (int8), or with (group, q4, scale16, zero) appended
-  // for int4 weights (group > 0): pointers as ints, 0 for none.
+  // A linear crosses as (w, packed, scale, bias, N, K, smooth) (int8), or with (group, q4, scale16, zero)
+  // appended for int4 weights (group > 0): pointers as ints, 0 for none.
   using LinTuple = py::tuple;
   auto to_lin = [](const LinTuple& t) {
-    SLIMRT_CHECK(t.size() == 6 || t.size() == 10, "decode_step: a linear is a tuple of 6 (int8) or 10 (w4) values, got "
-                                                      << t.size());
+    SLIMRT_CHECK(t.size() == 7 || t.size() == 11, "decode_step: a linear is a tuple of 7 (int8) or 11 (w4) values, got "
+                                                       << t.size());
     W8Linear l;
     l.w = ptr<const int8_t>(t[0].cast<uintptr_t>());
     l.packed = ptr<const int8_t>(t[1].cast<uintptr_t>());
@@ -245,11 +245,12 @@ PYBIND11_MODULE(_C, m) {
     l.bias = ptr<const float>(t[3].cast<uintptr_t>());
     l.N = t[4].cast<int64_t>();
     l.K = t[5].cast<int64_t>();
-    if (t.size() == 10) {
-      l.group = t[6].cast<int64_t>();
-      l.q4 = ptr<const uint8_t>(t[7].cast<uintptr_t>());
-      l.scale16 = ptr<const uint16_t>(t[8].cast<uintptr_t>());
-      l.zero = ptr<const uint8_t>(t[9].cast<uintptr_t>());
+    l.smooth = ptr<const float>(t[6].cast<uintptr_t>());
+    if (t.size() == 11) {
+      l.group = t[7].cast<int64_t>();
+      l.q4 = ptr<const uint8_t>(t[8].cast<uintptr_t>());
+      l.scale16 = ptr<const uint16_t>(t[9].cast<uintptr_t>());
+      l.zero = ptr<const uint8_t>(t[10].cast<uintptr_t>());
     }
     return l;
   };

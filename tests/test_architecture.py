@@ -19,16 +19,16 @@ ROOT = Path(os.environ.get("SLIMRT_ARCH_ROOT") or Path(__file__).resolve().paren
 # the package face, slimrt/__init__.py).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ground", ("slimrt.errors", "slimrt._version", "slimrt.recipe", "slimrt.attention", "slimrt.data",
-                "slimrt.tokenizer")),
+                "slimrt.tokenizer", "slimrt.charts")),
     ("native", ("slimrt._native", "slimrt._C", "slimrt.kernels")),
     ("ops", ("slimrt.ops",)),
     ("nn", ("slimrt.nn",)),
     ("checkpoint / compress", ("slimrt.checkpoint", "slimrt.compress", "slimrt.gguf")),
     ("models", ("slimrt.models",)),
     ("runner", ("slimrt.runner", "slimrt.chat")),
-    ("evaluate / distill", ("slimrt.evaluate", "slimrt.distill", "slimrt.metrics")),
+    ("evaluate / distill", ("slimrt.evaluate", "slimrt.distill", "slimrt.metrics", "slimrt.corpus", "slimrt.sweep")),
     ("face", ("slimrt", "slimrt._info")),
-    ("cli / demo", ("slimrt.cli", "slimrt.demo", "slimrt.serve")),
+    ("cli / demo", ("slimrt.cli", "slimrt.demo", "slimrt.serve", "slimrt.ray")),
 ]
 
 # Loading and running a model must not need the compressor: nothing these import, directly or

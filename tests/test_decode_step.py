@@ -48,8 +48,19 @@ def variant(arch: str, **kw):
     return w8(getattr(transformers, f"{arch}ForCausalLM")(cfg).eval())
 
 
+def smoothquant(model, calib_seed: int = 1):
+    """w8a8-sq on every linear (lm_head weight-only), calibrated on random token ids: q/k/v and gate/up
+    get one shared smoothing vector each, o_proj and down_proj their own; decodes at M = 1 with w8."""
+    g = torch.Generator().manual_seed(calib_seed)
+    calib = [torch.randint(0, model.config.vocab_size, (2, 24), generator=g) for _ in range(2)]
+    slimrt.compress(model, Recipe.preset("w8a8-sq", ignore=[]), calibration=calib, progress=False)
+    return model
+
+
 MODELS = {
     "llama": lambda: w8(tiny_llama()),
+    "llama-w8a8-sq": lambda: smoothquant(tiny_llama()),
+    "gpt2-w8a8-sq": lambda: smoothquant(tiny_gpt2()),
     "llama-mha-w8a8-modules": lambda: to_int8(tiny_llama(2, num_key_value_heads=4)),  # w8 kernel at M = 1
     "mistral": lambda: variant("Mistral"),
     "qwen2-bias": lambda: variant("Qwen2"),
@@ -100,10 +111,15 @@ def _logits_both(rt: Runner, prompt: list[int], steps: int):
     with torch.inference_mode():
         c_nat, c_eag = lean.new_cache(1, max_len), lean.new_cache(1, max_len)
         sess = rt.native.session(c_nat, pos, max_len)
-        assert sess.max_prefill >= len(prompt)
-        got = sess.prefill(ids[0]).clone()
-        assert sess.greedy().item() == got.argmax(-1).item()
-        logits = lean.forward(ids, pos, c_eag, 0, None, True)
+        if sess.max_prefill >= len(prompt):
+            got = sess.prefill(ids[0]).clone()
+            assert sess.greedy().item() == got.argmax(-1).item()
+            logits = lean.forward(ids, pos, c_eag, 0, None, True)
+        else:  # w8a8 models prefill with the w8a8 kernel: feed the prompt one token at a time on both sides
+            for slot, t in enumerate(prompt):
+                tok = torch.tensor([t])
+                got = sess.step(tok, slot).clone()
+                logits = lean.forward(tok.unsqueeze(1), pos, c_eag, slot, None, False)
         out.append((got, logits, c_nat, c_eag, len(prompt) - 1))
         for s in range(steps):
             tok = logits.argmax(-1)
@@ -128,7 +144,8 @@ def isa(request):
 
 
 @pytest.mark.parametrize("name", ["llama", "llama-odd-sizes", "llama-partial-rotary", "qwen3-qk-norm", "gpt2",
-                                  "gpt2-odd-sizes", "gpt2-gelu-erf-inverse-layer-scale", "llama-w4", "gpt2-w4"])
+                                  "gpt2-odd-sizes", "gpt2-gelu-erf-inverse-layer-scale", "llama-w4", "gpt2-w4",
+                                  "llama-w8a8-sq", "gpt2-w8a8-sq"])
 def test_native_step_logits_and_cache_match_the_eager_forward(name, isa):
     rt = Runner(MODELS[name]())
     # w4 quantizes activations to int8 per group: a last-bit difference of a norm's output (the small
@@ -240,6 +257,31 @@ def test_head_and_ffn_pruned_w8_model_runs_native():
     assert rt.native is not None, rt.native_reason
     prompt = IDS[0, :6].tolist()
     assert rt.generate_ids([prompt], 8, eos=False)[0] == hf_greedy(model, prompt, 8)
+
+
+def test_smoothquant_linears_that_read_one_input_share_one_vector_and_run_native():
+    model = smoothquant(tiny_llama())
+    for layer in model.model.layers:
+        at, mlp = layer.self_attn, layer.mlp
+        assert at.q_proj.smooth is not None and mlp.down_proj.smooth is not None
+        assert torch.equal(at.q_proj.smooth, at.k_proj.smooth) and torch.equal(at.q_proj.smooth, at.v_proj.smooth)
+        assert torch.equal(mlp.gate_proj.smooth, mlp.up_proj.smooth)
+        assert not torch.equal(at.o_proj.smooth, at.q_proj.smooth)  # a different input, its own vector
+    assert model.lm_head.smooth is None and model.lm_head.mode == "w8"  # the head is weight-only
+    rows = {r["name"]: r for r in model.slimrt_meta["layers"] if r.get("smoothquant")}
+    assert rows["model.layers.0.self_attn.q_proj"]["smoothquant"].endswith("joint with 2 more")
+    assert rows["model.layers.0.mlp.up_proj"]["smoothquant"].endswith("joint with 1 more")
+    assert rows["model.layers.0.mlp.down_proj"]["smoothquant"] == "alpha=0.5"
+    rt = Runner(model)
+    assert rt.native is not None, rt.native_reason
+
+
+def test_fused_linears_with_different_smoothing_vectors_keep_the_eager_step():
+    model = smoothquant(tiny_llama())
+    with torch.no_grad():
+        model.model.layers[1].self_attn.k_proj.smooth.mul_(2.0)  # no longer shared with q/v
+    rt = Runner(model)
+    assert rt.native is None and "layer 1 q/k/v" in rt.native_reason and "smoothing" in rt.native_reason
 
 
 def test_ineligible_models_keep_the_eager_step_and_say_why():
@@ -419,7 +461,7 @@ def test_bad_input_is_a_clear_error():
     plan = ext.DecodePlan(64, 16, 16, 300, 0, 0, 1e-6)
     w = torch.zeros(7, 64, dtype=torch.int8)
     s = torch.ones(7)
-    lin = (w.data_ptr(), 0, s.data_ptr(), 0, 7, 64)
+    lin = (w.data_ptr(), 0, s.data_ptr(), 0, 7, 64, 0)  # (w, packed, scale, bias, N, K, smooth)
     ln = torch.ones(64)
     with pytest.raises(ValueError, match=r"qkv is \(7, 64\), expected \(128, 64\)"):
         plan.add_layer(ln.data_ptr(), 0, lin, 4, 2, 0, 0, 0.25, lin, ln.data_ptr(), 0, lin, lin)
@@ -488,7 +530,7 @@ def _alone(rt: Runner, prompt: list[int], steps: int, max_len: int):
     return out, cache
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3-qk-norm", "gpt2", "llama-mha-w8a8-modules"])
+@pytest.mark.parametrize("family", ["llama", "qwen3-qk-norm", "gpt2", "llama-mha-w8a8-modules", "llama-w8a8-sq"])
 def test_run_rows_gives_each_row_its_batch1_bits(family, isa):
     """Rows prefilled whole, in chunks and in calls shared with other rows' decode steps, then decoded
     together at their own slots: each row's logits and cache equal its own batch-1 prefill + steps

@@ -101,6 +101,30 @@ def test_decoder_metrics_and_batching(tok):
     assert same["kl"] == pytest.approx(0.0, abs=1e-9) and same["top1"] == 1.0 and same["ppl_ratio"] == pytest.approx(1.0)
 
 
+def test_evaluate_logits_matches_evaluate(tok):
+    # A logits function of the compressed model gives what evaluate gives for the model itself.
+    from slimrt.evaluate import evaluate_logits
+
+    ref = tiny_llama()
+    cmp = rank1(clone(ref))
+    texts = TEXTS[:6]
+
+    def logits(ids, mask):
+        with torch.inference_mode():
+            return cmp(input_ids=ids, attention_mask=mask).logits.float()
+
+    want = slimrt.evaluate(cmp, ref, texts, tokenizer=tok, batch_size=4)
+    got = evaluate_logits(logits, ref, texts, tokenizer=tok, batch_size=4)
+    assert set(got) == set(want), sorted(set(got) ^ set(want))
+    for key in ("kl", "top1", "ppl_compressed", "ppl_reference", "ppl_ratio", "tokens"):
+        assert got[key] == pytest.approx(want[key], rel=1e-6), key
+    assert evaluate_logits(logits, ref, texts, tokenizer=tok, max_length=5)["max_tokens"] == 5
+    with pytest.raises(ValueError, match="shape"):
+        evaluate_logits(lambda i, m: logits(i, m)[..., :-1], ref, texts, tokenizer=tok)
+    with pytest.raises(ValueError, match="encoder"):
+        evaluate_logits(logits, tiny_bert(), texts, tokenizer=tok)
+
+
 def test_evaluate_rejects_bad_input(tok):
     m = tiny_bert()
     with pytest.raises(ValueError, match="non-empty"):

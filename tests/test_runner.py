@@ -451,9 +451,13 @@ def test_bad_input_gives_clear_errors():
         enc.embed([])
     with pytest.raises(ValueError, match="needs a tokenizer"):
         Runner(tiny_bert()).embed(["hi"])
-    with pytest.raises(ValueError, match="model_type='t5' is not supported"):
-        Runner(transformers.T5Model(transformers.T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2,
-                                                           d_kv=8, vocab_size=50)))
+    # No lean forward: the generic path (the encoder half of T5Model, pooled), never a refusal.
+    t5 = Runner(transformers.T5Model(transformers.T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2,
+                                                            d_kv=8, vocab_size=50)))
+    assert (t5.kind, t5.path) == ("encoder", "generic") and "model_type='t5' has no lean forward" in t5.path_reason
+    assert t5.embed_ids(torch.tensor([[3, 4, 5]]), torch.ones(1, 3, dtype=torch.long)).shape == (1, 16)
+    with pytest.raises(ValueError, match="generate needs a decoder; this is a t5 encoder: use embed"):
+        t5.generate_ids([[1, 2]], 2)
 
 
 def test_from_checkpoint_round_trip(tmp_path):

@@ -56,3 +56,17 @@ def test_no_template_and_no_padding_are_clear(tmp_path):
         thin.apply_chat_template(MESSAGES)
     with pytest.raises(ValueError, match="unpadded"):
         thin(["a", "b"], padding=True)
+
+
+def test_deepcopy_is_independent(tmp_path):
+    """slimrt serve gives its request threads a deep copy of the runner's tokenizer: it must copy
+    (the lock does not pickle) and a setting changed on one copy must not reach the other."""
+    import copy
+
+    thin = _thin(_minilm(), tmp_path)
+    dup = copy.deepcopy(thin)
+    assert dup is not thin and dup._tok is not thin._tok and dup._lock is not thin._lock
+    long = TEXTS[0] * 4
+    assert len(dup(long, truncation=True, max_length=8)["input_ids"]) == 8
+    assert thin(long)["input_ids"] == dup(long)["input_ids"] and len(thin(long)["input_ids"]) > 8
+    assert dup.eos_token == thin.eos_token and dup.get_vocab() == thin.get_vocab()

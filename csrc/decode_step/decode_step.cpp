@@ -37,8 +37,12 @@ void check_linear(const char* what, const W8Linear& l, int64_t n, int64_t k) {
 }
 
 // y (M, N) = x (M, K) W^T: the same kernel call as the eager Int8Linear's w8 path (W4Linear's w4_linear),
-// so the same bits.
-void linear(const W8Linear& l, const float* x, float* y, int64_t M, int num_threads) {
+// so the same bits. A smoothing vector scales x in place first (x * smooth in fp32, as the eager module
+// does): every input the step passes is a scratch row block that nothing reads after its linear.
+void linear(const W8Linear& l, float* x, float* y, int64_t M, int num_threads) {
+  if (l.smooth)
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t k = 0; k < l.K; ++k) x[r * l.K + k] *= l.smooth[k];
   if (l.group)
     return w4_linear(x, DType::F32, l.K, l.q4, l.scale16, l.zero, reinterpret_cast<const uint8_t*>(l.packed), l.bias,
                      y, OutType::F32, l.N, M, l.N, l.K, l.group, num_threads);

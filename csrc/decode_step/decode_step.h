@@ -35,13 +35,15 @@
 
 namespace slimrt {
 
-// One linear of the step: an Int8Linear run by int8_w8_linear (group == 0): y = (x . w[n]) * scale[n] +
-// bias[n]; or a W4Linear run by w4_linear (group > 0: its group size; csrc/w4_linear/w4_linear.h).
+// One linear of the step: an Int8Linear run by int8_w8_linear (group == 0): y = ((x * smooth) . w[n]) *
+// scale[n] + bias[n] (smooth: SmoothQuant's per-input-channel multiplier, or null); or a W4Linear run by
+// w4_linear (group > 0: its group size; csrc/w4_linear/w4_linear.h).
 struct W8Linear {
   const int8_t* w = nullptr;       // (N, K) row-major int8 (the scalar ISA path reads this)
   const int8_t* packed = nullptr;  // int8_pack_weight(w), or w4_pack_weight(...) (the vector paths read this)
   const float* scale = nullptr;    // (N,) (int8)
   const float* bias = nullptr;     // (N,) or null
+  const float* smooth = nullptr;   // (K,) or null
   int64_t N = 0, K = 0;
   int64_t group = 0;               // 0: int8; 32 / 64 / 128: int4 of this group size
   const uint8_t* q4 = nullptr;     // w4 row-major form (the scalar path): codes, fp16 scales, zeros or null

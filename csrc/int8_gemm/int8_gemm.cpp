@@ -35,6 +35,42 @@ void check_header(const int8_t* packed, int64_t N, int64_t K) {
                "w_packed is not a packed (" << N << ", " << K << ") weight (header N=" << hdr[1] << " K=" << hdr[2]
                                             << "); repack it with int8_pack_weight(w_q)");
 }
+
+// The pack must also hold this weight, not another one of the same (N, K) (or this one before an
+// in-place change): the vector paths read only the pack and the scalar path only b, so a mismatch
+// gives answers that depend on the ISA. kPackSamples elements of b, spread over the rows (the
+// diagonal and the anti-diagonal of the (N, K) grid, and the last element), are compared with their
+// slots in the panels. Independent int8 weights agree on an element with probability ~1/64, so
+// another weight passes all samples with ~2^-200; partial in-place edits of a module's weight are
+// caught exactly by Int8Linear's version check instead. Cost: 2 x 33 scattered loads, no divisions
+// (~0.1 us warm; the unpacked weight is otherwise untouched on the vector paths, so up to ~33
+// overlapped cache misses at M = 1 on a cold weight).
+constexpr int64_t kPackSamples = 16;
+
+void check_matches(const int8_t* b, int64_t ldb, const int8_t* packed, int64_t N, int64_t K) {
+  if (b == nullptr || N == 0 || K == 0) return;
+  int64_t hdr[5];
+  std::memcpy(hdr, packed, sizeof(hdr));
+  const int64_t k_pad = hdr[4];
+  const int8_t* panels = packed + kPackHeader;
+  auto slot = [&](int64_t n, int64_t k) {
+    return panels[(n / kPanel) * kPanel * k_pad + (k >> 2) * 64 + (n % kPanel) * 4 + (k & 3)];
+  };
+  auto check = [&](int64_t n, int64_t k) {
+    const int8_t want = b[n * ldb + k], got = slot(n, k);
+    SLIMRT_CHECK(want == got, "w_packed was not packed from this w_q: w_q[" << n << ", " << k << "] = "
+                                  << int(want) << " but the pack holds " << int(got)
+                                  << "; repack it with int8_pack_weight(w_q)");
+  };
+  // i * N / kPackSamples with kPackSamples a power of two: a shift, and always < N.
+  for (int64_t i = 0; i < kPackSamples; ++i) {
+    const int64_t n = (i * N) / kPackSamples, k0 = (i * K) / kPackSamples,
+                  k1 = ((kPackSamples - 1 - i) * K) / kPackSamples;
+    check(n, k0);
+    check(n, k1);
+  }
+  check(N - 1, K - 1);
+}
 }  // namespace
 
 int64_t int8_packed_size(int64_t N, int64_t K) {
@@ -112,7 +148,10 @@ void int8_gemm(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const
   SLIMRT_CHECK(b_packed || N <= 1 || ldb >= K, "int8_gemm: b row stride " << ldb << " < K=" << K);
   SLIMRT_CHECK(M <= 1 || ldc >= N, "int8_gemm: out row stride " << ldc << " < N=" << N);
   SLIMRT_CHECK(out_dt == OutType::I32 || (a_scale && b_scale), "int8_gemm: scales are required for a float output");
-  if (b_packed) check_header(b_packed, N, K);
+  if (b_packed) {
+    check_header(b_packed, N, K);
+    check_matches(b, ldb, b_packed, N, K);
+  }
   if (M == 0 || N == 0) return;
   if (K == 0) return fill_empty_k(bias, out, out_dt, ldc, M, N);
   const Isa isa = active_isa();
@@ -136,7 +175,10 @@ void int8_w8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, int
   SLIMRT_CHECK(b_packed || N <= 1 || ldb >= K, "int8_weight_only_linear: w row stride " << ldb << " < K=" << K);
   SLIMRT_CHECK(M <= 1 || ldc >= N, "int8_weight_only_linear: out row stride " << ldc << " < N=" << N);
   SLIMRT_CHECK(out_dt != OutType::I32, "int8_weight_only_linear: the output is float");
-  if (b_packed) check_header(b_packed, N, K);
+  if (b_packed) {
+    check_header(b_packed, N, K);
+    check_matches(b, ldb, b_packed, N, K);
+  }
   if (M == 0 || N == 0) return;
   if (K == 0) return fill_empty_k(bias, out, out_dt, ldc, M, N);
   const Isa isa = active_isa();
@@ -177,6 +219,7 @@ void int8_w8a8_linear(const void* x, DType x_dt, int64_t ldx, const int8_t* b, i
     std::vector<int8_t> tmp;
     if (b_packed) {
       check_header(b_packed, N, K);
+      check_matches(b, ldb, b_packed, N, K);
     } else {
       tmp.resize(int8_packed_size(N, K));
       int8_pack_weight(b, ldb, N, K, tmp.data(), num_threads);

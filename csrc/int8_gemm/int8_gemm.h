@@ -25,6 +25,7 @@
 //   N_pad = round_up(N, 16), K_pad = round_up(K, 4); padding is zero.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "common.h"
@@ -45,6 +46,17 @@ constexpr int64_t kPanel = 16;  // output columns per panel
 // Zero bytes after the comp vector: the AMX kernel's last tile of a panel reads whole 64-k steps,
 // up to (64 - 4) / 4 groups x 64 bytes past the last panel's end (see run_amx).
 constexpr int64_t kPackSlack = 1024;
+
+// The weight-only paths convert x to fp32 a block of rows at a time, not all of it: a whole-x copy
+// held up to twice the input (a 4.3 GB bf16 x peaked at 12.8 GB). A 4 MiB block keeps the copy in
+// L2/L3 and re-streams the weight once per block (N K bytes against >= 4 MiB / 4 x N K FMAs: noise).
+constexpr int64_t kW8BlockBytes = int64_t(4) << 20;
+// Rows per block for fp32 rows of row_floats floats: a multiple of 12 (the 4-row and the 6-row tiles
+// group the rows as a whole-x pass does; the bits do not depend on it either), at least 12, at most M.
+inline int64_t w8_block_rows(int64_t M, int64_t row_floats) {
+  const int64_t rows = std::max<int64_t>(12, kW8BlockBytes / (4 * std::max<int64_t>(row_floats, 1)) / 12 * 12);
+  return std::min(rows, std::max<int64_t>(M, 1));
+}
 
 int64_t int8_packed_size(int64_t N, int64_t K);
 // w (N, K) int8 row stride ldw -> packed (int8_packed_size(N, K) bytes).

@@ -157,44 +157,50 @@ void int8_w8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t*
   std::memcpy(hdr, packed, sizeof(hdr));
   const int64_t n_pad = hdr[3], k_pad = hdr[4], kq = k_pad / 4;
   const int8_t* panels = packed + kPackHeader;
-  // x (M, K) -> xf (M, xs) fp32, zero padded; rows rounded to 8 floats for the 8-wide stores.
+  // x (M, K) -> xf (rows, xs) fp32 a block of rows at a time (w8_block_rows), zero padded; rows
+  // rounded to 8 floats for the 8-wide stores. Each output element's arithmetic does not depend on it.
   const int64_t xs = round_up(k_pad, 8);
-  std::vector<float> xf(static_cast<size_t>(M * xs), 0.f);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; k += 8)
-      _mm256_storeu_ps(xf.data() + m * xs + k, load_act8(x, x_dt, m * ldx + k, std::min<int64_t>(8, K - k)));
-  parallel_for(n_pad / kPanel, num_threads, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int8_t* pb = panels + p * kPanel * k_pad;
-      for (int64_t m = 0; m < M; ++m) {
-        // acc[g] lanes = (column 2g + c, k % 4) for c in {0, 1}
-        __m256 acc[8];
-        for (auto& v : acc) v = _mm256_setzero_ps();
-        const float* xr = xf.data() + m * xs;
-        for (int64_t q = 0; q < kq; ++q) {
-          const __m256 xv = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(xr + 4 * q));
-          const int8_t* bp = pb + q * 64;
-          for (int g = 0; g < 8; ++g) {
-            const __m256 w = _mm256_cvtepi32_ps(
-                _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bp + 8 * g))));
-            acc[g] = _mm256_fmadd_ps(w, xv, acc[g]);
+  const int64_t rows = w8_block_rows(M, xs);
+  std::vector<float> xf(static_cast<size_t>(rows * xs), 0.f);
+  for (int64_t r0 = 0; r0 < M; r0 += rows) {
+    const int64_t mb = std::min(rows, M - r0);
+    for (int64_t m = 0; m < mb; ++m)
+      for (int64_t k = 0; k < K; k += 8)
+        _mm256_storeu_ps(xf.data() + m * xs + k, load_act8(x, x_dt, (r0 + m) * ldx + k, std::min<int64_t>(8, K - k)));
+    parallel_for(n_pad / kPanel, num_threads, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int8_t* pb = panels + p * kPanel * k_pad;
+        for (int64_t m = 0; m < mb; ++m) {
+          // acc[g] lanes = (column 2g + c, k % 4) for c in {0, 1}
+          __m256 acc[8];
+          for (auto& v : acc) v = _mm256_setzero_ps();
+          const float* xr = xf.data() + m * xs;
+          for (int64_t q = 0; q < kq; ++q) {
+            const __m256 xv = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(xr + 4 * q));
+            const int8_t* bp = pb + q * 64;
+            for (int g = 0; g < 8; ++g) {
+              const __m256 w = _mm256_cvtepi32_ps(
+                  _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bp + 8 * g))));
+              acc[g] = _mm256_fmadd_ps(w, xv, acc[g]);
+            }
           }
-        }
-        alignas(32) float t[8];
-        for (int g = 0; g < 8; ++g) {
-          const int64_t n = p * kPanel + 2 * g;
-          _mm256_store_ps(t, acc[g]);
-          for (int c = 0; c < 2; ++c) {
-            if (n + c >= N) break;
-            float v = ((t[4 * c] + t[4 * c + 1]) + (t[4 * c + 2] + t[4 * c + 3])) * b_scale[n + c];
-            if (bias) v += bias[n + c];
-            if (out_dt == OutType::F32) static_cast<float*>(out)[m * ldc + n + c] = v;
-            else static_cast<uint16_t*>(out)[m * ldc + n + c] = f32_to_bf16(v);
+          alignas(32) float t[8];
+          const int64_t row = r0 + m;
+          for (int g = 0; g < 8; ++g) {
+            const int64_t n = p * kPanel + 2 * g;
+            _mm256_store_ps(t, acc[g]);
+            for (int c = 0; c < 2; ++c) {
+              if (n + c >= N) break;
+              float v = ((t[4 * c] + t[4 * c + 1]) + (t[4 * c + 2] + t[4 * c + 3])) * b_scale[n + c];
+              if (bias) v += bias[n + c];
+              if (out_dt == OutType::F32) static_cast<float*>(out)[row * ldc + n + c] = v;
+              else static_cast<uint16_t*>(out)[row * ldc + n + c] = f32_to_bf16(v);
+            }
           }
         }
       }
-    }
-  }, std::max<int64_t>(1, 8192 / std::max<int64_t>(k_pad, 1)));
+    }, std::max<int64_t>(1, 8192 / std::max<int64_t>(k_pad, 1)));
+  }
 }
 
 void quantize_per_token(const void* x, DType x_dt, int64_t M, int64_t K, int64_t ldx, int8_t* q, float* scale,

@@ -778,56 +778,62 @@ void int8_w8_linear_packed(const void* x, DType x_dt, int64_t ldx, const int8_t*
   std::memcpy(hdr, packed, sizeof(hdr));
   const int64_t n_pad = hdr[3], k_pad = hdr[4], kq = k_pad / 4;
   const int8_t* panels = packed + kPackHeader;
-  // x (M, K) -> xf (M, k_pad) fp32, zero padded: the tail multiplies zero weights.
-  std::vector<float> xf(static_cast<size_t>(M * k_pad));
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < k_pad; k += 16) {
-      const __mmask16 mk = k < K ? tail_mask(K - k) : __mmask16(0);
-      _mm512_mask_storeu_ps(xf.data() + m * k_pad + k, tail_mask(k_pad - k), load_act(x, x_dt, m * ldx + k, mk));
-    }
-  parallel_for(n_pad / kPanel, num_threads, [&](int64_t p0, int64_t p1) {
-    float res[4][16];
-    const auto finish = [&](int64_t p, int64_t r, const float* v) {
-      const int64_t n = p * kPanel;
-      const __mmask16 mk = tail_mask(N - n);
-      __m512 f = _mm512_mul_ps(_mm512_loadu_ps(v), _mm512_maskz_loadu_ps(mk, b_scale + n));
-      if (bias) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(mk, bias + n));
-      store_out(out, out_dt, r * ldc + n, mk, f);
-    };
-    int64_t p = p0;
-    if (M >= kW8BlockedMinM) {
-      float* wf = w8_panel_buffer(kq * 64);
+  // x (M, K) -> xf (rows, k_pad) fp32 a block of rows at a time (w8_block_rows), zero padded: the
+  // tail multiplies zero weights. Each output element's arithmetic does not depend on the blocking.
+  const int64_t rows = w8_block_rows(M, k_pad);
+  std::vector<float> xf(static_cast<size_t>(rows * k_pad));
+  for (int64_t r0 = 0; r0 < M; r0 += rows) {
+    const int64_t mb = std::min(rows, M - r0);
+    for (int64_t m = 0; m < mb; ++m)
+      for (int64_t k = 0; k < k_pad; k += 16) {
+        const __mmask16 mk = k < K ? tail_mask(K - k) : __mmask16(0);
+        _mm512_mask_storeu_ps(xf.data() + m * k_pad + k, tail_mask(k_pad - k),
+                              load_act(x, x_dt, (r0 + m) * ldx + k, mk));
+      }
+    parallel_for(n_pad / kPanel, num_threads, [&](int64_t p0, int64_t p1) {
+      float res[4][16];
+      const auto finish = [&](int64_t p, int64_t r, const float* v) {
+        const int64_t n = p * kPanel;
+        const __mmask16 mk = tail_mask(N - n);
+        __m512 f = _mm512_mul_ps(_mm512_loadu_ps(v), _mm512_maskz_loadu_ps(mk, b_scale + n));
+        if (bias) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(mk, bias + n));
+        store_out(out, out_dt, (r0 + r) * ldc + n, mk, f);
+      };
+      int64_t p = p0;
+      if (M >= kW8BlockedMinM) {  // M, not mb: the kernel a call runs does not depend on the blocking
+        float* wf = w8_panel_buffer(kq * 64);
+        for (; p < p1; ++p) {
+          w8_widen_panel(panels + p * kPanel * k_pad, kq, wf);  // once per block (1020 rows at K = 1024)
+          float tile[6][16];
+          for (int64_t m0 = 0; m0 < mb; m0 += 6) {
+            const int64_t mr = std::min<int64_t>(6, mb - m0);
+            w8f_rows(xf.data() + m0 * k_pad, k_pad, wf, kq, mr, tile);
+            for (int64_t r = 0; r < mr; ++r) finish(p, m0 + r, tile[r]);
+          }
+        }
+        return;
+      }
+      if (M == 1)
+        for (; p + 4 <= p1; p += 4) {
+          w8_row_4panels(xf.data(), panels + p * kPanel * k_pad, kPanel * k_pad, kq, res);
+          for (int pn = 0; pn < 4; ++pn) finish(p + pn, 0, res[pn]);
+        }
       for (; p < p1; ++p) {
-        w8_widen_panel(panels + p * kPanel * k_pad, kq, wf);
-        float tile[6][16];
-        for (int64_t m0 = 0; m0 < M; m0 += 6) {
-          const int64_t mr = std::min<int64_t>(6, M - m0);
-          w8f_rows(xf.data() + m0 * k_pad, k_pad, wf, kq, mr, tile);
-          for (int64_t r = 0; r < mr; ++r) finish(p, m0 + r, tile[r]);
+        for (int64_t m0 = 0; m0 < mb; m0 += 4) {
+          const int64_t mr = std::min<int64_t>(4, mb - m0);
+          const float* xr = xf.data() + m0 * k_pad;
+          const int8_t* pb = panels + p * kPanel * k_pad;
+          switch (mr) {
+            case 1: w8_panel<1>(xr, k_pad, pb, kq, res); break;
+            case 2: w8_panel<2>(xr, k_pad, pb, kq, res); break;
+            case 3: w8_panel<3>(xr, k_pad, pb, kq, res); break;
+            default: w8_panel<4>(xr, k_pad, pb, kq, res); break;
+          }
+          for (int64_t r = 0; r < mr; ++r) finish(p, m0 + r, res[r]);
         }
       }
-      return;
-    }
-    if (M == 1)
-      for (; p + 4 <= p1; p += 4) {
-        w8_row_4panels(xf.data(), panels + p * kPanel * k_pad, kPanel * k_pad, kq, res);
-        for (int pn = 0; pn < 4; ++pn) finish(p + pn, 0, res[pn]);
-      }
-    for (; p < p1; ++p) {
-      for (int64_t m0 = 0; m0 < M; m0 += 4) {
-        const int64_t mr = std::min<int64_t>(4, M - m0);
-        const float* xr = xf.data() + m0 * k_pad;
-        const int8_t* pb = panels + p * kPanel * k_pad;
-        switch (mr) {
-          case 1: w8_panel<1>(xr, k_pad, pb, kq, res); break;
-          case 2: w8_panel<2>(xr, k_pad, pb, kq, res); break;
-          case 3: w8_panel<3>(xr, k_pad, pb, kq, res); break;
-          default: w8_panel<4>(xr, k_pad, pb, kq, res); break;
-        }
-        for (int64_t r = 0; r < mr; ++r) finish(p, m0 + r, res[r]);
-      }
-    }
-  }, std::max<int64_t>(1, 8192 / std::max<int64_t>(k_pad, 1)));
+    }, std::max<int64_t>(1, 8192 / std::max<int64_t>(k_pad, 1)));
+  }
 }
 
 // Dynamic per-token quantization (see quant_row).

@@ -218,7 +218,7 @@ def distill(student: Any, teacher: Any, data: Sequence[str] | None = None, steps
         raise ValueError("distill: no tokenizer; pass tokenizer= or Runners that have one")
     from slimrt import models
 
-    lean = models.build(teacher)
+    lean, _ = models.select(teacher)  # the lean forward or the generic one: its kind and context
     kind, max_tokens = lean.kind, min(max_tokens, lean.max_positions)
     n_s, n_t = student.config.num_hidden_layers, teacher.config.num_hidden_layers
     if layer_map is None:

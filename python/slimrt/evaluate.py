@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -124,18 +124,16 @@ def _embeddings(runner, ids: Tensor, mask: Tensor, batch_size: int, desc: str | 
     return torch.cat([runner.embed_ids(i, m, normalize=False) for i, m in _batches(ids, mask, batch_size, desc)])
 
 
-def _logits(runner, ids: Tensor, mask: Tensor, batch_size: int, desc: str | None) -> list[Tensor]:
-    """Full next-token logits (B, T, V) float32 per batch, from the HF forward (slimrt modules inside)."""
+def _hf_logits(runner) -> Callable[[Tensor, Tensor], Tensor]:
+    """fn(ids, mask) -> full next-token logits (B, T, V) float32 from the HF forward (slimrt modules inside)."""
     from slimrt.attention import read_pattern
 
     pattern = read_pattern(runner.model.config)  # sparse_attention: score the pattern the Runner runs
-    out = []
-    with torch.inference_mode():
-        for i, m in _batches(ids, mask, batch_size, desc):
-            if pattern is not None:
-                m = _window_mask(m, pattern)
-            out.append(runner.model(input_ids=i, attention_mask=m).logits.float())
-    return out
+
+    def logits(i: Tensor, m: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return runner.model(input_ids=i, attention_mask=_window_mask(m, pattern) if pattern else m).logits.float()
+    return logits
 
 
 def _window_mask(mask: Tensor, pattern: dict[str, int]) -> Tensor:
@@ -173,16 +171,10 @@ def evaluate(compressed: Any, reference: Any, data: Sequence[str] | None = None,
     if cmp_rt.kind != kind or ref_rt.kind != kind:
         raise ValueError(f"evaluate: kind={kind!r} but the compressed model is a {cmp_rt.kind} and the reference "
                          f"a {ref_rt.kind}")
-    texts = default_texts() if data is None else list(data)
-    if not texts or not all(isinstance(t, str) and t for t in texts):
-        raise ValueError("evaluate: data must be a non-empty list of non-empty strings")
     tok = ref_rt.tokenizer or cmp_rt.tokenizer or tokenizer
     if tok is None:
         raise ValueError("evaluate: neither model has a tokenizer; pass tokenizer=")
-    if max_tokens < 2:
-        raise ValueError(f"evaluate: max_tokens={max_tokens} must be >= 2")
-    max_tokens = min(max_tokens, ref_rt.max_seq_length, cmp_rt.max_seq_length)
-    ids, mask = _tokenize(tok, texts, max_tokens)
+    texts, ids, mask, max_tokens = _tokenized(data, tok, max_tokens, min(ref_rt.max_seq_length, cmp_rt.max_seq_length))
     out: dict[str, Any] = {"kind": kind, "texts": len(texts), "tokens": int(mask.sum()), "max_tokens": max_tokens}
     d_ref, d_cmp = ("slimrt eval: reference", "slimrt eval: compressed") if progress else (None, None)
     if kind == "encoder":
@@ -203,11 +195,39 @@ def evaluate(compressed: Any, reference: Any, data: Sequence[str] | None = None,
                        full_length_texts=len(long_texts), cos_min_full_length=long_stats["cos_min"],
                        cos_mean_full_length=long_stats["cos_mean"])
         return out
-    ref_l, cmp_l = _logits(ref_rt, ids, mask, batch_size, d_ref), _logits(cmp_rt, ids, mask, batch_size, d_cmp)
-    # Per batch, weighted by the positions scored, so padding never counts.
+    out.update(_decoder_metrics(_hf_logits(ref_rt), _hf_logits(cmp_rt), ids, mask, batch_size,
+                                "slimrt eval" if progress else None))
+    return out
+
+
+def _tokenized(data: Sequence[str] | None, tok: Any, max_tokens: int, model_max: int) -> tuple[list[str], Tensor, Tensor, int]:
+    """(texts, ids, mask, max_tokens): the texts (default_texts() when data is None), checked, and their
+    right-padded token ids cut at min(max_tokens, model_max)."""
+    texts = default_texts() if data is None else list(data)
+    if not texts or not all(isinstance(t, str) and t for t in texts):
+        raise ValueError("evaluate: data must be a non-empty list of non-empty strings")
+    if max_tokens < 2:
+        raise ValueError(f"evaluate: max_tokens={max_tokens} must be >= 2")
+    max_tokens = min(max_tokens, model_max)
+    ids, mask = _tokenize(tok, texts, max_tokens)
+    return texts, ids, mask, max_tokens
+
+
+LogitsFn = Callable[[Tensor, Tensor], Tensor]  # (ids (B, T), mask (B, T)) -> next-token logits (B, T, V)
+
+
+def _decoder_metrics(ref_logits: LogitsFn, cmp_logits: LogitsFn, ids: Tensor, mask: Tensor, batch_size: int,
+                     desc: str | None) -> dict[str, float]:
+    """kl, top1, ppl_compressed, ppl_reference, ppl_ratio over every real position, one batch at a time:
+    only one batch's logits of each model are held (128 texts x 128 tokens of a 49152-word vocabulary
+    would be 3.2 GB a model). Per batch, weighted by the positions scored, so padding never counts."""
     kl = top1 = nll_ref = nll_cmp = 0.0
     n_pos = n_next = 0
-    for (i, m), r, c in zip(_batches(ids, mask, batch_size), ref_l, cmp_l):
+    for i, m in _batches(ids, mask, batch_size, desc):
+        r, c = ref_logits(i, m), cmp_logits(i, m)
+        if r.shape != c.shape:
+            raise ValueError(f"evaluate: the models' logits differ in shape, {tuple(r.shape)} (reference) vs "
+                             f"{tuple(c.shape)} (compressed); a vocabulary mismatch?")
         n, nn_ = int(m.sum()), int(m[:, 1:].sum())
         kl += metrics.kl_divergence(r, c, m) * n
         top1 += metrics.top1_agreement(r, c, m) * n
@@ -215,10 +235,34 @@ def evaluate(compressed: Any, reference: Any, data: Sequence[str] | None = None,
             nll_ref += math.log(metrics.perplexity(r, i, m)) * nn_
             nll_cmp += math.log(metrics.perplexity(c, i, m)) * nn_
         n_pos, n_next = n_pos + n, n_next + nn_
-    out.update(kl=kl / n_pos, top1=top1 / n_pos)
+    out = {"kl": kl / n_pos, "top1": top1 / n_pos}
     if n_next:
         out.update(ppl_compressed=math.exp(nll_cmp / n_next), ppl_reference=math.exp(nll_ref / n_next))
         out["ppl_ratio"] = out["ppl_compressed"] / out["ppl_reference"]
+    return out
+
+
+def evaluate_logits(logits: LogitsFn, reference: Any, data: Sequence[str] | None = None, *, tokenizer: Any = None,
+                    max_tokens: int = DEFAULT_MAX_TOKENS, batch_size: int = 16, progress: bool = True,
+                    max_length: int | None = None) -> dict[str, Any]:
+    """``evaluate`` for a decoder that is not a torch model (llama.cpp in ``slimrt sweep --peer``).
+
+    logits(ids, mask) -> (B, T, V) float32: the next-token logits of right-padded ids (B, T) (mask 1 on
+    real tokens; padding positions are never scored). The reference (a decoder, as in ``evaluate``)
+    tokenizes the text, so both see the same ids; max_length caps the tokens per text where the other
+    model's context is shorter. Returns the decoder keys of ``evaluate``.
+    """
+    ref_rt = as_runner(reference, tokenizer)
+    if ref_rt.kind != "decoder":
+        raise ValueError(f"evaluate_logits: the reference is a {ref_rt.kind}; logits compare decoders")
+    tok = ref_rt.tokenizer or tokenizer
+    if tok is None:
+        raise ValueError("evaluate_logits: the reference has no tokenizer; pass tokenizer=")
+    model_max = min(ref_rt.max_seq_length, max_length or ref_rt.max_seq_length)
+    texts, ids, mask, max_tokens = _tokenized(data, tok, max_tokens, model_max)
+    out: dict[str, Any] = {"kind": "decoder", "texts": len(texts), "tokens": int(mask.sum()), "max_tokens": max_tokens}
+    out.update(_decoder_metrics(_hf_logits(ref_rt), logits, ids, mask, batch_size,
+                                "slimrt eval" if progress else None))
     return out
 
 
@@ -278,4 +322,4 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["evaluate", "gate", "check_quality", "QualityGateError", "default_texts", "as_runner", "load_hf"]
+__all__ = ["evaluate", "evaluate_logits", "gate", "check_quality", "QualityGateError", "default_texts", "as_runner", "load_hf"]

@@ -23,6 +23,7 @@ from slimrt.models._common import Batch
 from slimrt.models.policy import KernelPolicy, with_w8_at_m1
 from slimrt.models.bert import pool
 from slimrt.models.decode_step import NativeDecoder
+from slimrt.errors import CheckpointError
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 
@@ -136,7 +137,7 @@ def _check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, 
 
 
 class Runner:
-    """Runs an HF model object (BERT, Llama or GPT-2 family, dense or with slimrt modules swapped in).
+    """Runs an HF model object (any family, dense or with slimrt modules swapped in; README: which path).
 
     ``policy`` picks the Int8Linear kernel per call shape (see models.policy): a KernelPolicy, None
     for the default threshold rule, or "tune" to measure this model's shapes on this machine first
@@ -144,27 +145,31 @@ class Runner:
     (mean, cls, max, mean_sqrt_len) and ``max_seq_length`` apply to ``embed``.
     ``native``: batch-1 decode steps run as one native call each (models.decode_step) where the
     model allows it (``rt.native_reason`` says why not otherwise); False keeps the eager step.
+    A model no lean forward covers runs on the generic path (its own forward, slimrt modules inside;
+    models/generic.py); ``generic=True`` asks for it anyway. ``rt.path`` / ``rt.path_reason`` say which.
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any = None, *, policy: KernelPolicy | str | None = None,
                  pooling: str | None = None, max_seq_length: int | None = None, native: bool = True,
-                 normalize: bool = True) -> None:
+                 normalize: bool = True, generic: bool = False) -> None:
         if pooling is not None and pooling not in POOLING_MODES:
             raise ValueError(f"Runner: pooling={pooling!r} is not one of {', '.join(POOLING_MODES)}")
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.config = model.config
+        self.config = getattr(model, "config", None)
         tuned = isinstance(policy, str) and policy == "tune"
         if tuned:
             policy = models.tune(model)
         elif policy is not None and not isinstance(policy, KernelPolicy):
             raise ValueError(f"Runner: policy={policy!r} must be a KernelPolicy, 'tune' or None")
         self.policy = policy or KernelPolicy()
-        self.lean = models.build(model, self.policy)
-        self.kind: str = self.lean.kind
+        self.lean, self._forward_reason = models.select(model, self.policy, generic_only=generic)
+        self.kind: str = self.lean.kind  # "encoder", "decoder", "seq2seq" or "module"
         self.native: NativeDecoder | None = None
         self.native_reason = "disabled (native=False)" if not native else "not a decoder"
-        if native and self.kind == "decoder":
+        if getattr(self.lean, "family", None) == "generic":
+            self.native_reason = "the generic path runs the model's own forward"
+        elif native and self.kind == "decoder":
             self.native, self.native_reason = NativeDecoder.build(model, self.policy, self.lean.family)
             if self.native is None and tuned:
                 # The tuner times each layer alone and may pick w8a8 at M = 1, which rules out the native
@@ -181,8 +186,20 @@ class Runner:
 
     @property
     def path(self) -> str:
-        """Which forward runs: "native" (one C++ call per decode step) or "lean" (slimrt's own forward)."""
-        return "native" if self.native is not None else "lean"
+        """Which forward runs: "native" (one C++ call per decode step), "lean" (slimrt's own forward of
+        the family) or "generic" (the model's own forward, slimrt modules inside); ``path_reason`` says why."""
+        if self.native is not None:
+            return "native"
+        return "generic" if getattr(self.lean, "family", None) in ("generic", "module") else "lean"
+
+    @property
+    def path_reason(self) -> str:
+        """Why this path runs (and, for a decoder off the native step, why not native)."""
+        if self.native is not None:
+            return f"the native decode step ({self._forward_reason} for the prefill)"
+        if self.kind == "decoder" and self.path == "lean":
+            return f"{self._forward_reason}; not native: {self.native_reason}"
+        return self._forward_reason
 
     def __repr__(self) -> str:
         meta = getattr(self.model, "slimrt_meta", None) or {}
@@ -191,20 +208,26 @@ class Runner:
         seen = {t.data_ptr(): t.numel() * t.element_size() for t in self.model.state_dict().values()}  # tied: once
         n_bytes = sum(seen.values())
         why = "" if self.native is not None or self.kind != "decoder" else f" ({self.native_reason})"
-        return (f"Runner(family={getattr(self.lean, 'family', self.config.model_type)}, kind={self.kind}, path={self.path}{why}, recipe={methods}, "
+        family = getattr(self.config, "model_type", None) or type(self.model).__name__
+        if self.path != "generic":
+            family = getattr(self.lean, "family", family)
+        return (f"Runner(family={family}, kind={self.kind}, path={self.path}{why}, recipe={methods}, "
                 f"weights={n_bytes / 1e6:.1f} MB, threads={torch.get_num_threads()})")
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, thin: bool = True, **kwargs: Any) -> "Runner":
+    def from_checkpoint(cls, path: str | os.PathLike, thin: bool = True, model: nn.Module | None = None,
+                        **kwargs: Any) -> "Runner":
         """Loads a slimrt checkpoint (slimrt.checkpoint.load_model) and wraps it.
 
         ``thin`` (default): where the lean forward covers the model (BERT, Llama family, GPT-2), only
         what it reads is built, without importing transformers (checkpoint/thin.py): a load in well
         under a second. ``rt.model`` is then slimrt's weights-only module tree; thin=False gives the
-        Hugging Face model (its forward and generate), at the cost of importing its modeling code."""
+        Hugging Face model (its forward and generate), at the cost of importing its modeling code.
+        Any other model loads with its Hugging Face skeleton and runs on the generic path.
+        ``model``: the skeleton for a checkpoint of kind "custom" (a class slimrt cannot rebuild)."""
         from slimrt import checkpoint
 
-        loaded = checkpoint.load_model(path, thin=thin)
+        loaded = checkpoint.load_model(path, thin=thin and model is None, model=model)
         # Pooling and max_seq_length: a sentence-transformers layout in the directory, else the
         # compression metadata (model.slimrt_meta, stored verbatim as slimrt.json "compression").
         meta = getattr(loaded, "meta", None) or {}
@@ -218,7 +241,16 @@ class Runner:
         kwargs.setdefault("max_seq_length", max_len if isinstance(max_len, int) and max_len > 0 else None)
         if isinstance(normalize, bool):
             kwargs.setdefault("normalize", normalize)
-        return cls(loaded.model, loaded.tokenizer, **kwargs)
+        try:
+            try:
+                return cls(loaded.model, loaded.tokenizer, **kwargs)
+            except models.NeedsModelForward:  # a thin skeleton the lean forward refuses: the HF model instead
+                loaded = checkpoint.load_model(path, thin=False)
+                return cls(loaded.model, loaded.tokenizer, **kwargs)
+        except CheckpointError:
+            raise
+        except ValueError as e:  # a valid checkpoint the runner cannot run (an unsupported config value)
+            raise ValueError(f"{os.path.abspath(os.fspath(path))}: {e}") from e
 
     # ----- encoders -------------------------------------------------------------------------
     def embed(self, texts: str | Sequence[str], batch_size: int = 32, normalize: bool | None = None) -> Tensor:
@@ -226,8 +258,8 @@ class Runner:
         (default: the model's own setting, e.g. a sentence-transformers Normalize module; else True)."""
         normalize = self.normalize if normalize is None else normalize
         if self.kind != "encoder":
-            raise ValueError(f"embed needs an encoder (BERT family); this is a {self.config.model_type} decoder: "
-                             "use generate")
+            raise ValueError(f"embed needs an encoder; this is a {self._what()}" +
+                             (": use generate" if self.kind in ("decoder", "seq2seq") else ""))
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             raise ValueError("embed: texts is empty; pass at least one string")
@@ -238,7 +270,7 @@ class Runner:
         tok = self._need_tokenizer("embed")
         # Longest first (as sentence-transformers does): similar lengths share a batch, less padding.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out = torch.empty(len(texts), self.config.hidden_size, dtype=torch.float32)
+        out: Tensor | None = None
         with torch.inference_mode():
             for s in range(0, len(texts), batch_size):
                 idx = order[s:s + batch_size]
@@ -249,7 +281,11 @@ class Runner:
                 for r, row in enumerate(rows):
                     ids[r, :len(row)] = torch.tensor(row, dtype=torch.long)
                     mask[r, :len(row)] = 1
-                out[idx] = self.embed_ids(ids, mask, normalize).cpu()
+                emb = self.embed_ids(ids, mask, normalize).cpu()
+                if out is None:  # (N, C): C from the model's output (the generic path has no fixed name for it)
+                    out = torch.empty(len(texts), emb.shape[1], dtype=torch.float32)
+                out[idx] = emb
+        assert out is not None
         return out
 
     def embed_ids(self, input_ids: Tensor, attention_mask: Tensor, normalize: bool = True) -> Tensor:
@@ -364,6 +400,9 @@ class Runner:
         lean = self._need_decoder("generate")
         _check_sampling(max_new_tokens, temperature, top_k, top_p)
         prompts = self._check_prompts(prompts, max_new_tokens)
+        if self.kind == "seq2seq":
+            yield from self._seq2seq_loop(prompts, max_new_tokens, temperature, top_k, top_p, seed, stats)
+            return
         device = lean.device
         lengths = [len(p) for p in prompts]
         plen, b = max(lengths), len(prompts)
@@ -427,11 +466,40 @@ class Runner:
                     logits = lean.forward(tok.unsqueeze(1), pos, cache, slot, mask, False)
             decode_s += time.perf_counter() - t0
 
+    def _seq2seq_loop(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int | None,
+                      top_p: float | None, seed: int | None, stats: dict | None) -> Iterator[Tensor]:
+        """An encoder-decoder model's generate (the model's own), yielded one column of tokens at a time."""
+        lengths = [len(p) for p in prompts]
+        if stats is not None:
+            stats.update(prompt_tokens=sum(lengths), new_tokens=0, prefill_s=0.0, decode_s=0.0)
+        if max_new_tokens == 0:
+            return
+        pad = getattr(self.config, "pad_token_id", None) or 0
+        ids = torch.full((len(prompts), max(lengths)), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, p in enumerate(prompts):  # right padding: the encoder is not causal
+            ids[row, :len(p)] = torch.tensor(p, dtype=torch.long)
+            mask[row, :len(p)] = 1
+        if seed is not None:
+            torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        out = self.lean.generate(ids.to(self.lean.device), mask.to(self.lean.device), max_new_tokens, temperature,
+                                 top_k, top_p).cpu()
+        if stats is not None:
+            stats.update(new_tokens=out.shape[1], decode_s=time.perf_counter() - t0)
+        for step in range(out.shape[1]):
+            yield out[:, step]
+
     # ----- checks ---------------------------------------------------------------------------
+    def _what(self) -> str:
+        name = getattr(self.config, "model_type", None) or type(self.model).__name__
+        return {"module": f"{name} module (not a Hugging Face model): call rt.model(...)"}.get(
+            self.kind, f"{name} {self.kind}")
+
     def _need_decoder(self, what: str):
-        if self.kind != "decoder":
-            raise ValueError(f"{what} needs a decoder (Llama or GPT-2 family); this is a {self.config.model_type} "
-                             "encoder: use embed")
+        if self.kind not in ("decoder", "seq2seq"):  # seq2seq: the model's own generate
+            raise ValueError(f"{what} needs a decoder; this is a {self._what()}" +
+                             (": use embed" if self.kind == "encoder" else ""))
         return self.lean
 
     def _need_tokenizer(self, what: str) -> Any:
@@ -459,7 +527,7 @@ class Runner:
                 raise ValueError(f"generate: prompt {i} has no tokens")
             if len(p) > ctx:
                 raise ValueError(f"generate: prompt {i} has {len(p)} tokens, longer than the model's context of {ctx}")
-            if len(p) + max_new_tokens > ctx:
+            if len(p) + max_new_tokens > ctx and self.kind == "decoder":  # seq2seq: the decoder has its own
                 raise ValueError(f"generate: prompt {i} has {len(p)} tokens and max_new_tokens={max_new_tokens} "
                                  f"would run past the model's context of {ctx}")
             if min(p) < 0 or max(p) >= vocab:

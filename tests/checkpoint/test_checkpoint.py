@@ -317,7 +317,7 @@ def test_module_config_must_match_the_layer_it_replaces(tmp_path):
     meta_path = tmp_path / "ck" / "slimrt.json"
     meta = json.loads(meta_path.read_text())
     meta["modules"]["model.layers.0.mlp.up_proj"]["config"]["out_features"] = 65
-    meta_path.write_text(json.dumps(meta))
+    meta_path.write_text(json.dumps(checkpoint.format.stamp(meta)))  # a consistent file: the digest matches
     with pytest.raises(CheckpointError, match=r"gives out_features=65 but the model's layer "
                                               r"'model\.layers\.0\.mlp\.up_proj' has out_features=64"):
         checkpoint.load_model(tmp_path / "ck")

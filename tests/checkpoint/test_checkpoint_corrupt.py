@@ -17,6 +17,7 @@ from torch import nn
 
 import slimrt
 from slimrt import checkpoint
+from slimrt.checkpoint import format as fmt
 from slimrt.errors import CheckpointError
 from slimrt.nn import Int8Linear
 
@@ -39,7 +40,11 @@ def _meta(ck):
     return json.loads((ck / "slimrt.json").read_text())
 
 
-def _put_meta(ck, meta):
+def _put_meta(ck, meta, restamp: bool = True):
+    """Writes slimrt.json; restamp recomputes its digest, as a deliberate (or fuzzed) hostile file
+    would carry, so that the check of the edited field itself is reached."""
+    if restamp and isinstance(meta, dict):
+        fmt.stamp(meta)
     (ck / "slimrt.json").write_text(json.dumps(meta))
 
 
@@ -170,12 +175,12 @@ CASES = [
      r"field 'model\.config\.num_hidden_layers' is 1000000000, more layers than the 5 stored tensors"),
     ("hf_bad_config", _edit_meta(lambda m: m.update(model={"kind": "hf", "architecture": "BertModel", "dtype": "float32",
                                                            "config": {"hidden_size": 30, "num_attention_heads": 4}})),
-     r"field 'model\.config' does not build a BertModel"),
+     r"field 'model\.config\.num_attention_heads' is 4; expected a divisor of hidden_size=30"),
     ("module_dtype_name", _edit_meta(lambda m: m["modules"]["0"]["config"].update(bias_dtype="load")),
      r"field 'modules\.0\.config\.bias_dtype' is 'load', not one of"),
     # 7. newer format version names both
     ("newer_version", _edit_meta(lambda m: m.update(format_version=99)),
-     r"format version 99 is newer than the version 1 this slimrt"),
+     rf"format version 99 is newer than the version {fmt.FORMAT_VERSION} this slimrt"),
     # 8. stored shapes disagree with the module config: named layer
     ("shape_vs_config", _edit_meta(lambda m: m["modules"]["0"]["config"].update(in_features=4)),
      r"tensor '0\.w_q' has shape \[16, 8\] but layer '0' \(Int8Linear\) expects \[16, 4\]"),
@@ -200,6 +205,18 @@ CASES = [
     ("scale_inf", _set_scale(float("inf")), r"scale tensor '0\.w_scale' has 1 NaN/Inf/zero/negative"),
     ("scale_zero", _set_scale(0.0), r"scale tensor '0\.w_scale' has 1 NaN/Inf/zero/negative"),
     ("scale_negative", _set_scale(-1.0), r"scale tensor '0\.w_scale' has 1 NaN/Inf/zero/negative"),
+    ("bias_nan", lambda ck, tmp: _tensors(ck, lambda t: t["0.bias"].__setitem__(5, float("nan"))),
+     r"tensor '0\.bias' has 1 NaN/Inf values \(first at flat index 5: nan\)"),
+    # 6. a module config's flags are booleans, not any truthy value
+    ("module_bias_int", _edit_meta(lambda m: m["modules"]["0"]["config"].update(bias=1)),
+     r"field 'modules\.0\.config' does not build a Int8Linear: ValueError: Int8Linear config: bias=1 is not "
+     r"true or false"),
+    ("module_bias_huge", _edit_meta(lambda m: m["modules"]["0"]["config"].update(bias=2**63)),
+     r"bias=9223372036854775808 is not true or false"),
+    ("module_smooth_str", _edit_meta(lambda m: m["modules"]["0"]["config"].update(smooth="yes")),
+     r"smooth='yes' is not true or false"),
+    ("module_in_features_float", _edit_meta(lambda m: m["modules"]["0"]["config"].update(in_features=8.0)),
+     r"in_features=8\.0 is not an int"),
     # 14. pickle files refused
     ("pickle_in_dir", lambda ck, tmp: (ck / "pytorch_model.bin").write_bytes(b"\x80\x02}q\x00."),
      r"pytorch_model\.bin is a pickle file, which slimrt never loads"),
@@ -224,6 +241,21 @@ def test_broken_checkpoint_is_named(ck, tmp_path, case):
         checkpoint.load_model(ck)
 
 
+@pytest.mark.parametrize("value", [0.0, -0.5, float("nan"), float("inf")], ids=["zero", "negative", "nan", "inf"])
+def test_bad_smoothing_vector_is_refused(tmp_path, value):
+    # RELIABILITY 12 for SmoothQuant's smooth (K,): x is multiplied by it, like a scale.
+    torch.manual_seed(0)
+    w = torch.randn(16, 8)
+    model = nn.Sequential(Int8Linear.from_weight(w, torch.randn(16), smooth=torch.rand(8) + 0.5), nn.ReLU())
+    ck = tmp_path / "ck"
+    slimrt.save(model, ck)
+    checkpoint.load_model(ck)
+    _tensors(ck, lambda t: t["0.smooth"].__setitem__(2, value))
+    with pytest.raises(CheckpointError, match=r"scale tensor '0\.smooth' has 1 NaN/Inf/zero/negative values "
+                                              r"\(first at flat index 2"):
+        checkpoint.load_model(ck)
+
+
 def test_pickle_file_path_is_refused(tmp_path):
     path = tmp_path / "model.bin"
     path.write_bytes(b"\x80\x02}q\x00.")
@@ -237,8 +269,9 @@ def test_checkpoint_error_is_a_value_error():
 
 def test_read_metadata_validates(ck):
     assert checkpoint.read_metadata(ck)["modules"]["0"]["type"] == "Int8Linear"
-    _edit_meta(lambda m: m.update(format_version=2))(ck, None)
-    with pytest.raises(CheckpointError, match="format version 2 is newer"):
+    newer = fmt.FORMAT_VERSION + 1
+    _edit_meta(lambda m: m.update(format_version=newer))(ck, None)
+    with pytest.raises(CheckpointError, match=f"format version {newer} is newer"):
         checkpoint.read_metadata(ck)
 
 
@@ -331,6 +364,69 @@ def test_sigkill_during_save_leaves_old_or_new(tmp_path, kill_at, survivor):
     loaded = checkpoint.load_model(target)  # always a complete, valid checkpoint at the target
     assert ((target / ST).read_bytes() == old) == (survivor == "old")
     assert isinstance(loaded.model[0], Int8Linear)
+
+
+def test_temp_dirs_of_killed_saves_are_removed_by_the_next_save_or_load(tmp_path):
+    # Each SIGKILL before the rename leaves a full-size .ck.tmp-* directory; without the sweep they
+    # accumulated until the disk was full.
+    target = tmp_path / "ck"
+    slimrt.save(_model(), target)
+
+    def killed_save() -> str:
+        r = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(target), "3"], capture_output=True)
+        assert r.returncode == -signal.SIGKILL, r.stderr.decode()[-2000:]
+        left = _leftovers(tmp_path)
+        assert len(left) == 1 and left[0].startswith(".ck.tmp-"), left
+        return left[0]
+
+    first = killed_save()
+    assert killed_save() != first  # the second killed save first removed what the first one left
+    checkpoint.load_model(target)
+    assert _leftovers(tmp_path) == []
+    killed_save()
+    slimrt.save(_model(), target, overwrite=True)
+    assert _leftovers(tmp_path) == []
+
+
+_PAUSED_SAVE = """
+import os, sys, torch
+from torch import nn
+import slimrt
+from slimrt.nn import Int8Linear
+torch.manual_seed(2)
+model = nn.Sequential(Int8Linear.from_linear(nn.Linear(8, 16)), nn.ReLU(), nn.Linear(16, 4))
+real = os.fsync
+def fsync(fd):  # pauses inside the save, its temp dir written, until the parent says go
+    if not getattr(fsync, "paused", False):
+        fsync.paused = True
+        print("ready", flush=True)
+        sys.stdin.readline()
+    real(fd)
+os.fsync = fsync
+slimrt.save(model, sys.argv[1], overwrite=True)
+print("saved", flush=True)
+"""
+
+
+def test_a_live_save_keeps_its_temp_dir(tmp_path):
+    target = tmp_path / "ck"
+    slimrt.save(_model(), target)
+    child = subprocess.Popen([sys.executable, "-c", _PAUSED_SAVE, str(target)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready", child.stderr.read()[-2000:]
+        live = _leftovers(tmp_path)
+        assert len(live) == 1 and live[0].startswith(".ck.tmp-"), live
+        checkpoint.load_model(target)
+        slimrt.save(_model(), target, overwrite=True)
+        assert _leftovers(tmp_path) == live, "a sweep removed the temp dir of a save still running"
+        out, err = child.communicate("go\n", timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0 and out.strip() == "saved", err[-2000:]
+    assert _leftovers(tmp_path) == []
+    checkpoint.load_model(target)
 
 
 class _Sparse(nn.Module):

@@ -53,6 +53,25 @@ def test_thin_encoder_embeds_what_the_transformers_skeleton_does(tmp_path, recip
     assert torch.equal(thin.embed(texts), full.embed(texts))
 
 
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_a_thin_model_saves_to_a_checkpoint_that_loads_like_its_source(tmp_path, family):
+    """slimrt.save(slimrt.load(d).model, e): e is a Hugging Face checkpoint again (not 'custom'), both
+    load paths run it, with the same outputs as d (slimrt serve's CLI test saves a loaded runner's model)."""
+    src = _save(tiny_llama() if family == "llama" else tiny_bert(), tmp_path / "src", "w8")
+    rt = slimrt.load(src)
+    again = tmp_path / "again"
+    slimrt.save(rt.model, again, tokenizer=rt.tokenizer)
+    meta = slimrt.checkpoint.read_metadata(again)
+    assert meta["model"]["kind"] == "hf" and meta["model"]["architecture"] == rt.model.architecture
+    thin, full = slimrt.load(again), slimrt.load(again, thin=False)
+    assert type(thin.model).__name__ == "ThinModel" and type(full.model).__name__ != "ThinModel"
+    if family == "llama":
+        assert thin.generate_ids([PROMPT], 10) == rt.generate_ids([PROMPT], 10) == full.generate_ids([PROMPT], 10)
+    else:
+        texts = ["the runner streams text", "as it is decoded"]
+        assert torch.equal(thin.embed(texts), rt.embed(texts)) and torch.equal(full.embed(texts), rt.embed(texts))
+
+
 def test_thin_load_imports_no_transformers(tmp_path):
     enc = _save(tiny_bert(), tmp_path / "enc", "w8a8")
     dec = _save(tiny_llama(), tmp_path / "dec", "w8")
@@ -79,3 +98,21 @@ def test_other_architectures_keep_the_transformers_skeleton(tmp_path):
                                      intermediate_size=64, vocab_size=100, max_position_embeddings=32)).eval()
     slimrt.save(mlm, tmp_path / "ck")
     assert type(load_model(tmp_path / "ck", thin=True).model).__name__ == "BertForMaskedLM"
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+def test_a_thin_model_saves_as_the_hf_checkpoint_it_came_from(tmp_path, family):
+    """slimrt.save(slimrt.load(ckpt).model) writes a checkpoint slimrt.load reads (kind "hf", not "custom")."""
+    model = {"llama": tiny_llama, "gpt2": tiny_gpt2, "bert": tiny_bert}[family]()
+    _save(model, tmp_path / "a", "w8")
+    rt = slimrt.load(tmp_path / "a")
+    assert type(rt.model).__name__ == "ThinModel"
+    slimrt.save(rt.model, tmp_path / "b", tokenizer=rt.tokenizer)
+    meta = slimrt.checkpoint.read_metadata(tmp_path / "b")
+    assert meta["model"] == slimrt.checkpoint.read_metadata(tmp_path / "a")["model"]
+    again = slimrt.load(tmp_path / "b")
+    if family == "bert":
+        ids, mask = torch.tensor([[5, 6, 7, 8]]), torch.ones(1, 4, dtype=torch.long)
+        torch.testing.assert_close(again.embed_ids(ids, mask), rt.embed_ids(ids, mask), rtol=0, atol=0)
+    else:
+        assert again.generate_ids([[5, 6, 7]], 6) == rt.generate_ids([[5, 6, 7]], 6)

@@ -109,7 +109,7 @@ def test_bad_pattern_in_checkpoint_is_a_checkpoint_error(tmp_path, bad, field):
         meta = json.load(f)
     meta["model"]["config"]["slimrt_attention"] = bad
     with open(meta_path, "w", encoding="utf-8") as f:
-        json.dump(meta, f)
+        json.dump(slimrt.checkpoint.format.stamp(meta), f)  # the digest matches the edit
     with pytest.raises(CheckpointError, match=f"slimrt_attention.*{field}" if field != "slimrt_attention"
                        else "slimrt_attention"):
         slimrt.checkpoint.load_model(tmp_path / "ckpt")

@@ -335,6 +335,96 @@ def test_packed_blob_of_another_weight_is_refused():
             fn(torch.randn(2, 3), w2, torch.ones(16), None, ops.int8_pack_weight(w1))
 
 
+@pytest.mark.parametrize("op", ["int8_linear", "int8_weight_only_linear"])
+def test_pack_of_another_weight_of_the_same_shape_is_refused(isa, op):
+    # Same (N, K), so the header matches: the pack's content must be checked. Before the check the
+    # vector paths ran on the other weight (max difference 43) while the scalar path used w_q.
+    g = torch.Generator().manual_seed(5)
+    fn = getattr(ops, op)
+    x, s = torch.randn(3, 67, generator=g), torch.rand(33, generator=g) + 0.1
+    for n, k in ((33, 67), (1, 1), (16, 4)):
+        w, other = _rand_i8(n, k, gen=g), _rand_i8(n, k, gen=g)
+        while torch.equal(w, other):  # (1, 1): the two could be equal by chance
+            other = _rand_i8(n, k, gen=g)
+        xk, sn = x[:, :k].contiguous(), s[:n].contiguous()
+        with pytest.raises(ValueError, match=r"w_packed was not packed from this w_q: w_q\[\d+, \d+\] = -?\d+ "
+                                             r"but the pack holds -?\d+; repack it"):
+            out = fn(xk, w, sn, None, ops.int8_pack_weight(other))
+            pytest.fail(f"{op} {isa} ({n}, {k}): accepted another weight's pack, max |diff| "
+                        f"{(out - fn(xk, w, sn, None, None)).abs().max().item()}")
+        _assert_equal(fn(xk, w, sn, None, ops.int8_pack_weight(w.clone())), fn(xk, w, sn, None, None),
+                      f"{op} {isa}: a pack of an equal copy of w_q is accepted")
+
+
+def test_sampled_check_covers_every_row_of_a_small_weight():
+    # The check compares samples, not every element; on a weight of up to 16 rows they fall in every
+    # row (two columns of each), so a change confined to one row is caught in some column of it.
+    w = _rand_i8(16, 4, gen=torch.Generator().manual_seed(6))
+    x, s = torch.randn(2, 4), torch.ones(16)
+    caught_rows = set()
+    for n in range(16):
+        for k in range(4):
+            other = w.clone()
+            other[n, k] = int(w[n, k]) + 1 if int(w[n, k]) < 127 else 0
+            try:
+                ops.int8_linear(x, w, s, None, ops.int8_pack_weight(other))
+            except ValueError:
+                caught_rows.add(n)
+    assert caught_rows == set(range(16)), f"rows whose changes were never caught: {sorted(set(range(16)) - caught_rows)}"
+
+
+@pytest.mark.parametrize("mode", ["w8a8", "w8"])
+def test_module_repacks_after_w_q_changes_in_place(mode):
+    # Every ISA path must agree after w_q changes: the vector paths read the pack, the scalar path
+    # w_q, so a pack made before the change gave ISA-dependent answers.
+    torch.manual_seed(7)
+    mod = Int8Linear.from_linear(torch.nn.Linear(67, 33), mode=mode)
+    other = Int8Linear.from_linear(torch.nn.Linear(67, 33))
+    x = torch.randn(5, 67)
+    ref = R.int8_linear if mode == "w8a8" else R.int8_weight_only_linear
+    ext = _native.load()
+    before = ext.active_isa()
+    edits = [lambda: mod.w_q.copy_(other.w_q), lambda: mod.w_q[3].fill_(-7), lambda: mod.w_q.mul_(-1)]
+    try:
+        with torch.no_grad():
+            for step, edit in enumerate(edits):
+                mod(x)  # packed and used before the change
+                edit()
+                for isa_name in ISAS:
+                    ext.set_isa(isa_name)
+                    got = mod(x)
+                    if mode == "w8a8":
+                        _assert_equal(got, ref(x, mod.w_q, mod.w_scale, mod.bias), f"{mode} edit {step} {isa_name}")
+                    else:
+                        want = ref(x, mod.w_q, mod.w_scale, mod.bias)
+                        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), \
+                            f"{mode} edit {step} {isa_name}: max |diff| {(got - want).abs().max().item()}"
+    finally:
+        ext.set_isa(before)
+    assert torch.equal(mod.w_packed, ops.int8_pack_weight(mod.w_q))
+
+
+def test_current_pack_follows_an_in_place_change():
+    # The native decode step takes the module's pack through current_pack: a pack made before an
+    # in-place change of w_q must not reach it.
+    torch.manual_seed(9)
+    mod = Int8Linear.from_linear(torch.nn.Linear(40, 24), mode="w8")
+    with torch.no_grad():
+        mod(torch.randn(2, 40))
+        mod.w_q.mul_(-1)
+    assert torch.equal(mod.current_pack(), ops.int8_pack_weight(mod.w_q))
+
+
+def test_module_repacks_when_w_q_is_replaced():
+    torch.manual_seed(8)
+    mod = Int8Linear.from_linear(torch.nn.Linear(40, 24))
+    x = torch.randn(2, 40)
+    with torch.no_grad():
+        mod(x)
+        mod.w_q = torch.randint(-127, 128, (24, 40), dtype=torch.int8)  # a new tensor, no in-place write
+        _assert_equal(mod(x), R.int8_linear(x, mod.w_q, mod.w_scale, mod.bias), "after replacing w_q")
+
+
 def test_tensors_on_another_device_are_refused():
     from slimrt.ops import cpu
 
@@ -547,6 +637,51 @@ def test_weight_only_bits_do_not_depend_on_threads_batching_or_fusion(isa):
                 _assert_equal(both[i:i + 1], one, f"w8 {isa}: row {i} of M = {m} vs the row alone")
     finally:
         torch.set_num_threads(before)
+
+
+def test_weight_only_row_blocks_do_not_change_bits(isa):
+    # The vector paths convert x to fp32 a block of rows at a time (1020 rows at K = 1024); rows of
+    # later blocks and of blocks cut mid-quad must come out as they do in a call of their own.
+    g = torch.Generator().manual_seed(12)
+    m, k, n = 2500, 1024, 40
+    w, s = _rand_i8(n, k, gen=g), torch.rand(n, generator=g) * 0.01 + 1e-3
+    b = torch.randn(n, generator=g)
+    packed = ops.int8_pack_weight(w)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(m, k, generator=g).to(dtype)
+        whole = ops.int8_weight_only_linear(x, w, s, b, packed)
+        parts = torch.cat([ops.int8_weight_only_linear(x[i:i + 7], w, s, b, packed) for i in range(0, m, 7)])
+        _assert_equal(whole, parts, f"w8 {isa} {dtype}: one call vs 7-row calls")
+
+
+_W8_PEAK_CODE = r"""
+import sys, torch
+from slimrt import _native, ops
+def hwm_mb():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
+_native.load().set_isa(sys.argv[1])
+m, k, n = 65536, 1024, 16
+x = torch.ones(m, k, dtype=torch.bfloat16)  # 128 MiB, made without an fp32 temporary
+w = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+packed = ops.int8_pack_weight(w)
+ops.int8_weight_only_linear(x[:8], w, torch.ones(n), None, packed)
+before = hwm_mb()
+y = ops.int8_weight_only_linear(x, w, torch.ones(n), None, packed)
+print(round(hwm_mb() - before, 1), y.shape[0])
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
+def test_weight_only_linear_keeps_memory_flat_on_a_large_bf16_input():
+    # Before the row blocks, the vector paths made an fp32 copy of all of x: 256 MiB on top of this
+    # 128 MiB bf16 input (12.8 GB peak for a 4.3 GB one). Now the copy is one 4 MiB block.
+    for isa_name in [i for i in ISAS if i != "scalar"]:
+        out = subprocess.run([sys.executable, "-c", _W8_PEAK_CODE, isa_name], capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        grown, rows = out.stdout.split()
+        assert int(rows) == 65536 and float(grown) < 48, f"{isa_name}: the call raised peak RSS by {grown} MiB"
 
 
 def test_int8linear_concurrent_calls_match_serial():

@@ -7,8 +7,10 @@ the validated slimrt.json alone. No pickle anywhere. One file per part of the fo
   format.py       slimrt.json: its fields, deterministic writing, strict validation
   safetensors.py  the validating reader of model.safetensors (the header is checked before any tensor byte)
   skeleton.py     the architecture as inert JSON, and the empty meta-device model rebuilt from it
+  hf_config.py    type and range checks of the Hugging Face config values the runner reads
   modules.py      what is stored apart from plain tensors: slimrt modules, non-persistent buffers
   writer.py       save: collect, entropy-code (zstd), write to a temp dir, fsync, rename
+  staging.py      the save's locked temp dir, and the removal of those killed saves left behind
   loader.py       load_model, read_metadata: directory checks, checksums, assembly against the skeleton
 
 (writer/loader rather than save/load: a submodule named ``save`` would shadow the function

@@ -3,8 +3,13 @@
 Everything in slimrt.json is inert data: strings are never evaluated, formatted as templates or
 used to import anything. Module types are looked up in ``slimrt.nn.MODULE_TYPES`` only.
 
-slimrt.json (format_version 1; sorted keys, no timestamps):
+slimrt.json (format_version 2; sorted keys, no timestamps):
   format_version, slimrt_version, created_by {slimrt, torch[, transformers]}
+  meta_sha256 sha256 of the canonical JSON of every other field (see ``digest``); required from
+              format 2 on. Format 1 files (slimrt before the digest) have none and still load: their
+              metadata is then covered only by the checks below, as it always was. The digest is a
+              checksum against corruption and hand edits, not a signature: whoever rewrites the
+              file can recompute it (a deliberate downgrade to format 1 drops it, too).
   model       {"kind": "hf", "architecture", "config", "dtype", "generation_config"}
               | {"kind": "sequential", "layers": [{"type": "Linear", "in_features": .., "dtype": ..}, ..]}
               | {"kind": "custom", "class"}   (load then needs model=<skeleton>)
@@ -20,6 +25,7 @@ slimrt.json (format_version 1; sorted keys, no timestamps):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -27,7 +33,9 @@ from typing import Any
 
 from slimrt.errors import CheckpointError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+DIGEST_FIELD = "meta_sha256"
+DIGEST_SINCE = 2  # the first format version whose slimrt.json must carry DIGEST_FIELD
 META_NAME = "slimrt.json"
 TENSORS_NAME = "model.safetensors"
 META_CAP = 64 * 2**20  # configs and reports are KBs; a larger slimrt.json is corrupt or hostile
@@ -65,6 +73,48 @@ def to_json(obj: Any, where: str) -> Any:
 def dumps(meta: dict[str, Any]) -> bytes:
     """Byte-identical output for identical input: sorted keys, fixed separators, no timestamps."""
     return (json.dumps(meta, sort_keys=True, indent=1, ensure_ascii=True, allow_nan=False) + "\n").encode()
+
+
+def canonical(meta: dict[str, Any]) -> bytes:
+    """The bytes ``DIGEST_FIELD`` hashes: every other field as compact, sorted-key ASCII JSON.
+
+    Computed from the parsed object, so whitespace and key order in the file do not matter and any
+    change of a value does (json writes floats as their shortest round-trip repr: parse + dump is
+    the identity on values slimrt wrote).
+    """
+    body = {k: v for k, v in meta.items() if k != DIGEST_FIELD}
+    try:
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    except ValueError:  # a literal such as 1e999 parses to inf, which JSON cannot hold
+        raise CheckpointError(f"{META_NAME} holds a number outside the float range (such as 1e999)") from None
+    except RecursionError:
+        raise CheckpointError(f"{META_NAME} nests its JSON too deeply") from None
+
+
+def digest(meta: dict[str, Any]) -> str:
+    """sha256 (hex) of ``canonical(meta)``: the value of ``DIGEST_FIELD``."""
+    return hashlib.sha256(canonical(meta)).hexdigest()
+
+
+def stamp(meta: dict[str, Any]) -> dict[str, Any]:
+    """Sets ``meta[DIGEST_FIELD]`` to the digest of the rest of ``meta``; returns ``meta``."""
+    meta[DIGEST_FIELD] = digest(meta)
+    return meta
+
+
+def _check_digest(meta: dict[str, Any], version: int) -> None:
+    stored = meta.get(DIGEST_FIELD)
+    if stored is None:
+        if version >= DIGEST_SINCE:
+            raise CheckpointError(f"{META_NAME}: field '{DIGEST_FIELD}' is missing; format version {version} "
+                                  "requires the checksum of the metadata")
+        return  # format 1: written before the digest existed
+    if not isinstance(stored, str) or not _SHA256.fullmatch(stored):
+        raise CheckpointError(f"{META_NAME}: field '{DIGEST_FIELD}' must be a lowercase hex sha256")
+    actual = digest(meta)
+    if actual != stored:
+        raise CheckpointError(f"{META_NAME}: metadata checksum mismatch (corrupt or modified file): its content "
+                              f"hashes to {actual[:16]}..., but '{DIGEST_FIELD}' records {stored[:16]}...")
 
 
 class _Duplicate(Exception):
@@ -138,6 +188,8 @@ def validate(meta: dict[str, Any]) -> dict[str, Any]:
                               f"{FORMAT_VERSION} this slimrt {__version__} reads; upgrade slimrt")
     if version < 1:
         raise CheckpointError(f"{META_NAME}: field 'format_version' is {version}; versions start at 1")
+    # Before any other field is read: what follows checks values, this checks that nobody changed them.
+    _check_digest(meta, version)
     _field(meta, "slimrt_version", str, "")
     _field(meta, "created_by", dict, "", optional=True)
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from slimrt.checkpoint import format as fmt
+from slimrt.checkpoint import staging
 from slimrt.checkpoint.modules import nonpersistent_buffers
 from slimrt.checkpoint.safetensors import DTYPE_NAMES, read_tensors
 from slimrt.errors import CheckpointError
@@ -56,6 +57,7 @@ def load_model(path: str | os.PathLike, model: nn.Module | None = None,
     weights-only model for slimrt.Runner; others load as usual).
     """
     root = check_directory(path)
+    staging.sweep(root)  # temp dirs that killed saves of this checkpoint left next to it
     with _located(root):
         meta = fmt.loads(read_file(root, fmt.META_NAME, fmt.META_CAP))
         tensors = read_model_tensors(root, meta)
@@ -255,15 +257,18 @@ def _swap_modules(model: nn.Module, modules: dict[str, Any]) -> dict[str, nn.Mod
     return swapped
 
 
-def _check_scales(name: str, t: torch.Tensor) -> None:
-    """Scales are divided by or multiplied into outputs: NaN/Inf, zero and negative are all corrupt."""
+def _check_values(name: str, t: torch.Tensor, positive: bool) -> None:
+    """A slimrt module's float tensors feed kernels as they are: NaN/Inf in any of them is corrupt, and
+    those it divides or multiplies outputs by (scales, the smoothing vector) must also be > 0."""
     if not t.is_floating_point() or t.numel() == 0:
         return
-    bad = ~(torch.isfinite(t) & (t > 0))
+    bad = ~(torch.isfinite(t) & (t > 0)) if positive else ~torch.isfinite(t)
     if bool(bad.any()):
         i = int(bad.reshape(-1).nonzero()[0])
-        raise CheckpointError(f"{fmt.TENSORS_NAME}: scale tensor {name!r} has {int(bad.sum())} NaN/Inf/zero/negative "
-                              f"values (first at flat index {i}: {t.reshape(-1)[i].item()})")
+        what = f"scale tensor {name!r} has {int(bad.sum())} NaN/Inf/zero/negative" if positive else \
+            f"tensor {name!r} has {int(bad.sum())} NaN/Inf"
+        raise CheckpointError(f"{fmt.TENSORS_NAME}: {what} values (first at flat index {i}: "
+                              f"{t.reshape(-1)[i].item()})")
 
 
 def _check_against_skeleton(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
@@ -294,8 +299,9 @@ def _check_against_skeleton(tensors: dict[str, torch.Tensor], expected: dict[str
         if not same:
             raise CheckpointError(f"{fmt.TENSORS_NAME}: tensor {name!r} has dtype {DTYPE_NAMES.get(got.dtype)} but "
                                   f"{layer} expects {DTYPE_NAMES.get(want.dtype, want.dtype)}")
-        if owner is not None and "scale" in name.rpartition(".")[2]:
-            _check_scales(name, got)
+        if owner is not None:
+            leaf = name.rpartition(".")[2]  # a module names the tensors it divides or multiplies by
+            _check_values(name, got, leaf in getattr(slim[owner], "POSITIVE_TENSORS", ()) or "scale" in leaf)
 
 
 def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:

@@ -31,15 +31,16 @@ class SlimrtPlaceholder(nn.Identity):
     """Stands in for a slimrt module inside a rebuilt nn.Sequential until the loader swaps it."""
 
 
-# type name -> (class, {ctor arg: kind}). Kinds: int, opt_int, float, opt_float, bool, ints, gelu.
+# type name -> (class, {ctor arg: kind}). Kinds: int, opt_int, float, opt_float, eps, opt_eps (a norm
+# epsilon: finite and > 0), bool, ints, gelu.
 _LAYERS: dict[str, tuple[type[nn.Module], dict[str, str]]] = {
     "Linear": (nn.Linear, {"in_features": "int", "out_features": "int", "bias": "bool"}),
     "Embedding": (nn.Embedding, {"num_embeddings": "int", "embedding_dim": "int", "padding_idx": "opt_int",
                                  "max_norm": "opt_float", "norm_type": "float", "scale_grad_by_freq": "bool",
                                  "sparse": "bool"}),
-    "LayerNorm": (nn.LayerNorm, {"normalized_shape": "ints", "eps": "float", "elementwise_affine": "bool",
+    "LayerNorm": (nn.LayerNorm, {"normalized_shape": "ints", "eps": "eps", "elementwise_affine": "bool",
                                  "bias": "bool"}),
-    "RMSNorm": (nn.RMSNorm, {"normalized_shape": "ints", "eps": "opt_float", "elementwise_affine": "bool"}),
+    "RMSNorm": (nn.RMSNorm, {"normalized_shape": "ints", "eps": "opt_eps", "elementwise_affine": "bool"}),
     "Dropout": (nn.Dropout, {"p": "float"}),
     "ReLU": (nn.ReLU, {}),
     "GELU": (nn.GELU, {"approximate": "gelu"}),
@@ -87,6 +88,10 @@ def _describe_layer(layer: nn.Module, slimrt_types: tuple[type, ...]) -> dict[st
 
 def describe_model(model: nn.Module, slimrt_types: tuple[type, ...]) -> dict[str, Any]:
     """The "model" section of slimrt.json for ``model`` (see the module docstring)."""
+    from slimrt.checkpoint.thin import ThinModel  # here: thin builds on this module
+
+    if isinstance(model, ThinModel):  # a thin load saved again: its own section, kind "hf"
+        return model.model_section()
     arch = _hf_architecture(model)
     if arch is not None:
         section: dict[str, Any] = {"kind": "hf", "architecture": arch,
@@ -128,7 +133,11 @@ def _arg(value: Any, kind: str, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise bad("a finite number")
         return float(value)
-    if kind in ("opt_int", "opt_float"):
+    if kind == "eps" or (kind == "opt_eps" and value is not None):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise bad("a positive finite number")
+        return float(value)
+    if kind in ("opt_int", "opt_float", "opt_eps"):
         return None
     if kind == "bool":
         if not isinstance(value, bool):
@@ -223,6 +232,9 @@ def _build_hf(section: dict[str, Any], n_tensors: int) -> tuple[nn.Module, Any]:
     cfg = section.get("config")
     if not isinstance(cfg, dict):
         raise CheckpointError("slimrt.json: field 'model.config' must be an object")
+    from slimrt.checkpoint import hf_config
+
+    hf_config.check(cfg, getattr(cls.config_class, "model_type", None))
     for key, value in cfg.items():
         if _LAYER_COUNT.fullmatch(key) and isinstance(value, int) and value > n_tensors:
             raise CheckpointError(f"slimrt.json: field 'model.config.{key}' is {value}, more layers than the "

@@ -17,6 +17,7 @@ and the loader builds the transformers skeleton as before.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from slimrt.checkpoint import hf_config
 from slimrt.errors import CheckpointError
 
 
@@ -42,11 +44,23 @@ class ThinModel(nn.Module):
     """The root of a thin skeleton: its children are the stored modules; ``config`` and
     ``generation_config`` are plain attribute views of slimrt.json."""
 
-    def __init__(self, config: ThinConfig, generation_config: SimpleNamespace | None, architecture: str) -> None:
+    def __init__(self, config: ThinConfig, generation_config: SimpleNamespace | None, architecture: str,
+                 section: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.config = config
         self.generation_config = generation_config
         self.architecture = architecture
+        # The "model" section it was built from: slimrt.save writes it back (kind "hf"), so a thin
+        # model saves to a checkpoint that loads like the one it came from.
+        self.slimrt_section = copy.deepcopy(dict(section)) if section is not None else None
+
+    def model_section(self) -> dict[str, Any]:
+        """The "model" section of slimrt.json for saving this model (config edits included)."""
+        if self.slimrt_section is None:
+            raise ValueError("save: this thin model has no checkpoint section to write back")
+        section = copy.deepcopy(self.slimrt_section)
+        section["config"] = {**section.get("config", {}), **copy.deepcopy(self.config.to_dict())}
+        return section
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"this is slimrt's thin {self.architecture} (weights only, for slimrt.Runner); load the "
@@ -114,7 +128,9 @@ class Family:
 
 
 def _llama_check(cfg: ThinConfig) -> str | None:
-    params = dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+    params = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    if not isinstance(params, dict):  # the transformers skeleton's checks name it (hf_config)
+        return "rope parameters that are not an object"
     kind = params.get("rope_type", params.get("type", "default"))
     return None if kind == "default" else f"rope_type {kind!r} is computed by transformers"
 
@@ -150,6 +166,10 @@ _GPT2 = Family(
               "transformer.h.{i}.mlp.c_fc", "transformer.h.{i}.mlp.c_proj"),
     layer_count="n_layer")
 
+# The model_type transformers gives each architecture's config (hf_config checks the stored one).
+MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
+               "Qwen3ForCausalLM": "qwen3", "BertModel": "bert", "GPT2LMHeadModel": "gpt2"}
+
 FAMILIES: dict[str, Family] = {"LlamaForCausalLM": _LLAMA, "MistralForCausalLM": _LLAMA, "Qwen2ForCausalLM": _LLAMA,
                                "Qwen3ForCausalLM": _LLAMA, "BertModel": _BERT, "GPT2LMHeadModel": _GPT2}
 
@@ -165,7 +185,8 @@ def eligible(section: Mapping[str, Any]) -> str | None:
     if not isinstance(cfg, dict):
         return "no config"
     config = ThinConfig(**{k: v for k, v in cfg.items() if isinstance(k, str) and k.isidentifier()})
-    if getattr(config, family.act_key, None) not in ACTIVATIONS:
+    act = getattr(config, family.act_key, None)
+    if not isinstance(act, str) or act not in ACTIVATIONS:  # (a list is unhashable: not a TypeError here)
         return f"activation {getattr(config, family.act_key, None)!r}"
     return family.check(config)
 
@@ -185,9 +206,12 @@ def build(section: Mapping[str, Any], tensors: Mapping[str, Tensor], modules: Ma
             tensors.setdefault(alias, tensors[source])
     arch = section["architecture"]
     family = FAMILIES[arch]
+    # The checks the transformers skeleton gets (skeleton._build_hf), with the names this table runs:
+    # an eligible config uses only these activations, and a thin BERT only absolute positions.
+    hf_config.check(section["config"], MODEL_TYPES[arch], activations=ACTIVATIONS, position_types=("absolute",))
     cfg = ThinConfig(**{k: v for k, v in section["config"].items() if isinstance(k, str) and k.isidentifier()})
     gen = section.get("generation_config")
-    root = ThinModel(cfg, SimpleNamespace(**gen) if isinstance(gen, dict) else None, arch)
+    root = ThinModel(cfg, SimpleNamespace(**gen) if isinstance(gen, dict) else None, arch, section)
     eps = getattr(cfg, family.eps, None)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
         raise CheckpointError(f"slimrt.json: field 'model.config.{family.eps}' must be a positive number, got {eps!r}")

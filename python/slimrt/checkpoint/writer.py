@@ -4,7 +4,9 @@ Every tensor of a compressed model (slimrt modules' int8 weights, scales, factor
 layers; non-persistent buffers such as rotary inv_freq), the architecture (skeleton.py), each
 slimrt module's type and config, ``model.slimrt_meta`` under "compression", and the sha256 of every
 file go into model.safetensors + slimrt.json (format.py). The write is atomic: a temp dir next to
-the target, fsync, rename, fsync the parent; identical input gives identical bytes.
+the target, fsync, rename, fsync the parent; identical input gives identical bytes. slimrt.json
+carries the sha256 of its own canonical content (format.py). A save killed mid-write leaves its
+temp dir; the next save or load of the target removes it (staging.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from slimrt.checkpoint import format as fmt
+from slimrt.checkpoint import staging
 from slimrt.checkpoint.modules import nonpersistent_buffers, slimrt_modules, type_name
 from slimrt.errors import CheckpointExistsError
 
@@ -177,6 +180,9 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
          entropy: str | None = None) -> SaveResult:
     """Writes ``model`` (a module containing slimrt modules, or a plain one) as a checkpoint directory.
 
+    A sentence-transformers SentenceTransformer is stored as its transformers model with its pooling,
+    normalization and max_seq_length (checkpoint/sentence.py), so ``slimrt.load`` embeds as it does.
+
     ``entropy="zstd"`` stores int8 payloads zstd-coded (decoded transparently on load). Refuses an
     existing ``path`` unless ``overwrite=True``; the replacement is atomic either way.
     """
@@ -188,6 +194,12 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
         raise ValueError(f"save: entropy={entropy!r} is not None or 'zstd'")
     target = os.path.abspath(os.fspath(path))
     _check_target(target, overwrite)
+    slimrt_meta = getattr(model, "slimrt_meta", None)
+    from slimrt.checkpoint import sentence
+
+    if sentence.is_sentence_transformer(model):  # its transformers model + pooling, normalize, max_seq_length
+        model, slimrt_meta, st_tokenizer = sentence.prepare(model)
+        tokenizer = tokenizer if tokenizer is not None else st_tokenizer
     slim = slimrt_modules(model)
     section = describe_model(model, tuple(MODULE_TYPES.values()))
     modules = {name: {"type": type_name(m), "config": fmt.to_json(m.slimrt_config(), f"modules.{name}.config")}
@@ -204,13 +216,14 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
     meta: dict[str, Any] = {
         "format_version": fmt.FORMAT_VERSION, "slimrt_version": __version__, "created_by": created_by,
         "model": fmt.to_json(section, "model"), "modules": modules,
-        "compression": fmt.to_json(getattr(model, "slimrt_meta", None), "model.slimrt_meta"),
+        "compression": fmt.to_json(slimrt_meta, "model.slimrt_meta"),
         "entropy": entropy, "encoded": encoded, "tied": tied, "buffers": buffers, "tokenizer": None,
     }
 
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    staging.sweep(target)  # temp dirs of earlier saves of this target that were killed mid-write
+    tmp, lock = staging.claim(target)
     try:
         umask = _umask()
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a checkpoint gets the usual permissions
@@ -234,6 +247,7 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
         _fsync_path(tensors_path)
         files[fmt.TENSORS_NAME] = _sha256_file(tensors_path)
         meta["files"] = files
+        fmt.stamp(meta)  # last: the digest covers every other field
         fmt.validate(meta)  # what we write must be what we accept
         meta_path = os.path.join(tmp, fmt.META_NAME)
         with open(meta_path, "wb") as f:
@@ -248,6 +262,8 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None, overw
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        staging.release(lock)
     return SaveResult(path=target, total_bytes=total, tensor_bytes=tensor_bytes, stored_bytes=stored_bytes,
                       bytes_saved=tensor_bytes - stored_bytes, entropy=entropy)
 

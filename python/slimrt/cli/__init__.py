@@ -7,6 +7,7 @@
   compress.py  slimrt compress (with the quality flags of quality.py)
   quality.py   slimrt eval, slimrt distill
   serve.py     slimrt serve (the OpenAI-compatible HTTP server, slimrt.serve)
+  sweep.py     slimrt sweep (every recipe on one model: bytes, speed, quality, Pareto charts; slimrt.sweep)
 
 A new command: a module here with ``add_parser(sub)`` (its ``set_defaults(func=...)`` returns the
 exit code), listed in ``COMMANDS`` below.
@@ -17,12 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from slimrt.cli import bench, compress, demo, info, quality, run, serve
+from slimrt.cli import bench, compress, demo, info, quality, run, serve, sweep
 from slimrt.cli._texts import _read_calibration, _read_texts  # noqa: F401  (importable from slimrt.cli)
 from slimrt.cli.bench import BENCH_ALIASES, _bench_dir  # noqa: F401
 from slimrt.cli.quality import QUALITY_EXIT, quality_step  # noqa: F401
 
-COMMANDS = (info, run, serve, demo, bench, compress, quality)  # in the order `slimrt --help` lists them
+COMMANDS = (info, run, serve, demo, bench, compress, quality, sweep)  # in the order `slimrt --help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 BENCH_ALIASES = {"gemm": "int8_gemm"}
+PLOTS = {"int8_gemm": "int8_gemm_roofline.png"}  # the scripts that draw a chart (--plot PNG), and its default file
 
 
 def _bench_dir() -> Path:
@@ -31,10 +32,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             known = sorted(p.stem[len("bench_"):] for p in d.glob("bench_*.py"))
             raise ValueError(f"no benchmark named {args.name!r}; known: {', '.join(known + list(BENCH_ALIASES))}, all")
         scripts = [script]
+    if args.plot is not None and (args.name == "all" or scripts[0].stem[len("bench_"):] not in PLOTS):
+        raise ValueError(f"--plot: only the gemm benchmark draws a chart (a roofline), not {args.name!r}")
     rc = 0
     for script in scripts:
         cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else [])
         cmd += ["--reps", str(args.reps)] if args.reps else []
+        if args.plot is not None:
+            cmd += ["--plot", args.plot or PLOTS[script.stem[len("bench_"):]]]
         print(f"slimrt bench: {' '.join(cmd[1:])}", flush=True)
         rc = rc or subprocess.run(cmd).returncode
     return rc
@@ -45,4 +50,7 @@ def add_parser(sub) -> None:
     s.add_argument("name", help="benchmark name: gemm (= int8_gemm), any benchmarks/bench_<name>.py, or all")
     s.add_argument("--quick", action="store_true", help="CI-size grid")
     s.add_argument("--reps", type=int, default=None, help="timed rounds per shape (the script's default if unset)")
+    s.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
+                   help="gemm: also draw the results as a roofline chart (default file int8_gemm_roofline.png; "
+                        "needs matplotlib: pip install 'slimrt[plot]')")
     s.set_defaults(func=_cmd_bench)

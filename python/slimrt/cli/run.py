@@ -1,10 +1,12 @@
-"""`slimrt embed`, `slimrt generate` and `slimrt chat`: the runner on a checkpoint."""
+"""`slimrt embed`, `slimrt generate` and `slimrt chat`: the runner on a checkpoint (corpus files: _corpus.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+from slimrt.cli import _corpus
 
 
 def _read_lines(path: str) -> list[str]:
@@ -21,11 +23,15 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     from slimrt.runner import Runner
 
+    if _corpus.check(args):
+        return _corpus.run(args)
+
     texts = list(args.text or [])
     if args.file:
         texts += _read_lines(args.file)
     if not texts:
-        raise ValueError("embed: no input; pass --text (repeatable) or --file FILE (one text per line, - for stdin)")
+        raise ValueError("embed: no input; pass --text (repeatable), --file FILE (one text per line, - for stdin) "
+                         "or --input CORPUS --output DIR")
     t0 = time.perf_counter()
     rt = Runner.from_checkpoint(args.checkpoint)
     t1 = time.perf_counter()
@@ -154,7 +160,8 @@ def _add_sampling(s, max_new_tokens: int) -> None:
 
 
 def add_parser(sub) -> None:
-    s = sub.add_parser("embed", help="sentence embeddings from an encoder checkpoint, one JSON array per line")
+    s = sub.add_parser("embed", help="sentence embeddings from an encoder checkpoint: one JSON array per line, or a "
+                                     "corpus file into Parquet shards (--input/--output, --ray)")
     s.add_argument("checkpoint", help="slimrt checkpoint directory")
     s.add_argument("--text", action="append", help="a sentence to embed (repeatable)")
     s.add_argument("--file", help="a UTF-8 text file, one text per line (blank lines kept); - reads stdin")
@@ -163,6 +170,7 @@ def add_parser(sub) -> None:
     s.add_argument("--json", action="store_true", help="one JSON object (settings, timings, embeddings)")
     s.add_argument("--verbose", action="store_true", help="print timing (texts/s) to stderr")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _corpus.add_arguments(s)
     s.set_defaults(func=_cmd_embed)
     s = sub.add_parser("generate", help="stream a continuation of a prompt from a decoder checkpoint")
     s.add_argument("checkpoint", help="slimrt checkpoint directory")

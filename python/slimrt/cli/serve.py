@@ -18,6 +18,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     api_key = args.api_key or os.environ.get("SLIMRT_API_KEY") or None
+    if args.ray_replicas is not None:
+        return _serve_on_ray(args, api_key)
+    if args.ray is not None or args.threads_per_replica is not None:
+        raise ValueError("serve: --ray and --threads-per-replica go with --ray-replicas N")
     rt = Runner.from_checkpoint(args.checkpoint)
     name = args.model_name or os.path.basename(os.path.normpath(args.checkpoint))
     app = serve.app(rt, model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
@@ -26,6 +30,33 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"slimrt serve: listening on {args.host} with no API key: anyone who reaches it can use it "
               "(--api-key or SLIMRT_API_KEY)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
+def _serve_on_ray(args: argparse.Namespace, api_key: str | None) -> int:
+    """The same app as N Ray Serve replicas behind Ray Serve's proxy on --host:--port, until Ctrl-C."""
+    import time
+
+    from slimrt.ray._cluster import require_ray
+
+    require_ray()
+    from ray import serve
+
+    from slimrt.ray.serve import deploy
+
+    url = deploy(args.checkpoint, replicas=args.ray_replicas, threads_per_replica=args.threads_per_replica or 1,
+                 host=args.host, port=args.port, address=args.ray or None, model_name=args.model_name,
+                 max_batch=args.max_batch, max_queue=args.max_queue, max_context=args.max_context, api_key=api_key,
+                 prefill_chunk=args.prefill_chunk)
+    print(f"slimrt serve: {args.ray_replicas} Ray Serve replicas of {args.checkpoint} at {url}/v1 (Ctrl-C stops "
+          "them)", file=sys.stderr)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("slimrt serve: stopping the replicas", file=sys.stderr)
+    finally:
+        serve.shutdown()
     return 0
 
 
@@ -54,5 +85,13 @@ def add_parser(sub) -> None:
                    help="prompt tokens per model call: a long prompt delays the other streams by one chunk at a time")
     s.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $SLIMRT_API_KEY, else none)")
+    s.add_argument("--ray-replicas", type=_positive, default=None, metavar="N",
+                   help="serve on Ray Serve: N replicas, each its own process loading the checkpoint, behind Ray "
+                        "Serve's proxy on --host:--port (pip install 'slimrt[ray]')")
+    s.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="with --ray-replicas: the Ray cluster (default: $RAY_ADDRESS, the running one, or a new "
+                        "local Ray)")
+    s.add_argument("--threads-per-replica", type=_positive, default=None,
+                   help="with --ray-replicas: torch threads and CPUs per replica (default 1)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.set_defaults(func=_cmd_serve)

@@ -60,23 +60,37 @@ def _device(model: nn.Module) -> torch.device:
 
 def observe_inputs(model: nn.Module, targets: Mapping[str, tuple[nn.Module, Callable[[Tensor], Tensor]]],
                    calibration: Iterable[Any], tokenizer: Any = None, *, combine: str = "sum",
-                   progress: bool = True, desc: str = "slimrt calibration") -> dict[str, Tensor]:
+                   progress: bool = True, desc: str = "slimrt calibration",
+                   shared: dict[str, list[str]] | None = None) -> dict[str, Tensor]:
     """The one calibration pass every method uses: runs the model (eval mode, no grad) over the
     batches and, for each ``name: (module, stat)``, folds ``stat(x)`` of the module's input
     x (tokens, K) over all batches by ``combine`` ("sum" or elementwise "max").
 
     Raises ValueError if the iterable is empty or a statistic holds NaN/Inf (naming the module).
     Modules no batch reached are absent from the result.
+
+    ``shared``, when given, is filled with {name: [names of the targets that read the same input]}
+    (itself included, in call order): modules called one after another on the same tensor object
+    (q/k/v on the normed hidden state, gate/up) at every call of every batch. Only back-to-back
+    calls count, and the last input is held so its address cannot be reused: a conservative test
+    that never groups modules whose inputs differ.
     """
     from tqdm.auto import tqdm
 
     if combine not in ("sum", "max"):
         raise ValueError(f"observe_inputs: combine={combine!r} is not one of sum, max")
     out: dict[str, Tensor] = {}
+    # For ``shared``: the input of the latest hooked call, its group number, and each name's groups.
+    last: list[Any] = [None, -1]
+    seen: dict[str, list[int]] = {}
 
     def hook_for(name: str, stat: Callable[[Tensor], Tensor]):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             x = args[0] if args else next(iter(kwargs.values()))
+            if shared is not None:
+                if x is not last[0]:
+                    last[0], last[1] = x, last[1] + 1
+                seen.setdefault(name, []).append(last[1])
             v = stat(x.detach().reshape(-1, x.shape[-1]))  # x: (..., K) -> (tokens, K)
             if name not in out:
                 out[name] = v
@@ -100,6 +114,12 @@ def observe_inputs(model: nn.Module, targets: Mapping[str, tuple[nn.Module, Call
         for h in handles:
             h.remove()
         model.train(was_training)
+        last[0] = None
+    if shared is not None:
+        by_calls: dict[tuple[int, ...], list[str]] = {}
+        for name, calls in seen.items():
+            by_calls.setdefault(tuple(calls), []).append(name)
+        shared.update({name: group for group in by_calls.values() for name in group})
     if n_batches == 0:
         raise ValueError("compress: the calibration iterable yielded no batches (pass a list, not a used-up "
                          "generator: each method reads it once)")
@@ -111,9 +131,11 @@ def observe_inputs(model: nn.Module, targets: Mapping[str, tuple[nn.Module, Call
 
 
 def collect_input_amax(model: nn.Module, modules: list[nn.Module], names: list[str], calibration: Iterable[Any],
-                       tokenizer: Any = None, progress: bool = True) -> dict[str, Tensor]:
-    """{name: max |x| per input channel (K,) float32} of each listed module's input x."""
+                       tokenizer: Any = None, progress: bool = True,
+                       shared: dict[str, list[str]] | None = None) -> dict[str, Tensor]:
+    """{name: max |x| per input channel (K,) float32} of each listed module's input x (and, into
+    ``shared``, which modules read the same input: see observe_inputs)."""
     # NaN propagates through amax, so a non-finite activation is reported, not hidden.
     stat = lambda x: x.float().abs().amax(dim=0)  # noqa: E731
     return observe_inputs(model, {n: (m, stat) for m, n in zip(modules, names)}, calibration, tokenizer,
-                          combine="max", progress=progress)
+                          combine="max", progress=progress, shared=shared)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from slimrt import ops
 from slimrt.compress.smoothquant import smoothing_factors
@@ -65,15 +65,45 @@ def _convert(mode: str, name: str, module: nn.Module, ctx: Context) -> tuple[nn.
                             "mode": mode}
     smooth = None
     if mode == "w8a8" and ctx.recipe.smoothquant:
-        act = ctx.act_amax.get(name)
-        if act is None:
+        smooth = ctx.state.get("w8a8", {}).get(name)
+        if smooth is None:
             info["smoothquant"] = "skipped: no calibration batch reached this layer"
         else:
-            smooth = 1.0 / smoothing_factors(act.to(weight.device), weight, ctx.recipe.alpha)
-            info["smoothquant"] = f"alpha={ctx.recipe.alpha}"
+            smooth = smooth.to(weight.device)
+            group = ctx.state["w8a8_groups"].get(name, [name])
+            info["smoothquant"] = f"alpha={ctx.recipe.alpha}" + (f", joint with {len(group) - 1} more" if len(group) > 1 else "")
     new = Int8Linear.from_weight(weight, bias, mode=mode, smooth=smooth)
     new.train(module.training)
     return new, info
+
+
+def _prepare_smoothing(model: nn.Module, todo: list[tuple[str, nn.Module]], ctx: Context, *_: Any) -> None:
+    """SmoothQuant multipliers for every w8a8 layer, before any is converted: linears that read one
+    input tensor (q/k/v, gate/up; ``ctx.shared_input``) get one vector, from that input's maxima and
+    the maxima over all their weights' columns (the paper's per-LayerNorm smoothing, found without
+    knowing the architecture), so they still share one input and run fused in the native step."""
+    if not ctx.recipe.smoothquant:
+        return
+    mods = {name: m for name, m in todo
+            if not (ctx.params.get("head", "w8") == "w8" and is_output_head(model, m)) and name in ctx.act_amax}
+    smooth: dict[str, Tensor] = {}
+    groups: dict[str, list[str]] = {}
+    for name in mods:
+        if name in smooth:
+            continue
+        group = [n for n in ctx.shared_input.get(name, [name]) if n in mods and n not in smooth]
+        if name not in group:
+            group = [name]
+        weights = [linear_weight(mods[n])[0] for n in group]
+        if len(group) > 1 and (len({w.shape[1] for w in weights}) != 1
+                               or not all(bool(torch.isfinite(w).all()) for w in weights)):
+            group, weights = [name], [linear_weight(mods[name])[0]]  # convert() names a non-finite weight
+        act = torch.stack([ctx.act_amax[n].float() for n in group]).amax(dim=0)
+        w = weights[0] if len(weights) == 1 else torch.cat([w.detach().float() for w in weights])
+        inv = 1.0 / smoothing_factors(act.to(w.device), w, ctx.recipe.alpha)
+        for n in group:
+            smooth[n], groups[n] = inv, group
+    ctx.state["w8a8"], ctx.state["w8a8_groups"] = smooth, groups
 
 
 def _check_head(value: Any) -> str | None:
@@ -82,7 +112,7 @@ def _check_head(value: Any) -> str | None:
 
 register(Method(name="w8a8", group="quantize", accepts=is_linear_like,
                 convert=lambda name, module, ctx: _convert("w8a8", name, module, ctx),
-                needs_calibration=lambda recipe: recipe.smoothquant,
+                needs_calibration=lambda recipe: recipe.smoothquant, prepare=_prepare_smoothing,
                 params={"head": (str, "w8", _check_head)}))
 register(Method(name="w8", group="quantize", accepts=is_linear_like,
                 convert=lambda name, module, ctx: _convert("w8", name, module, ctx)))

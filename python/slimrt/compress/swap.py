@@ -19,7 +19,10 @@ ValueError for bad data (NaN weights), naming the module.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -48,6 +51,9 @@ class Context:
     params: dict[str, Any]
     # Per module name: max |x| over every calibration token, per input channel, (K,) float32.
     act_amax: dict[str, Tensor] = field(default_factory=dict)
+    # Per module name: the modules (itself included) that read the same input tensor in calibration
+    # (q/k/v, gate/up), for methods that treat a shared input jointly (SmoothQuant).
+    shared_input: dict[str, list[str]] = field(default_factory=dict)
     # For structural methods (pruning), which change several sibling layers and gather their own
     # statistics: the model being compressed, the calibration data (or None), and a scratch dict
     # the method may fill once and reuse across its convert() calls.
@@ -196,9 +202,55 @@ def _skip_reason(name: str, module: nn.Module, model: nn.Module) -> str | None:
     """Generic reasons a module cannot be swapped, whatever the method."""
     if name == "":
         return "the root module itself cannot be replaced in place; wrap it in an nn.Sequential"
-    parent = model.get_submodule(name.rpartition(".")[0])
-    if isinstance(parent, nn.MultiheadAttention):
-        return "nn.MultiheadAttention reads its out_proj weight directly instead of calling the module"
+    return None
+
+
+_CHILD_READ = re.compile(r"\bself\.([A-Za-z_]\w*)\.([A-Za-z_]\w*)\b(?!\s*\()")
+_SELF_CALL = re.compile(r"\bself\.([A-Za-z_]\w*)\s*\(")
+
+
+@functools.lru_cache(maxsize=None)
+def _child_reads(cls: type) -> tuple[tuple[str, str, str], ...]:
+    """(child, attribute, method) for every ``self.<child>.<attribute>`` that ``cls.forward`` (and the
+    methods of ``cls`` it calls by ``self.<method>(``) reads without calling: a parent that takes a
+    child's tensors itself (torch's TransformerEncoderLayer fast path reads ``linear1.weight``,
+    MultiheadAttention ``out_proj.weight``) rather than calling the child. Read from the source; a
+    class without source (C extensions) reads nothing that can be seen."""
+    found: list[tuple[str, str, str]] = []
+    todo, seen = ["forward"], set()
+    while todo:
+        meth = todo.pop()
+        fn = getattr(cls, meth, None)
+        if meth in seen or not callable(fn) or getattr(nn.Module, meth, None) is fn:
+            continue
+        seen.add(meth)
+        try:
+            src = inspect.getsource(fn)
+        except (OSError, TypeError):
+            continue
+        found += [(child, attr, meth) for child, attr in _CHILD_READ.findall(src)]
+        todo += _SELF_CALL.findall(src)
+    return tuple(found)
+
+
+def _has_plain(module: nn.Module, attr: str) -> bool:
+    """Whether ``attr`` is a stored attribute of ``module`` (a tensor, submodule or value), not a
+    property computed on access (LowRankLinear.weight multiplies its factors out)."""
+    if attr in module._parameters or attr in module._buffers or attr in module._modules or attr in vars(module):
+        return True
+    static = inspect.getattr_static(module, attr, None)
+    return static is not None and not isinstance(static, property)
+
+
+def _direct_read_reason(name: str, new: nn.Module, model: nn.Module) -> str | None:
+    """Why ``new`` cannot take the place of ``name``: its parent's forward reads an attribute of it
+    directly that ``new`` does not store (the parent would do the layer's math itself, or fail)."""
+    parent_name, _, leaf = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    for child, attr, meth in _child_reads(type(parent)):
+        if child == leaf and not _has_plain(new, attr):
+            return (f"{type(parent).__name__}.{meth} reads {leaf}.{attr} directly instead of calling the module, "
+                    f"which the {type(new).__name__} that would replace it does not store")
     return None
 
 
@@ -263,8 +315,10 @@ def swap(model: nn.Module, recipe: "Recipe", calibration: Iterable[Any] | None =
                 raise ValueError(f"compress: method {method_name!r} with this recipe needs calibration data "
                                  "(smoothquant=True); pass calibration=[batches], or a tokenizer so that "
                                  "slimrt's own text can be used")
+            ctx.shared_input = {}
             ctx.act_amax = calib.collect_input_amax(model, [m for _, m in todo], [n for n, _ in todo],
-                                                    calibration, tokenizer, progress=progress)
+                                                    calibration, tokenizer, progress=progress,
+                                                    shared=ctx.shared_input)
         if method.prepare is not None and todo:
             method.prepare(model, todo, ctx, calibration, tokenizer, progress)
         shared = _shared_params(model)
@@ -274,6 +328,7 @@ def swap(model: nn.Module, recipe: "Recipe", calibration: Iterable[Any] | None =
             if reason is None:
                 try:
                     new, info = method.convert(name, module, ctx)
+                    reason = _direct_read_reason(name, new, model)
                 except Fallback as e:
                     reason = str(e)
             if reason is not None:

@@ -364,5 +364,5 @@ def fuse_linears(modules: list[nn.Module]) -> nn.Module | None:
                                         for m in modules]))
         if smooth[0] is not None:
             fused.smooth.copy_(smooth[0])
-    fused.repack()
+    fused.invalidate_pack()  # packed on its first call (the native decode step, if it runs, never calls it)
     return fused

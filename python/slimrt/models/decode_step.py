@@ -18,7 +18,7 @@ argmax are fp32 kernels (AVX-512 or portable) whose last bits differ from PyTorc
 
 Only the common case is native; for anything else ``build`` returns None and the reason, and the
 runner keeps the eager step: float32 weights on CPU, every
-linear an Int8Linear without smoothing whose kernel at M = 1 is "w8" or a W4Linear (a w4 body with
+linear an Int8Linear whose kernel at M = 1 is "w8" or a W4Linear (a w4 body with
 an int8 head mixes them; the parts of a fused q/k/v or gate/up are of one kind), a full KV cache (no
 sliding-window pattern), SiLU / GELU activations, the CPU ops served by the native kernels
 (SLIMRT_BACKEND=auto with the extension built; the step only stands in for calls those kernels
@@ -63,38 +63,44 @@ def _w8_up_to(module: Int8Linear, policy: KernelPolicy) -> float:
 def _fused(mods: list[nn.Module], policy: KernelPolicy, what: str,
            w8_max: list[float]) -> tuple[tuple, list[Tensor]]:
     """One linear whose rows are ``mods``' rows in order, and the tensors it points into (to keep alive):
-    (w, packed, scale, bias, N, K) for Int8Linear, with (group, q4, scale16, zero) appended for
-    W4Linear. Appends to ``w8_max`` the largest M each runs as the eager step would (w4: every M)."""
+    (w, packed, scale, bias, N, K, smooth) for Int8Linear, with (group, q4, scale16, zero) appended for
+    W4Linear (smooth 0). Appends to ``w8_max`` the largest M each runs as the eager step would (w4: every M)."""
     if all(isinstance(m, W4Linear) for m in mods):
         return _fused_w4(mods, what, w8_max)
     for m in mods:
         if not isinstance(m, Int8Linear):
             raise Ineligible(f"{what} is a {type(m).__name__}, not an Int8Linear or W4Linear"
                              + (" (all of its parts must be one kind)" if len(mods) > 1 else ""))
-        if m.smooth is not None:
-            raise Ineligible(f"{what} has a smoothing vector")
         if policy.kernel(m, 1) != "w8":
             raise Ineligible(f"{what} runs the {policy.kernel(m, 1)!r} kernel at M = 1, not 'w8'")
         w8_max.append(_w8_up_to(m, policy))
         if m.w_q.device.type != "cpu" or (m.bias is not None and m.bias.dtype != torch.float32):
             raise Ineligible(f"{what} is not on the CPU with a float32 bias")
+    # SmoothQuant: the step multiplies the shared input by the smoothing vector before the fused
+    # linear, so fused linears must share one (compress smooths linears that read the same input jointly).
+    smooth = mods[0].smooth
+    if any((m.smooth is None) != (smooth is None) for m in mods) or (
+            smooth is not None and not all(torch.equal(m.smooth, smooth) for m in mods[1:])):
+        raise Ineligible(f"{what} read one input but have different smoothing vectors")
+    if smooth is not None and (smooth.dtype != torch.float32 or not smooth.is_contiguous()):
+        raise Ineligible(f"{what}'s smoothing vector is not contiguous float32")
+    sp = 0 if smooth is None else smooth.data_ptr()
     if len(mods) == 1:
         m = mods[0]
-        if m.w_packed.numel() == 0:
-            m.repack()
-        keep = [m.w_q, m.w_packed, m.w_scale] + ([] if m.bias is None else [m.bias])
+        m.current_pack()  # packed from the w_q it holds now (the step keeps pointers to both)
+        keep = [m.w_q, m.w_packed, m.w_scale] + ([] if m.bias is None else [m.bias]) + ([] if smooth is None else [smooth])
     else:
         # Packed only: the int8 copy is dropped (the scalar ISA, which reads it, runs the eager step).
         w_q = torch.cat([m.w_q for m in mods])
         packed = ops.int8_pack_weight(w_q)
         scale = torch.cat([m.w_scale for m in mods]).contiguous()
         bias = _cat_bias(mods)
-        keep = [packed, scale] + ([] if bias is None else [bias])
+        keep = [packed, scale] + ([] if bias is None else [bias]) + ([] if smooth is None else [smooth])
         n, k = scale.shape[0], mods[0].in_features
-        return (0, packed.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr(), n, k), keep
+        return (0, packed.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr(), n, k, sp), keep
     bias = m.bias
     return (m.w_q.data_ptr(), m.w_packed.data_ptr(), m.w_scale.data_ptr(), 0 if bias is None else bias.data_ptr(),
-            m.out_features, m.in_features), keep
+            m.out_features, m.in_features, sp), keep
 
 
 def _cat_bias(mods: list[nn.Module]) -> Tensor | None:
@@ -120,7 +126,7 @@ def _fused_w4(mods: list[W4Linear], what: str, w8_max: list[float]) -> tuple[tup
     packed = ops.w4_pack_weight(q4, scale, zero, first.group_size, first.in_features)
     bias = _cat_bias(mods)
     keep = [q4, scale, packed] + [t for t in (zero, bias) if t is not None]
-    return (0, packed.data_ptr(), 0, 0 if bias is None else bias.data_ptr(), q4.shape[0], first.in_features,
+    return (0, packed.data_ptr(), 0, 0 if bias is None else bias.data_ptr(), q4.shape[0], first.in_features, 0,
             first.group_size, q4.data_ptr(), scale.data_ptr(), 0 if zero is None else zero.data_ptr()), keep
 
 
@@ -156,7 +162,10 @@ class NativeDecoder:
             if served["cpu"] != "native":  # the step replaces the native kernels' calls, nothing else
                 raise Ineligible(f"CPU ops run the {served['cpu']} implementation (SLIMRT_BACKEND="
                                  f"{served['requested']}), not the native kernels")
-            return (_build_llama(model, policy) if family == "llama" else _build_gpt2(model, policy)), ""
+            builders = {"llama": _build_llama, "gpt2": _build_gpt2}
+            if family not in builders:
+                raise Ineligible(f"the native step covers the Llama and GPT-2 families, not {family}")
+            return builders[family](model, policy), ""
         except Ineligible as e:
             return None, str(e)
         except ValueError as e:  # a shape the native plan rejects (its message names it)

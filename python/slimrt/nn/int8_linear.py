@@ -11,6 +11,8 @@ from slimrt import ops
 from slimrt.nn import _train
 
 MODES = ("w8a8", "w8")
+_BIAS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                "float64": torch.float64}
 
 
 class Int8Linear(nn.Module):
@@ -37,6 +39,9 @@ class Int8Linear(nn.Module):
     """
 
     TRAINABLE = ("w_scale", "bias", "smooth")
+    # Float tensors the outputs are multiplied by: a checkpoint holding a zero, negative, NaN or Inf
+    # value in one of them is refused at load (checkpoint/loader.py).
+    POSITIVE_TENSORS = ("w_scale", "smooth")
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "w8a8",
                  device: Any = None, bias_dtype: torch.dtype = torch.float32, smooth: bool = False) -> None:
@@ -59,7 +64,11 @@ class Int8Linear(nn.Module):
         else:
             self.smooth = None
         self.register_buffer("w_packed", torch.empty(0, dtype=torch.int8, device=device), persistent=False)
-        self.register_load_state_dict_post_hook(lambda module, keys: module.repack())
+        self._packed_from = _weight_key(self.w_q)  # the empty "pack" above is current for this w_q
+        self._pack_pending = False
+        # Loading packs lazily: the first call packs (see invalidate_pack), so weights that only ever
+        # run fused (the native decode step's q/k/v and gate/up) are never packed on their own.
+        self.register_load_state_dict_post_hook(lambda module, keys: module.invalidate_pack())
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, mode: str = "w8a8") -> "Int8Linear":
@@ -113,16 +122,51 @@ class Int8Linear(nn.Module):
 
     @classmethod
     def from_slimrt_config(cls, cfg: dict[str, Any], device: Any = "meta") -> "Int8Linear":
-        return cls(int(cfg["in_features"]), int(cfg["out_features"]), bool(cfg["bias"]), str(cfg["mode"]),
-                   device=device, bias_dtype=getattr(torch, str(cfg.get("bias_dtype", "float32"))),
-                   smooth=bool(cfg.get("smooth", False)))
+        """Rebuilds an empty module from ``slimrt_config()``; a field of the wrong type is a ValueError
+        naming it (a checkpoint's ``"bias": 2**63`` must not mean True)."""
+        for key in ("in_features", "out_features"):
+            if isinstance(cfg.get(key), bool) or not isinstance(cfg.get(key), int):
+                raise ValueError(f"Int8Linear config: {key}={cfg.get(key)!r} is not an int")
+        for key, default in (("bias", None), ("smooth", False)):
+            if not isinstance(cfg.get(key, default), bool):
+                raise ValueError(f"Int8Linear config: {key}={cfg.get(key)!r} is not true or false")
+        if not isinstance(cfg.get("mode"), str):
+            raise ValueError(f"Int8Linear config: mode={cfg.get('mode')!r} is not a string")
+        bias_dtype = cfg.get("bias_dtype", "float32")
+        if bias_dtype not in _BIAS_DTYPES:
+            raise ValueError(f"Int8Linear config: bias_dtype={bias_dtype!r} is not one of {sorted(_BIAS_DTYPES)}")
+        return cls(cfg["in_features"], cfg["out_features"], cfg["bias"], cfg["mode"], device=device,
+                   bias_dtype=_BIAS_DTYPES[bias_dtype], smooth=cfg.get("smooth", False))
 
     def repack(self) -> None:
-        """Rebuilds the kernel's packed weight from w_q (after loading or moving the module)."""
-        if self.w_q.device.type == "meta":
-            return
-        with torch.no_grad():
-            self.w_packed = ops.int8_pack_weight(self.w_q)
+        """Rebuilds the kernel's packed weight from w_q. Called after loading or moving the module, and
+        by ``forward`` when w_q is not what the pack was made from: another tensor (a new data
+        pointer) or the same one changed in place (torch bumps ``_version`` on every in-place write).
+        The vector kernels read only the pack and the scalar one only w_q, so a stale pack made the
+        ISA paths disagree. Inference tensors have no version counter: for them only the kernels'
+        sampled check of the pack against w_q remains (csrc/int8_gemm/int8_gemm.cpp)."""
+        w_q = self.w_q
+        if w_q.device.type != "meta":
+            with torch.no_grad():
+                self.w_packed = ops.int8_pack_weight(w_q)
+        self._packed_from = _weight_key(w_q)
+        self._pack_pending = False
+
+    def invalidate_pack(self) -> None:
+        """Drops the packed weight; the next forward (or ``current_pack``) packs w_q again. What
+        loading and ``.to()`` do: packing costs ~17 ms per SmolLM2 weight, and the native decode step
+        runs q/k/v and gate/up from one fused pack of its own, so their single packs are never needed."""
+        self.w_packed = torch.empty(0, dtype=torch.int8, device=self.w_q.device)
+        self._pack_pending = True
+
+    def current_pack(self) -> Tensor:
+        """w_packed, rebuilt first if it is missing or w_q changed since it was made (see repack): for
+        callers that hand the pack to a kernel themselves (the native decode step)."""
+        w_q, key = self.w_q, self._packed_from
+        if self._pack_pending or (self.w_packed.numel() == 0 and w_q.device.type != "meta") or \
+                (key is not None and (w_q._version != key[0] or w_q.data_ptr() != key[1])):
+            self.repack()
+        return self.w_packed
 
     def _apply(self, fn, recurse=True):
         # model.to(torch.bfloat16) casts every float buffer; the kernels take fp32 scales (and the
@@ -133,7 +177,7 @@ class Int8Linear(nn.Module):
             t = self._buffers.get(name)
             if t is not None and t.dtype != torch.float32:
                 self._buffers[name] = t.float()
-        self.repack()
+        self.invalidate_pack()
         return out
 
     def forward(self, x: Tensor, mode: str | None = None, activation: str = "none") -> Tensor:
@@ -145,6 +189,10 @@ class Int8Linear(nn.Module):
             y = self._forward_differentiable(x, mode)
             return y if activation == "none" else _activation(activation)(y)
         buf = self._buffers  # one dict instead of four nn.Module.__getattr__ walks: this is the decode path
+        w_q, key = buf["w_q"], self._packed_from  # is the pack stale? (see repack)
+        if self._pack_pending or (key is not None and (w_q._version != key[0] or w_q.data_ptr() != key[1])):
+            self.repack()
+            buf = self._buffers
         smooth = buf.get("smooth")
         if smooth is not None:
             x = x * smooth.to(x.dtype)
@@ -176,6 +224,14 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, mode={self.mode}" + (", smooth=True" if self.smooth is not None else "")
+
+
+def _weight_key(w_q: Tensor) -> tuple[int, int] | None:
+    """(in-place version, data pointer) of w_q: what ties a pack to the weight it was made from; None
+    for an inference tensor, which has no version counter (and cannot change outside inference mode)."""
+    if w_q.is_inference():
+        return None
+    return w_q._version, w_q.data_ptr()
 
 
 def _activation(name: str):

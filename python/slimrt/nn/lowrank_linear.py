@@ -59,6 +59,7 @@ class LowRankLinear(nn.Module):
     """
 
     TRAINABLE = ("u", "v", "u_scale", "v_scale", "bias")
+    POSITIVE_TENSORS = ("u_scale", "v_scale")  # refused at load unless finite and > 0 (checkpoint/loader.py)
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
                  factor_dtype: torch.dtype = torch.float32, quantized: bool = False, mode: str = "w8a8",

@@ -5,6 +5,11 @@ latter costs about 5 us more per call, which matters on the decode path. The def
 (CompositeExplicitAutograd) is the PyTorch reference, so every device works; ops/cpu.py and
 ops/cuda.py register faster kernels for their dispatch keys. Fake kernels give shapes only, for
 torch.compile, meta tensors and opcheck.
+
+The dispatcher picks the Meta kernel for a call that mixes meta and CPU tensors (Meta outranks
+CPU), so a fake kernel is also the first code such a call reaches: each one checks that every
+tensor argument is on one device and raises the one-sentence ValueError of _check.same_device,
+instead of allocating an output on the first argument's device and returning uninitialised memory.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from slimrt.ops import reference, reference_w4
+from slimrt.ops import _check, reference, reference_w4
 
 LIB = torch.library.Library("slimrt", "DEF")
 
@@ -83,6 +88,7 @@ def _(w: Tensor) -> tuple[Tensor, Tensor]:
 
 @torch.library.register_fake("slimrt::int8_gemm")
 def _(a: Tensor, b: Tensor, a_scale: Tensor | None, b_scale: Tensor | None, out_dtype: torch.dtype) -> Tensor:
+    _check.same_device("int8_gemm", a=a, b=b, a_scale=a_scale, b_scale=b_scale)
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
 
 
@@ -102,11 +108,13 @@ def _(w_q: Tensor) -> Tensor:
 @torch.library.register_fake("slimrt::int8_linear")
 def _(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Tensor | None,
       activation: str = "none") -> Tensor:
+    _check.same_device("int8_linear", x=x, w_q=w_q, w_scale=w_scale, bias=bias, w_packed=w_packed)
     return x.new_empty((*x.shape[:-1], w_q.shape[0]))
 
 
 @torch.library.register_fake("slimrt::int8_weight_only_linear")
 def _(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, w_packed: Tensor | None) -> Tensor:
+    _check.same_device("int8_weight_only_linear", x=x, w_q=w_q, w_scale=w_scale, bias=bias, w_packed=w_packed)
     return x.new_empty((*x.shape[:-1], w_q.shape[0]))
 
 
@@ -124,11 +132,13 @@ def _(w_q4: Tensor, w_scale: Tensor, w_zero: Tensor | None, group_size: int, in_
 @torch.library.register_fake("slimrt::w4_linear")
 def _(x: Tensor, w_q4: Tensor, w_scale: Tensor, w_zero: Tensor | None, bias: Tensor | None,
       w_packed: Tensor | None, group_size: int) -> Tensor:
+    _check.same_device("w4_linear", x=x, w_q4=w_q4, w_scale=w_scale, w_zero=w_zero, bias=bias, w_packed=w_packed)
     return x.new_empty((*x.shape[:-1], w_q4.shape[0]))
 
 
 @torch.library.register_fake("slimrt::lowrank_linear")
 def _(x: Tensor, u: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    _check.same_device("lowrank_linear", x=x, u=u, v=v, bias=bias)
     return x.new_empty((*x.shape[:-1], u.shape[0]))
 
 
@@ -144,6 +154,8 @@ LIB.impl("block_sparse_attention", reference.block_sparse_attention, "CompositeE
 @torch.library.register_fake("slimrt::block_sparse_attention")
 def _(q: Tensor, k: Tensor, v: Tensor, kv_num_blocks: Tensor, kv_indices: Tensor, block_size: int, causal: bool,
       window: int, num_global: int, token_mask: Tensor | None, scale: float | None) -> Tensor:
+    _check.same_device("block_sparse_attention", q=q, k=k, v=v, kv_num_blocks=kv_num_blocks, kv_indices=kv_indices,
+                       token_mask=token_mask)
     return q.new_empty(q.shape)
 
 
@@ -154,4 +166,5 @@ LIB.impl("varlen_attention", reference.varlen_attention, "CompositeExplicitAutog
 
 @torch.library.register_fake("slimrt::varlen_attention")
 def _(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, causal: bool, scale: float | None) -> Tensor:
+    _check.same_device("varlen_attention", q=q, k=k, v=v, cu_seqlens=cu_seqlens)
     return q.new_empty(q.shape)

@@ -211,11 +211,11 @@ class Server:
 
     def need(self, kind: str, endpoint: str) -> None:
         if self.runner.kind != kind:
-            other = {"encoder": "/v1/embeddings", "decoder": "/v1/completions and /v1/chat/completions"}[
-                self.runner.kind]
+            other = {"encoder": "use /v1/embeddings", "decoder": "use /v1/completions and /v1/chat/completions"}.get(
+                self.runner.kind, "slimrt serve serves encoders and decoders")
+            model_type = getattr(self.runner.config, "model_type", None) or type(self.runner.model).__name__
             raise ApiError(400, f"{endpoint} needs {'a decoder' if kind == 'decoder' else 'an encoder'}; "
-                                f"{self.model_name} is a {self.runner.config.model_type} {self.runner.kind}: use "
-                                f"{other}", "model")
+                                f"{self.model_name} is a {model_type} {self.runner.kind}: {other}", "model")
         if self.tokenizer is None:
             raise ApiError(400, f"{endpoint} needs a tokenizer, and this checkpoint has none", "model")
 
