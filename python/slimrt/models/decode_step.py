@@ -339,7 +339,7 @@ def _build_llama(model: nn.Module, policy: KernelPolicy) -> NativeDecoder:
         if hasattr(at, "q_norm"):
             qn, kn = _f32(at.q_norm.weight, f"layer {i} q_norm"), _f32(at.k_norm.weight, f"layer {i} k_norm")
         keep += k1 + k2 + k3 + k4 + [t for t in (ln1, ln2, qn, kn) if t is not None]
-        fused_only = fused_only or qkv[0] == 0 and len(qkv) == 6 or up[0] == 0 and len(up) == 6  # int8, packed only
+        fused_only = fused_only or qkv[0] == 0 and len(qkv) == 7 or up[0] == 0 and len(up) == 7  # int8, packed only
         h, hkv = at.q_proj.out_features // head_dim, at.k_proj.out_features // head_dim
         kv_shapes.append((hkv, int(head_dim)))
         plan.add_layer(ln1.data_ptr(), 0, qkv, h, hkv, 0 if qn is None else qn.data_ptr(),
