@@ -130,6 +130,23 @@ def test_found_inputs_stay_fixed(target, case, data):
             inspect(fuzz_gguf._PATH)
 
 
+# Found by `make test-fuzz` in CI (2026-12-07): a thin load of a tensor named "a..b.weight" or ".weight"
+# reached nn.Module.add_module("") and escaped as KeyError. Names that shadow a module attribute too.
+@pytest.mark.parametrize("bad", ["bert..pooler.dense.weight", ".weight", "training.weight", "forward.x.weight"])
+def test_thin_load_refuses_tensor_names_that_are_not_module_paths(checkpoint_seeds, bad):
+    from safetensors.torch import load, save
+
+    from slimrt import checkpoint
+    from slimrt.errors import CheckpointError
+
+    flags, meta, tensors = fuzz_checkpoint.unpack(checkpoint_seeds["bert_thin"])
+    stored = load(tensors)
+    stored[bad] = stored.pop(sorted(stored)[-1])
+    fuzz_checkpoint.test_one_input(fuzz_checkpoint.pack(meta, save(stored), flags))  # CheckpointError only
+    with pytest.raises(CheckpointError, match="model.safetensors: "):
+        checkpoint.load_model(fuzz_checkpoint._DIR + "/ck", thin=True)
+
+
 _INSTRUMENTED = """
 import sys
 sys.path.insert(0, sys.argv[1])

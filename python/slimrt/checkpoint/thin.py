@@ -306,7 +306,11 @@ def _add_child(parent: nn.Module, part: str, child: nn.Module) -> None:
             raise CheckpointError(f"model.safetensors: layer index {part} is out of order or skips a layer")
         parent.append(child)
     else:
-        parent.add_module(part, child)
+        try:  # torch refuses "", a dotted name and one that shadows an attribute ("training", "forward")
+            parent.add_module(part, child)
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"model.safetensors: a tensor name has the module part {part!r}, which is not "
+                                  f"a module name ({e.args[0] if e.args else e})") from None
 
 
 def _place(root: nn.Module, name: str, module: nn.Module) -> None:
