@@ -7,7 +7,7 @@ another Llama-family GGUF). "The same weights" are that file dequantized to floa
   quantizer and the model wrapper are slimrt.sweep.llamacpp, which `slimrt sweep --peer llama.cpp` uses too.
 - slimrt: transformers loads the file (dequantized to float32, the same numbers); slimrt.compress
   makes w8 / w8a8 / w8a8-sq (SmoothQuant, calibrated on slimrt's own text, never the evaluation
-  paragraphs) and w4 / w4-gptq (int4 body, int8 head; GPTQ calibrated on the same text) from it, with
+  paragraphs) and w4 / w4-gptq (int4 body, int8 head; GPTQ calibrated on that calibration text too) from it, with
   the presets as they are.
 
 Speed, batch 1, --threads threads for both (default: torch's count): prefill pp128 / pp512 (tokens/s
@@ -207,28 +207,30 @@ def main(argv: list[str] | None = None) -> int:
             ppl[name] = math.exp(nll / n)
             del p
             print(f"perplexity {name}: {ppl[name]:.4f}", flush=True)
+        def loss(name: str) -> float:  # relative perplexity increase over the provider's own fp32
+            return ppl[name] / ppl["llama.cpp F32" if name.startswith("llama") else "slimrt fp32"] - 1
+
         prow = []
         for name, v in ppl.items():
-            base = ppl["llama.cpp F32"] if name.startswith("llama") else ppl["slimrt fp32"]
-            prow.append([name, v, 100 * (v / base - 1)])
+            prow.append([name, v, 100 * loss(name)])
             csv.row(kernel="llm_perplexity", provider=name, shape=f"{src.stem} {n_windows}x512, second halves",
-                    dtype=name.split()[-1], p50_ms="", rate="", ratio=v / base, quality=f"ppl {v:.4f}")
+                    dtype=name.split()[-1], p50_ms="", rate="", ratio=1 + loss(name), quality=f"ppl {v:.4f}")
         print()
         print(markdown_table(["provider", "perplexity", "vs its own fp32 (%)"], prow))
-        q8_loss = ppl["llama.cpp Q8_0"] / ppl["llama.cpp F32"] - 1
-        w8_loss = ppl["slimrt w8"] / ppl["slimrt fp32"] - 1
-        w8a8_loss = ppl["slimrt w8a8-sq"] / ppl["slimrt fp32"] - 1
-        print(f"\n- {'met' if w8_loss <= q8_loss else 'NOT met'}: slimrt w8 loses {100 * w8_loss:+.2f}% vs llama.cpp "
-              f"Q8_0 {100 * q8_loss:+.2f}% (target: no worse)")
-        print(f"- {'met' if w8a8_loss <= 0.015 else 'NOT met'}: slimrt w8a8-sq (SmoothQuant) loses {100 * w8a8_loss:+.2f}% "
-              f"(target <= +1.5%; plain w8a8 {100 * (ppl['slimrt w8a8'] / ppl['slimrt fp32'] - 1):+.2f}%)")
-        q4_loss = ppl["llama.cpp Q4_0"] / ppl["llama.cpp F32"] - 1
-        w4_loss = ppl["slimrt w4"] / ppl["slimrt fp32"] - 1
-        gptq_loss = ppl["slimrt w4-gptq"] / ppl["slimrt fp32"] - 1
-        print(f"- {'met' if w4_loss <= q4_loss else 'NOT met'}: slimrt w4 loses {100 * w4_loss:+.2f}% vs llama.cpp "
-              f"Q4_0 {100 * q4_loss:+.2f}% (target: no worse)")
-        print(f"- {'met' if gptq_loss <= q4_loss / 2 else 'NOT met'}: slimrt w4-gptq loses {100 * gptq_loss:+.2f}% "
-              f"(target: at most half of Q4_0's, {100 * q4_loss / 2:+.2f}%)")
+        q8, q4 = loss("llama.cpp Q8_0"), loss("llama.cpp Q4_0")
+        checks = [
+            (loss("slimrt w8") <= q8, f"slimrt w8 loses {100 * loss('slimrt w8'):+.2f}% vs llama.cpp Q8_0 "
+                                      f"{100 * q8:+.2f}% (target: no worse)"),
+            (loss("slimrt w8a8-sq") <= 0.015, f"slimrt w8a8-sq (SmoothQuant) loses {100 * loss('slimrt w8a8-sq'):+.2f}% "
+                                              f"(target <= +1.5%; plain w8a8 {100 * loss('slimrt w8a8'):+.2f}%)"),
+            (loss("slimrt w4") <= q4, f"slimrt w4 loses {100 * loss('slimrt w4'):+.2f}% vs llama.cpp Q4_0 "
+                                      f"{100 * q4:+.2f}% (target: no worse)"),
+            (loss("slimrt w4-gptq") <= q4 / 2, f"slimrt w4-gptq loses {100 * loss('slimrt w4-gptq'):+.2f}% "
+                                               f"(target: at most half of Q4_0's, {100 * q4 / 2:+.2f}%)"),
+        ]
+        print()
+        for ok, what in checks:
+            print(f"- {'met' if ok else 'NOT met'}: {what}")
         print(f"  (fp32 agreement: slimrt fp32 {ppl['slimrt fp32']:.4f} vs llama.cpp F32 {ppl['llama.cpp F32']:.4f})")
     print(f"\nCSV rows appended to {args.csv}")
     return 0

@@ -27,3 +27,23 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint(tmp_path_factory):
+    """compress(recipe) -> the SmolLM2-135M-Instruct GGUF compressed with that preset through the CLI,
+    once per recipe for the whole session (the slow SmolLM2 tests share them)."""
+    from slimrt import cli
+    from test_gguf import smollm2_path
+
+    made = {}
+
+    def compress(recipe: str) -> Path:
+        if recipe not in made:
+            out = tmp_path_factory.mktemp("smollm2") / recipe
+            assert cli.main(["compress", str(smollm2_path()), "-o", str(out), "--recipe", recipe,
+                             "--no-progress"]) == 0
+            made[recipe] = out
+        return made[recipe]
+
+    return compress

@@ -9,19 +9,15 @@ import sys
 import pytest
 
 import slimrt
-from slimrt import cli
 from slimrt.chat import prompt_ids
-from test_gguf import smollm2_path
 
 pytestmark = pytest.mark.slow
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def w8_checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smollm2") / "w8"
-    assert cli.main(["compress", str(smollm2_path()), "-o", str(out), "--recipe", "w8", "--no-progress"]) == 0
-    return out
+def w8_checkpoint(smollm2_checkpoint):
+    return smollm2_checkpoint("w8")
 
 
 def test_default_w8_answers_through_the_native_step(w8_checkpoint):

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import slimrt
-from slimrt import cli
 from slimrt.chat import prompt_ids
 from slimrt.nn import Int8Linear, W4Linear
 from test_gguf import smollm2_path
@@ -21,10 +20,8 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def w4_checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smollm2") / "w4"
-    assert cli.main(["compress", str(smollm2_path()), "-o", str(out), "--recipe", "w4", "--no-progress"]) == 0
-    return out
+def w4_checkpoint(smollm2_checkpoint):
+    return smollm2_checkpoint("w4")
 
 
 def test_w4_answers_through_the_native_step(w4_checkpoint):

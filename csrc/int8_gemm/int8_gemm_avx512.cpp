@@ -30,31 +30,14 @@ namespace slimrt {
 namespace avx512 {
 namespace {
 
+using simd::dpbusd;
+using simd::load32;
+using simd::to_bf16;
+
 constexpr int kMR = 6;  // rows per microkernel tile
 constexpr int kNB = 4;  // 16-column panels per tile (64 columns)
 
-inline __m512i dpbusd(__m512i acc, __m512i a_u8, __m512i b_s8) {
-  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a_u8), "v"(b_s8));
-  return acc;
-}
-
-inline int32_t load32(const void* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-
 inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
-
-// fp32 -> bf16 round-to-nearest-even in integer ops (vcvtneps2bf16 flushes denormals; torch does not).
-inline __m256i to_bf16(__m512 f) {
-  const __m512i u = _mm512_castps_si512(f);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
-  const __mmask16 nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
-  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
-  return _mm512_cvtepi32_epi16(r);
-}
 
 // Masked loads and stores are used only for partial vectors: with a full mask they are measurably
 // slower than the plain forms on AMD Zen 5 (3-9% of the GEMM for the output stores alone).

@@ -19,32 +19,16 @@
 #include <cstring>
 
 #include "parallel.h"
+#include "simd/vmath_avx512.h"
 #include "w4_linear/w4_linear.h"
 
 namespace slimrt {
 namespace avx512 {
 namespace {
 
-inline __m512i dpbusd(__m512i acc, __m512i a_u8, __m512i b_s8) {
-  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a_u8), "v"(b_s8));
-  return acc;
-}
-
-inline int32_t load32(const void* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-
-// fp32 -> bf16 round-to-nearest-even in integer ops (as torch; vcvtneps2bf16 flushes denormals).
-inline __m256i to_bf16(__m512 f) {
-  const __m512i u = _mm512_castps_si512(f);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
-  const __mmask16 nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
-  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
-  return _mm512_cvtepi32_epi16(r);
-}
+using simd::dpbusd;
+using simd::load32;
+using simd::to_bf16;
 
 constexpr int64_t kPrefetch = 8192;  // bytes of a panel's weight stream prefetched ahead
 

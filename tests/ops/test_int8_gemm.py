@@ -18,6 +18,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bitwise import assert_same_bits
 from slimrt import _native, ops
 from slimrt.ops import reference
 from slimrt.nn import Int8Linear
@@ -54,26 +55,17 @@ def _rand_i8(*shape: int, gen: torch.Generator | None = None) -> torch.Tensor:
     return torch.randint(-128, 128, shape, dtype=torch.int8, generator=gen)
 
 
-def _assert_equal(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
-    assert got.shape == want.shape and got.dtype == want.dtype, f"{what}: {got.shape}/{got.dtype} vs {want.shape}/{want.dtype}"
-    same = (got == want) | (got.float().isnan() & want.float().isnan())
-    if not bool(same.all()):
-        idx = (~same).nonzero()[:5].tolist()
-        worst = [(i, got[tuple(i)].item(), want[tuple(i)].item()) for i in idx]
-        raise AssertionError(f"{what}: {int((~same).sum())} of {same.numel()} differ; first (index, got, want): {worst}")
-
-
 # ---- int8_gemm: exact int32 and bit-exact float epilogue ------------------------------------------
 
 @pytest.mark.parametrize("m,k,n", GEMM_SHAPES)
 def test_gemm_matches_reference_exactly(isa, m, k, n):
     g = torch.Generator().manual_seed(m * 10007 + k * 101 + n)
     a, b = _rand_i8(m, k, gen=g), _rand_i8(n, k, gen=g)
-    _assert_equal(ops.int8_gemm(a, b, None, None, torch.int32), R.int8_gemm(a, b, None, None, torch.int32),
+    assert_same_bits(ops.int8_gemm(a, b, None, None, torch.int32), R.int8_gemm(a, b, None, None, torch.int32),
                   f"int32 {isa} {(m, k, n)}")
     a_s, b_s = torch.rand(m, generator=g) + 0.01, torch.rand(n, generator=g) + 0.01
     for dt in (torch.float32, torch.bfloat16):
-        _assert_equal(ops.int8_gemm(a, b, a_s, b_s, dt), R.int8_gemm(a, b, a_s, b_s, dt), f"{dt} {isa} {(m, k, n)}")
+        assert_same_bits(ops.int8_gemm(a, b, a_s, b_s, dt), R.int8_gemm(a, b, a_s, b_s, dt), f"{dt} {isa} {(m, k, n)}")
 
 
 @pytest.mark.parametrize("k", [4096, 131071])
@@ -86,7 +78,7 @@ def test_gemm_worst_case_operands_are_exact(isa, k, m):
     b[1] = 127
     b[2, ::2] = 127
     out = ops.int8_gemm(a, b, None, None, torch.int32)
-    _assert_equal(out, R.int8_gemm(a, b, None, None, torch.int32), f"extremes {isa} K={k}")
+    assert_same_bits(out, R.int8_gemm(a, b, None, None, torch.int32), f"extremes {isa} K={k}")
     assert int(out[0, 0]) == 16384 * k
 
 
@@ -103,7 +95,7 @@ def test_packed_layout_is_isa_independent_and_shared(isa):
         for other in ISAS:  # one blob, every path
             ext.set_isa(other)
             assert torch.equal(ops.int8_pack_weight(w), packed), f"packing under {other} differs"
-            _assert_equal(ops.int8_linear(x, w, s, None, packed), want, f"packed under {isa}, run under {other}")
+            assert_same_bits(ops.int8_linear(x, w, s, None, packed), want, f"packed under {isa}, run under {other}")
     finally:
         ext.set_isa(before)
 
@@ -123,8 +115,8 @@ def test_quantize_per_token_bit_exact(isa, k, dtype):
         x[5, 0] = 1e-40 if dtype == torch.float32 else 0  # subnormal
     q, s = ops.quantize_per_token(x)
     q_ref, s_ref = R.quantize_per_token(x)
-    _assert_equal(q, q_ref, f"q {isa} k={k} {dtype}")
-    _assert_equal(s, s_ref, f"scale {isa} k={k} {dtype}")
+    assert_same_bits(q, q_ref, f"q {isa} k={k} {dtype}")
+    assert_same_bits(s, s_ref, f"scale {isa} k={k} {dtype}")
     if k > 2:
         assert s[2].isnan() and s[3].isnan() and s[4].isnan() and not q[2:5].any()
     assert s[1] == 0 and not q[1].any()
@@ -142,13 +134,13 @@ def test_quantize_tiny_rows_stay_in_range(isa, dtype):
     x = x.to(dtype)
     q, s = ops.quantize_per_token(x)
     q_ref, s_ref = R.quantize_per_token(x)
-    _assert_equal(q, q_ref, f"q {isa} {dtype}")
-    _assert_equal(s, s_ref, f"scale {isa} {dtype}")
+    assert_same_bits(q, q_ref, f"q {isa} {dtype}")
+    assert_same_bits(s, s_ref, f"scale {isa} {dtype}")
     nz = x.float() != 0
     assert torch.equal(q[nz], torch.where(x.float()[nz] > 0, 127, -127).to(torch.int8)) and not q[~nz].any()
     w = _rand_i8(20, 70)
     ws = torch.rand(20) + 0.1
-    _assert_equal(ops.int8_linear(x, w, ws, None, ops.int8_pack_weight(w)), R.int8_linear(x, w, ws, None),
+    assert_same_bits(ops.int8_linear(x, w, ws, None, ops.int8_pack_weight(w)), R.int8_linear(x, w, ws, None),
                   f"linear {isa} {dtype}")
 
 
@@ -177,7 +169,7 @@ def test_linear_paths_match_reference(isa, m, k, n, dtype, packed):
     s = torch.rand(n, generator=g) * 0.01 + 1e-4
     bias = torch.randn(n, generator=g)
     wp = ops.int8_pack_weight(w) if packed else None
-    _assert_equal(ops.int8_linear(x, w, s, bias, wp), R.int8_linear(x, w, s, bias), f"w8a8 {isa} {dtype}")
+    assert_same_bits(ops.int8_linear(x, w, s, bias, wp), R.int8_linear(x, w, s, bias), f"w8a8 {isa} {dtype}")
     y = ops.int8_weight_only_linear(x, w, s, bias, wp)
     want = R.int8_weight_only_linear(x, w, s, bias)
     assert y.dtype == dtype and y.shape == want.shape
@@ -218,11 +210,11 @@ def test_many_row_chunks_and_k_blocks_are_exact(isa, m, k, n, threads, dtype):
     torch.set_num_threads(threads)
     try:
         wp = ops.int8_pack_weight(w)
-        _assert_equal(ops.int8_linear(x, w, s, bias, wp), R.int8_linear(x, w, s, bias), f"w8a8 {isa} {dtype}")
-        _assert_equal(ops.int8_linear(x, w, s, None, None), R.int8_linear(x, w, s, None), f"w8a8 {isa} unpacked")
-        _assert_equal(ops.int8_gemm(a, w, None, None, torch.int32), R.int8_gemm(a, w, None, None, torch.int32),
+        assert_same_bits(ops.int8_linear(x, w, s, bias, wp), R.int8_linear(x, w, s, bias), f"w8a8 {isa} {dtype}")
+        assert_same_bits(ops.int8_linear(x, w, s, None, None), R.int8_linear(x, w, s, None), f"w8a8 {isa} unpacked")
+        assert_same_bits(ops.int8_gemm(a, w, None, None, torch.int32), R.int8_gemm(a, w, None, None, torch.int32),
                       f"gemm {isa}")
-        _assert_equal(ops.int8_gemm(a, w, a_s, s, dtype), R.int8_gemm(a, w, a_s, s, dtype), f"gemm {isa} {dtype}")
+        assert_same_bits(ops.int8_gemm(a, w, a_s, s, dtype), R.int8_gemm(a, w, a_s, s, dtype), f"gemm {isa} {dtype}")
     finally:
         torch.set_num_threads(before)
 
@@ -246,20 +238,20 @@ def test_noncontiguous_inputs(isa, layout):
     w = w_full[::2, 5:]  # sliced weight with a storage offset
     s = (torch.rand(2 * n, generator=g) + 0.1)[::2]  # strided scale and bias too
     bias = torch.randn(n, 3, generator=g)[:, 1]
-    _assert_equal(ops.int8_linear(x, w, s, bias, None),
+    assert_same_bits(ops.int8_linear(x, w, s, bias, None),
                   R.int8_linear(x.contiguous(), w.contiguous(), s.contiguous(), bias.contiguous()), f"w8a8 {layout}")
     err = (ops.int8_weight_only_linear(x, w, s, bias, None)
            - R.int8_weight_only_linear(x.contiguous(), w.contiguous(), s, bias)).abs()
     assert bool((err <= _w8_bound(x, w, s)).all()), f"weight-only {layout}: max error {err.max().item():.3g}"
     a = _rand_i8(k, 9, gen=g).t() if layout == "transposed" else _rand_i8(1, k, gen=g).expand(4, k)
     bt = _rand_i8(k, n, gen=g).t()
-    _assert_equal(ops.int8_gemm(a, bt, None, None, torch.int32), R.int8_gemm(a, bt, None, None, torch.int32),
+    assert_same_bits(ops.int8_gemm(a, bt, None, None, torch.int32), R.int8_gemm(a, bt, None, None, torch.int32),
                   f"gemm {layout}")
-    _assert_equal(ops.int8_gemm(a, w, None, None, torch.int32), R.int8_gemm(a, w, None, None, torch.int32),
+    assert_same_bits(ops.int8_gemm(a, w, None, None, torch.int32), R.int8_gemm(a, w, None, None, torch.int32),
                   f"gemm sliced b {layout}")
     q, sc = ops.quantize_per_token(x)
     q2, sc2 = R.quantize_per_token(x)
-    _assert_equal(q, q2, f"quantize {layout}")
+    assert_same_bits(q, q2, f"quantize {layout}")
 
 
 @pytest.mark.parametrize("m,k,n", [(0, 8, 5), (3, 0, 5), (3, 8, 0), (0, 0, 0)])
@@ -352,7 +344,7 @@ def test_pack_of_another_weight_of_the_same_shape_is_refused(isa, op):
             out = fn(xk, w, sn, None, ops.int8_pack_weight(other))
             pytest.fail(f"{op} {isa} ({n}, {k}): accepted another weight's pack, max |diff| "
                         f"{(out - fn(xk, w, sn, None, None)).abs().max().item()}")
-        _assert_equal(fn(xk, w, sn, None, ops.int8_pack_weight(w.clone())), fn(xk, w, sn, None, None),
+        assert_same_bits(fn(xk, w, sn, None, ops.int8_pack_weight(w.clone())), fn(xk, w, sn, None, None),
                       f"{op} {isa}: a pack of an equal copy of w_q is accepted")
 
 
@@ -394,7 +386,7 @@ def test_module_repacks_after_w_q_changes_in_place(mode):
                     ext.set_isa(isa_name)
                     got = mod(x)
                     if mode == "w8a8":
-                        _assert_equal(got, ref(x, mod.w_q, mod.w_scale, mod.bias), f"{mode} edit {step} {isa_name}")
+                        assert_same_bits(got, ref(x, mod.w_q, mod.w_scale, mod.bias), f"{mode} edit {step} {isa_name}")
                     else:
                         want = ref(x, mod.w_q, mod.w_scale, mod.bias)
                         assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), \
@@ -422,7 +414,7 @@ def test_module_repacks_when_w_q_is_replaced():
     with torch.no_grad():
         mod(x)
         mod.w_q = torch.randint(-127, 128, (24, 40), dtype=torch.int8)  # a new tensor, no in-place write
-        _assert_equal(mod(x), R.int8_linear(x, mod.w_q, mod.w_scale, mod.bias), "after replacing w_q")
+        assert_same_bits(mod(x), R.int8_linear(x, mod.w_q, mod.w_scale, mod.bias), "after replacing w_q")
 
 
 def test_tensors_on_another_device_are_refused():
@@ -478,8 +470,8 @@ def test_random_shapes_every_isa(m, k, n, seed):
             ext.set_isa(isa)
             if AMX:
                 ext.set_amx(amx)
-            _assert_equal(ops.int8_gemm(a, b, None, None, torch.int32), want_i32, f"gemm {isa} amx={amx}")
-            _assert_equal(ops.int8_linear(x, b, s, None, ops.int8_pack_weight(b)), want_lin, f"linear {isa} amx={amx}")
+            assert_same_bits(ops.int8_gemm(a, b, None, None, torch.int32), want_i32, f"gemm {isa} amx={amx}")
+            assert_same_bits(ops.int8_linear(x, b, s, None, ops.int8_pack_weight(b)), want_lin, f"linear {isa} amx={amx}")
     finally:
         ext.set_isa(before)
         if AMX:
@@ -600,11 +592,11 @@ def test_int8linear_quality_and_exact_w8a8_math(isa):
     sqnr, sqnr_w8 = _sqnr_db(dense, y), _sqnr_db(dense, y_w8)
     assert sqnr >= 35.0, f"w8a8 SQNR {sqnr:.1f} dB below the 35 dB floor"
     assert sqnr_w8 >= 38.0, f"w8 SQNR {sqnr_w8:.1f} dB below the 38 dB floor"
-    _assert_equal(y, R.int8_linear(x, q8.w_q, q8.w_scale, q8.bias), "Int8Linear vs reference W8A8 math")
+    assert_same_bits(y, R.int8_linear(x, q8.w_q, q8.w_scale, q8.bias), "Int8Linear vs reference W8A8 math")
     with torch.no_grad():
         yb = q8(x.bfloat16())
     assert yb.dtype == torch.bfloat16
-    _assert_equal(yb, R.int8_linear(x.bfloat16(), q8.w_q, q8.w_scale, q8.bias), "Int8Linear bf16")
+    assert_same_bits(yb, R.int8_linear(x.bfloat16(), q8.w_q, q8.w_scale, q8.bias), "Int8Linear bf16")
 
 
 def test_weight_only_bits_do_not_depend_on_threads_batching_or_fusion(isa):
@@ -624,17 +616,17 @@ def test_weight_only_bits_do_not_depend_on_threads_batching_or_fusion(isa):
             torch.set_num_threads(threads)
             outs.append(ops.int8_weight_only_linear(x[:1], wf, sf, None, ops.int8_pack_weight(wf)))
         for o in outs[1:]:
-            _assert_equal(o, outs[0], f"w8 {isa}: threads")
+            assert_same_bits(o, outs[0], f"w8 {isa}: threads")
         apart = torch.cat([ops.int8_weight_only_linear(x[:1], w, s_, None, ops.int8_pack_weight(w))
                            for w, s_ in zip(ws, ss)], dim=-1)
-        _assert_equal(apart, outs[0], f"w8 {isa}: fused vs apart")
+        assert_same_bits(apart, outs[0], f"w8 {isa}: fused vs apart")
         pack = ops.int8_pack_weight(wf)
         for m in (2, 5, 6, 13):
             both = ops.int8_weight_only_linear(x[:m], wf, sf, None, pack)
-            _assert_equal(both[:1], outs[0], f"w8 {isa}: M = 1 vs row 0 of M = {m}")
+            assert_same_bits(both[:1], outs[0], f"w8 {isa}: M = 1 vs row 0 of M = {m}")
             for i in (m // 2, m - 1):
                 one = ops.int8_weight_only_linear(x[i:i + 1], wf, sf, None, pack)
-                _assert_equal(both[i:i + 1], one, f"w8 {isa}: row {i} of M = {m} vs the row alone")
+                assert_same_bits(both[i:i + 1], one, f"w8 {isa}: row {i} of M = {m} vs the row alone")
     finally:
         torch.set_num_threads(before)
 
@@ -651,7 +643,7 @@ def test_weight_only_row_blocks_do_not_change_bits(isa):
         x = torch.randn(m, k, generator=g).to(dtype)
         whole = ops.int8_weight_only_linear(x, w, s, b, packed)
         parts = torch.cat([ops.int8_weight_only_linear(x[i:i + 7], w, s, b, packed) for i in range(0, m, 7)])
-        _assert_equal(whole, parts, f"w8 {isa} {dtype}: one call vs 7-row calls")
+        assert_same_bits(whole, parts, f"w8 {isa} {dtype}: one call vs 7-row calls")
 
 
 _W8_PEAK_CODE = r"""
@@ -755,7 +747,7 @@ def test_back_to_back_parallel_calls_stay_correct():
         j = i % 3
         y = ops.int8_linear(xs[j], w, s, None, wp)
         if i % 100 < 3:
-            _assert_equal(y, want[j], f"call {i}")
+            assert_same_bits(y, want[j], f"call {i}")
 
 
 def test_int8_linear_survives_model_to_bf16():
@@ -793,7 +785,7 @@ def test_fused_activation_matches_reference(isa, activation, dtype, m, k, n):
     want = reference.int8_linear(x, w_q, w_s, bias, activation)
     assert got.dtype == dtype and got.shape == want.shape
     if activation in ("none", "relu"):
-        _assert_equal(got, want, f"int8_linear activation={activation}")
+        assert_same_bits(got, want, f"int8_linear activation={activation}")
         return
     pre = reference.int8_linear(x, w_q, w_s, bias).float()
     # fp32: the erf/tanh/exp approximations (~1e-7 relative) on values up to |pre|; bf16: one rounding step

@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bitwise import assert_same_bits
 from slimrt import _native, ops
 from slimrt.nn import W4Linear
 from slimrt.ops import reference_w4 as R
@@ -34,15 +35,6 @@ def isa(request):
     ext.set_isa(before)
 
 
-def _assert_equal(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
-    assert got.shape == want.shape and got.dtype == want.dtype, f"{what}: {got.shape}/{got.dtype} vs {want.shape}/{want.dtype}"
-    same = (got == want) | (got.float().isnan() & want.float().isnan())
-    if not bool(same.all()):
-        idx = (~same).nonzero()[:5].tolist()
-        worst = [(i, got[tuple(i)].item(), want[tuple(i)].item()) for i in idx]
-        raise AssertionError(f"{what}: {int((~same).sum())} of {same.numel()} differ; first (index, got, want): {worst}")
-
-
 def _weight(n: int, k: int, g: int, zp: bool, seed: int):
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(n, k, generator=gen) * (torch.rand(n, 1, generator=gen) + 0.1)
@@ -61,8 +53,8 @@ def test_w4_linear_matches_reference_exactly(isa, m, n, k, g, zp):
         xd = x.to(dt)
         for b in (None, bias):
             want = R.w4_linear(xd, q4, s, z, b, g)
-            _assert_equal(ops.w4_linear(xd, q4, s, z, b, packed, g), want, f"{isa} {dt} bias={b is not None}")
-            _assert_equal(ops.w4_linear(xd, q4, s, z, b, None, g), want, f"{isa} {dt} unpacked")
+            assert_same_bits(ops.w4_linear(xd, q4, s, z, b, packed, g), want, f"{isa} {dt} bias={b is not None}")
+            assert_same_bits(ops.w4_linear(xd, q4, s, z, b, None, g), want, f"{isa} {dt} unpacked")
 
 
 def test_every_isa_path_gives_the_same_bits():
@@ -78,7 +70,7 @@ def test_every_isa_path_gives_the_same_bits():
     finally:
         ext.set_isa(before)
     for isa, y in outs.items():
-        _assert_equal(y, outs[ISAS[0]], f"{isa} vs {ISAS[0]}")
+        assert_same_bits(y, outs[ISAS[0]], f"{isa} vs {ISAS[0]}")
 
 
 def test_special_activations(isa):
@@ -90,7 +82,7 @@ def test_special_activations(isa):
     x[2, 70] = float("inf")
     x[3, 0:32] = 1e-38
     x[4] = 0
-    _assert_equal(ops.w4_linear(x, q4, s, z, None, None, 32), R.w4_linear(x, q4, s, z, None, 32), isa)
+    assert_same_bits(ops.w4_linear(x, q4, s, z, None, None, 32), R.w4_linear(x, q4, s, z, None, 32), isa)
     assert bool(ops.w4_linear(x, q4, s, z, None, None, 32)[1].isnan().all())
 
 
@@ -100,14 +92,14 @@ def test_special_activations(isa):
 def test_random_shapes(m, n, k, g, zp):
     q4, s, z = _weight(n, k, g, zp, m + n + k)
     x = torch.randn(m, k)
-    _assert_equal(ops.w4_linear(x, q4, s, z, None, ops.w4_pack_weight(q4, s, z, g, k), g),
+    assert_same_bits(ops.w4_linear(x, q4, s, z, None, ops.w4_pack_weight(q4, s, z, g, k), g),
                   R.w4_linear(x, q4, s, z, None, g), f"{(m, n, k, g, zp)}")
 
 
 def test_batched_leading_dims_and_strided_x():
     q4, s, z = _weight(24, 80, 32, False, 3)
     x = torch.randn(2, 3, 160)[..., ::2]  # (2, 3, 80), stride 2 in K
-    _assert_equal(ops.w4_linear(x, q4, s, z, None, None, 32), R.w4_linear(x.contiguous(), q4, s, z, None, 32),
+    assert_same_bits(ops.w4_linear(x, q4, s, z, None, None, 32), R.w4_linear(x.contiguous(), q4, s, z, None, 32),
                   "strided")
 
 
@@ -185,5 +177,5 @@ def test_zero_sizes(isa, m, n, k):
     """K = 0 is the empty sum (the bias); an empty weight may have no storage at all."""
     q4, s, z = R.quantize(torch.randn(n, k), 32, True)
     b, x = torch.randn(n), torch.randn(m, k)
-    _assert_equal(ops.w4_linear(x, q4, s, z, b, ops.w4_pack_weight(q4, s, z, 32, k), 32),
+    assert_same_bits(ops.w4_linear(x, q4, s, z, b, ops.w4_pack_weight(q4, s, z, 32, k), 32),
                   R.w4_linear(x, q4, s, z, b, 32), f"{isa} {(m, n, k)}")

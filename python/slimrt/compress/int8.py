@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from slimrt import ops
 from slimrt.compress.smoothquant import smoothing_factors
-from slimrt.compress.swap import Context, Fallback, Method, check_finite, is_linear_like, linear_weight, register
+from slimrt.compress.swap import Context, Method, is_linear_like, linear_weight, quantizable_weight, register
 from slimrt.nn.int8_linear import Int8Linear
 from slimrt.recipe import EMBEDDINGS_IGNORE, Recipe, register_preset
 
@@ -49,18 +49,8 @@ def is_output_head(model: nn.Module | None, module: nn.Module) -> bool:
 def _convert(mode: str, name: str, module: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
     if mode == "w8a8" and ctx.params.get("head", "w8") == "w8" and is_output_head(ctx.model, module):
         mode = "w8"  # weight-only head: see the module doc
-    weight, bias = linear_weight(module)  # (N, K), (N,)
+    weight, bias = quantizable_weight(name, module, "int8")
     n, k = weight.shape
-    if n == 0 or k == 0:
-        raise Fallback(f"zero-size weight (N, K) = ({n}, {k})")
-    if weight.dtype not in (torch.float32, torch.bfloat16):
-        raise Fallback(f"weight dtype {str(weight.dtype).replace('torch.', '')}: the int8 kernels take "
-                       "float32 or bfloat16 activations")
-    if weight.device.type == "meta":
-        raise Fallback("weight is on the meta device (not loaded)")
-    check_finite(name, "weight", weight)
-    if bias is not None:
-        check_finite(name, "bias", bias)
     info: dict[str, Any] = {"kernel": kernel_name(mode, weight.device), "in_features": k, "out_features": n,
                             "mode": mode}
     smooth = None

@@ -143,6 +143,24 @@ def check_finite(name: str, tensor_name: str, t: Tensor) -> None:
                          "fix the model before compressing it")
 
 
+
+def quantizable_weight(name: str, module: nn.Module, kernels: str) -> tuple[Tensor, Tensor | None]:
+    """linear_weight for a quantizing method: Fallback for what its kernels cannot take (an empty,
+    non-float or meta weight), ValueError for NaN or Inf; ``kernels`` names them in the reason."""
+    weight, bias = linear_weight(module)  # (N, K), (N,)
+    n, k = weight.shape
+    if n == 0 or k == 0:
+        raise Fallback(f"zero-size weight (N, K) = ({n}, {k})")
+    if weight.dtype not in (torch.float32, torch.bfloat16):
+        raise Fallback(f"weight dtype {str(weight.dtype).replace('torch.', '')}: the {kernels} kernels take "
+                       "float32 or bfloat16 activations")
+    if weight.device.type == "meta":
+        raise Fallback("weight is on the meta device (not loaded)")
+    check_finite(name, "weight", weight)
+    if bias is not None:
+        check_finite(name, "bias", bias)
+    return weight, bias
+
 # ---- sizes ----
 
 def state_size(module: nn.Module) -> tuple[int, int]:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from slimrt import ops
 from slimrt.compress.int8 import is_output_head
-from slimrt.compress.swap import Context, Fallback, Method, check_finite, is_linear_like, linear_weight, register
+from slimrt.compress.swap import Context, Method, is_linear_like, quantizable_weight, register
 from slimrt.nn.int8_linear import Int8Linear
 from slimrt.nn.w4_linear import W4Linear
 from slimrt.ops import reference_w4
@@ -86,18 +86,8 @@ def gptq_quantize(weight: Tensor, gram: Tensor, group_size: int, zero_point: boo
 
 def _convert(name: str, module: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
     p = ctx.params
-    weight, bias = linear_weight(module)  # (N, K), (N,)
+    weight, bias = quantizable_weight(name, module, "w4")
     n, k = weight.shape
-    if n == 0 or k == 0:
-        raise Fallback(f"zero-size weight (N, K) = ({n}, {k})")
-    if weight.dtype not in (torch.float32, torch.bfloat16):
-        raise Fallback(f"weight dtype {str(weight.dtype).replace('torch.', '')}: the w4 kernels take float32 or "
-                       "bfloat16 activations")
-    if weight.device.type == "meta":
-        raise Fallback("weight is on the meta device (not loaded)")
-    check_finite(name, "weight", weight)
-    if bias is not None:
-        check_finite(name, "bias", bias)
     if p["head"] == "w8" and is_output_head(ctx.model, module):
         from slimrt.compress.int8 import kernel_name as int8_kernel
 

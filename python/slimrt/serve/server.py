@@ -411,14 +411,18 @@ def build_app(runner: Runner, *, model_name: str = "slimrt", max_batch: int = 16
               prefill_chunk: int = 512) -> Starlette:
     srv = Server(runner, model_name, max_batch, max_queue, max_context, api_key, max_body, prefill_chunk)
 
-    async def chat_completions(request: Request) -> Response:
+    async def generation_request(request: Request, schema: type, endpoint: str):
+        """The checks both generation endpoints share: the key, the body, the model, the options."""
         srv.auth(request)
-        body = api.parse(api.ChatBody, await srv.body(request))
+        body = api.parse(schema, await srv.body(request))
         srv.check_model(body.model)
-        srv.need("decoder", "/v1/chat/completions")
+        srv.need("decoder", endpoint)
         api.check_generation(body)
+        return body, api.stop_strings(body.stop)
+
+    async def chat_completions(request: Request) -> Response:
+        body, stops = await generation_request(request, api.ChatBody, "/v1/chat/completions")
         messages = api.chat_messages(body.messages)
-        stops = api.stop_strings(body.stop)
         try:
             ids = await run_in_threadpool(srv.chat_ids, messages)
         except chat.ChatTemplateError as e:
@@ -428,12 +432,7 @@ def build_app(runner: Runner, *, model_name: str = "slimrt", max_batch: int = 16
         return await _generate(srv, request, body, [ids], max_tokens, srv.chat_stop_ids, stops, True)
 
     async def completions(request: Request) -> Response:
-        srv.auth(request)
-        body = api.parse(api.CompletionBody, await srv.body(request))
-        srv.check_model(body.model)
-        srv.need("decoder", "/v1/completions")
-        api.check_generation(body)
-        stops = api.stop_strings(body.stop)
+        body, stops = await generation_request(request, api.CompletionBody, "/v1/completions")
         given = api.completion_prompts(body.prompt, runner.lean.vocab_size)
         texts = [p for p in given if isinstance(p, str)]
         encoded = iter(await run_in_threadpool(srv.encode, texts) if texts else [])
