@@ -286,23 +286,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-ROOFLINE_PROVIDERS = ("slimrt_gemm", "slimrt_w8a8", "slimrt_w8a8_vnni", "slimrt_w8", "torch_int_mm", "torch_dq")
+ROOFLINE_PROVIDERS = ("slimrt_gemm", "slimrt_w8a8", "slimrt_w8a8_vnni", "slimrt_w8", "slimrt_w4", "torch_int_mm",
+                      "torch_dq")
 
 
 def roofline(path: str, summary: list[dict], provs: tuple[str, ...], peak: float, bw: float, amx_peak: float | None,
              caption: str) -> None:
-    """The int8 providers of every shape as points under the roofline of this run's measured bounds."""
+    """The int8 and int4 providers of every shape as points under the roofline of this run's measured bounds."""
     from slimrt.charts import roofline_chart
 
     points = []
     for s in summary:
         m, k, n = s["shape"]
-        ops, moved = 2.0 * m * n * k, m * k + n * k + 4 * m * n  # bytes: int8 A and B, 32-bit C
+        ops = 2.0 * m * n * k
         for p in ROOFLINE_PROVIDERS:
             if p in provs:
+                # bytes: int8 A, 32-bit C, and B as the kernel streams it (int8, or w4's packed codes + scales)
+                b_bytes = s["w4_bytes"] if p == "slimrt_w4" else n * k
+                moved = m * k + b_bytes + 4 * m * n
                 points.append({"provider": p, "intensity": ops / moved, "gops": ops / (s["ms"][p] * 1e-3) / 1e9})
     extra = {"AMX peak (tdpbusd)": amx_peak} if amx_peak else None
-    roofline_chart(path, points, peak, bw, f"int8 GEMM roofline, {torch.get_num_threads()} threads", caption, extra)
+    roofline_chart(path, points, peak, bw, f"int8 / int4 GEMM roofline, {torch.get_num_threads()} threads", caption,
+                   extra)
 
 
 def evaluate_targets(summary: list[dict]) -> list[str]:
