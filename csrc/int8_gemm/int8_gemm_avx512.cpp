@@ -702,11 +702,17 @@ void w8_row_4panels(const float* xf, const int8_t* panel, int64_t ps, int64_t kq
 // order, the same lane reduction), so the bits are the same as every other w8 path.
 constexpr int64_t kW8BlockedMinM = 6;
 
-// panel (16 columns x k_pad int8, packed order) -> wf (kq x 64 floats, the same order).
+// panel (16 columns x k_pad int8, packed order) -> wf (kq x 64 floats, the same order). The panel
+// streams from DRAM when the weights do not fit the caches (a decode step's batch of rows, an LM
+// head): the same software prefetch as w8_panel's, or the widening waits on every line.
 void w8_widen_panel(const int8_t* panel, int64_t kq, float* wf) {
-  for (int64_t i = 0; i < kq * 4; ++i)
-    _mm512_store_ps(wf + 16 * i, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-                                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(panel + 16 * i)))));
+  for (int64_t q = 0; q < kq; ++q) {
+    const int8_t* bp = panel + q * 64;
+    _mm_prefetch(reinterpret_cast<const char*>(bp) + kW8Prefetch, _MM_HINT_T0);
+    for (int j = 0; j < 4; ++j)
+      _mm512_store_ps(wf + 64 * q + 16 * j, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                                 _mm_loadu_si128(reinterpret_cast<const __m128i*>(bp + 16 * j)))));
+  }
 }
 
 template <int MR>
