@@ -156,6 +156,38 @@ def run(server: Server, work: list[str], clients: int, max_tokens: int) -> dict:
             "ttft99": _pct(ttft, .99) * 1e3, "itl50": _pct(gaps, .5) * 1e3, "itl99": _pct(gaps, .99) * 1e3}
 
 
+def native_steps(checkpoint: Path, threads: int, row_counts=CLIENTS, context: int = 64) -> None:
+    """The ceiling under the server: one native ``run_rows`` call decoding one token in each of 1, 4
+    and 16 cache rows (each holding ``context`` prompt tokens), best of 3 x 10 calls, no HTTP."""
+    import torch
+
+    import slimrt
+    from slimrt.models._common import Batch
+
+    rt = slimrt.load(checkpoint)
+    if rt.native is None:
+        raise SystemExit(f"bench_serve --steps: {checkpoint} has no native step: {rt.native_reason}")
+    rows, max_len = max(row_counts), context + 64
+    cache = rt.lean.new_cache(rows, max_len)
+    pos = rt.lean.prepare(Batch.left_padded([max_len] * rows, max_len, torch.device("cpu")))
+    sess = rt.native.session(cache, pos, max_len, any_batch=True)
+    gen = torch.Generator().manual_seed(0)
+    print("| rows per call | ms per call | tokens/s |\n|---|---|---|")
+    with torch.inference_mode():
+        for r in range(rows):
+            ids = torch.randint(0, 1000, (context,), generator=gen)
+            sess.run_rows(ids, torch.full((context,), r), torch.arange(context), torch.tensor([context - 1]), threads)
+        for b in row_counts:
+            best = float("inf")
+            for rep in range(3):
+                t = time.perf_counter()
+                for i in range(10):
+                    sess.run_rows(torch.randint(0, 1000, (b,), generator=gen), torch.arange(b),
+                                  torch.full((b,), context + 10 * rep + i), torch.arange(b), threads)
+                best = min(best, (time.perf_counter() - t) / 10)
+            print(f"| {b} | {best * 1e3:.1f} | {b / best:.0f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", type=Path, help="a slimrt decoder checkpoint (default: SmolLM2 w8, made once)")
@@ -163,6 +195,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None, help="server threads (default: torch's count here)")
     ap.add_argument("--quick", action="store_true", help="8 requests of 16 tokens (a smoke run)")
+    ap.add_argument("--steps", action="store_true",
+                    help="only time the native step alone at 1, 4 and 16 rows per call (the server's ceiling)")
     args = ap.parse_args()
     if args.quick:
         args.requests, args.max_tokens = 8, 16
@@ -173,6 +207,11 @@ def main() -> None:
     info = machine_info()
     load = os.getloadavg()
     print(f"# bench_serve: {machine_str(info)}; {versions_str(info)}; {info['date']}")
+    if args.steps:
+        print(f"# bench_serve --steps: {machine_str(info)}; {versions_str(info)}; git {info['git_sha']}; "
+              f"{info['date']}\n# {checkpoint}, {threads} threads")
+        native_steps(checkpoint, threads)
+        return
     print(f"# {checkpoint}; {args.requests} requests x {args.max_tokens} new tokens (greedy), server threads "
           f"{threads}; load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     work = prompts(checkpoint, args.requests)
