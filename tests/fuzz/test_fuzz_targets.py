@@ -147,6 +147,25 @@ def test_thin_load_refuses_tensor_names_that_are_not_module_paths(checkpoint_see
         checkpoint.load_model(fuzz_checkpoint._DIR + "/ck", thin=True)
 
 
+# Found by `make test-fuzz` (2026-12-08): a dense layer's weight stored as an integer dtype reached
+# nn.Linear(dtype=int32), whose Parameter raised RuntimeError instead of the loader's refusal.
+@pytest.mark.parametrize("dtype", ["int32", "int8", "bool"])
+def test_thin_load_refuses_integer_dense_weights(checkpoint_seeds, dtype):
+    import torch
+    from safetensors.torch import load, save
+
+    from slimrt import checkpoint
+    from slimrt.errors import CheckpointError
+
+    flags, meta, tensors = fuzz_checkpoint.unpack(checkpoint_seeds["bert_thin"])
+    stored = load(tensors)
+    name = next(n for n in sorted(stored) if n.endswith("dense.weight"))
+    stored[name] = stored[name].to(getattr(torch, dtype))
+    fuzz_checkpoint.test_one_input(fuzz_checkpoint.pack(meta, save(stored), flags))  # CheckpointError only
+    with pytest.raises(CheckpointError, match=f"is {dtype}; a .* dense layers hold float tensors"):
+        checkpoint.load_model(fuzz_checkpoint._DIR + "/ck", thin=True)
+
+
 _INSTRUMENTED = """
 import sys
 sys.path.insert(0, sys.argv[1])

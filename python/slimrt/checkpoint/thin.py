@@ -267,6 +267,11 @@ def _layer(arch: str, family: Family, name: str, params: dict[str, Tensor], eps:
     if kind is None or w is None or extra:
         raise CheckpointError(f"model.safetensors: tensors {sorted(params)} of {name!r} are not a layer a "
                               f"{arch} has")
+    floats = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+    bad = sorted(leaf for leaf, t in params.items() if t.dtype not in floats)
+    if bad:  # nn.Module parameters must be float (torch refuses an integer Parameter with a RuntimeError)
+        raise CheckpointError(f"model.safetensors: {name}.{bad[0]} is {str(params[bad[0]].dtype).replace('torch.', '')}"
+                              f"; a {arch}'s dense layers hold float tensors")
     dt, bias = w.dtype, "bias" in params
     with torch.device("meta"):
         if kind == "embedding" and w.dim() == 2 and not bias:
