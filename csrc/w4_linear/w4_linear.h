@@ -58,6 +58,18 @@ struct W4Act {
 void w4_quantize_act(const void* x, DType x_dt, int64_t ldx, int64_t M, int64_t K, int64_t G, int8_t* q,
                      float* scale, int32_t* sum, int num_threads);
 
+// What the packed-weight kernels (AVX-512, AVX2) read: the quantized activations, the panels after
+// the header (meta bytes of scales and zero points, then the codes, panel_bytes each), the output.
+struct W4PackedArgs {
+  W4Act a;
+  const uint8_t* panels;
+  int64_t panel_bytes, meta, N;
+  const float* bias;
+  void* out;
+  OutType out_dt;
+  int64_t ldc;
+};
+
 namespace ref {
 void w4_linear(const W4Act& a, const uint8_t* w_q4, const uint16_t* scale, const uint8_t* zero, const float* bias,
                void* out, OutType out_dt, int64_t ldc, int64_t N, int num_threads);

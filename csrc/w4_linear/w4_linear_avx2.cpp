@@ -20,15 +20,7 @@ inline int32_t load32(const void* p) {
   return v;
 }
 
-struct Args {
-  W4Act a;
-  const uint8_t* panels;
-  int64_t panel_bytes, meta, N;
-  const float* bias;
-  void* out;
-  OutType out_dt;
-  int64_t ldc;
-};
+using Args = W4PackedArgs;
 
 inline __m256i dot4(__m256i acc, __m256i w_u8, __m256i x_s8, __m256i ones16) {
   return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w_u8, x_s8), ones16));

@@ -32,15 +32,7 @@ using simd::to_bf16;
 
 constexpr int64_t kPrefetch = 8192;  // bytes of a panel's weight stream prefetched ahead
 
-struct Args {
-  W4Act a;
-  const uint8_t* panels;
-  int64_t panel_bytes, meta, N;
-  const float* bias;
-  void* out;
-  OutType out_dt;
-  int64_t ldc;
-};
+using Args = W4PackedArgs;
 
 // Rows m0 .. m0 + MR - 1 times panels p0 .. p0 + NB - 1, all groups. SPLIT: separate accumulators for
 // the low- and high-nibble products (more independent vpdpbusd chains when MR * NB is small).
